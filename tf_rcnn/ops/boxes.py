@@ -1,0 +1,253 @@
+"""Box arithmetic: areas, IoU, clipping, the (dy, dx, dh, dw) box coder, format conversions.
+
+Conventions (DESIGN.md):
+    Boxes are float32 ``[y1, x1, y2, x2]`` in pixels of the image as fed to the network.
+    Width is ``x2 - x1`` and height ``y2 - y1`` (no legacy ``+1``). Normalised coordinates
+    (divided by the image height/width) appear only inside roi_ops and in exported outputs.
+
+Shape shorthand:
+    ``...`` any leading batch dimensions, N and M box counts.
+
+Naming:
+    ``deltas``: encoded regression targets/predictions ``(dy, dx, dh, dw)``;
+    ``anchors``: the reference boxes the deltas are relative to (anchors or proposals);
+    ``weights``: ``(wy, wx, wh, ww)`` multipliers, ``(1, 1, 1, 1)`` for the RPN and
+    ``(10, 10, 5, 5)`` for the R-CNN head (Fast R-CNN target normalisation).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import tensorflow as tf
+
+# dh/dw are clamped at log(1000/16) before exp(), as in Detectron: no box grows more than
+# 1000/16 times its anchor, which keeps exp() finite in early training.
+BBOX_XFORM_CLIP = math.log(1000.0 / 16.0)
+
+RPN_BOX_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
+RCNN_BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+
+_EPS = 1e-8
+
+
+def area(boxes: tf.Tensor) -> tf.Tensor:
+    """Area of ``boxes [..., 4]`` -> ``[...]``; degenerate boxes (y2 < y1) have area 0."""
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    y1, x1, y2, x2 = tf.unstack(boxes, 4, axis=-1)
+    return tf.maximum(y2 - y1, 0.0) * tf.maximum(x2 - x1, 0.0)
+
+
+def intersection(boxes1: tf.Tensor, boxes2: tf.Tensor) -> tf.Tensor:
+    """Pairwise intersection areas: ``[..., N, 4] x [..., M, 4] -> [..., N, M]``."""
+    boxes1 = tf.convert_to_tensor(boxes1, tf.float32)
+    boxes2 = tf.convert_to_tensor(boxes2, tf.float32)
+    # [..., N, 1] against [..., 1, M] broadcasts to [..., N, M].
+    b1 = tf.expand_dims(boxes1, -2)
+    b2 = tf.expand_dims(boxes2, -3)
+    y1 = tf.maximum(b1[..., 0], b2[..., 0])
+    x1 = tf.maximum(b1[..., 1], b2[..., 1])
+    y2 = tf.minimum(b1[..., 2], b2[..., 2])
+    x2 = tf.minimum(b1[..., 3], b2[..., 3])
+    return tf.maximum(y2 - y1, 0.0) * tf.maximum(x2 - x1, 0.0)
+
+
+def iou(boxes1: tf.Tensor, boxes2: tf.Tensor) -> tf.Tensor:
+    """Pairwise intersection over union: ``[..., N, 4] x [..., M, 4] -> [..., N, M]``.
+
+    Pairs whose union is empty (two degenerate boxes) get IoU 0, never NaN. Padded boxes
+    (all -1, area 0) therefore have IoU 0 with everything.
+    """
+    inter = intersection(boxes1, boxes2)
+    union = tf.expand_dims(area(boxes1), -1) + tf.expand_dims(area(boxes2), -2) - inter
+    return tf.math.divide_no_nan(inter, union)
+
+
+def ioa(boxes1: tf.Tensor, boxes2: tf.Tensor) -> tf.Tensor:
+    """Intersection over the area of ``boxes1``: ``[..., N, 4] x [..., M, 4] -> [..., N, M]``.
+
+    Used for crowd regions: an anchor or proposal mostly inside a crowd box is ignored, as
+    COCO evaluation treats a detection matched to a crowd region.
+    """
+    inter = intersection(boxes1, boxes2)
+    return tf.math.divide_no_nan(inter, tf.expand_dims(area(boxes1), -1))
+
+
+def _image_hw(image_shape: tf.Tensor, boxes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Heights and widths from ``image_shape`` ``[2]`` or ``[..., 2]``, broadcastable to boxes.
+
+    A per-image shape ``[B, 2]`` against boxes ``[B, N, 4]`` gets a box axis inserted.
+    """
+    image_shape = tf.cast(tf.convert_to_tensor(image_shape), tf.float32)
+    rank_gap = boxes.shape.rank - 1 - (image_shape.shape.rank - 1)
+    for _ in range(max(rank_gap, 0)):
+        image_shape = tf.expand_dims(image_shape, -2)
+    return image_shape[..., 0], image_shape[..., 1]
+
+
+def clip_boxes(boxes: tf.Tensor, image_shape: tf.Tensor) -> tf.Tensor:
+    """Clip ``boxes [..., N, 4]`` to ``[0, height] x [0, width]``.
+
+    Args:
+        boxes: ``[..., N, 4]`` float32 ``[y1, x1, y2, x2]`` pixels.
+        image_shape: ``[2]`` (one shape for all) or ``[..., 2]`` (one per leading index, e.g.
+            ``[B, 2]`` for ``[B, N, 4]`` boxes): the true ``(height, width)``.
+
+    Returns:
+        Clipped boxes, same shape.
+    """
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    height, width = _image_hw(image_shape, boxes)
+    y1, x1, y2, x2 = tf.unstack(boxes, 4, axis=-1)
+    y1 = tf.minimum(tf.maximum(y1, 0.0), height)
+    y2 = tf.minimum(tf.maximum(y2, 0.0), height)
+    x1 = tf.minimum(tf.maximum(x1, 0.0), width)
+    x2 = tf.minimum(tf.maximum(x2, 0.0), width)
+    return tf.stack([y1, x1, y2, x2], axis=-1)
+
+
+def valid_size_mask(boxes: tf.Tensor, min_size: float = 0.0) -> tf.Tensor:
+    """Boolean ``[...]``: boxes whose height and width are both ``> min_size`` (strictly
+    positive when ``min_size`` is 0). Batched code keeps a fixed shape, so "remove small"
+    is a mask the caller applies (e.g. by setting scores to -inf before NMS)."""
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    height = boxes[..., 2] - boxes[..., 0]
+    width = boxes[..., 3] - boxes[..., 1]
+    return tf.logical_and(height > min_size, width > min_size)
+
+
+def remove_small_boxes(
+    boxes: tf.Tensor, scores: tf.Tensor, min_size: float = 0.0
+) -> tf.Tensor:
+    """Scores with boxes not larger than ``min_size`` set to ``-inf`` (shape kept).
+
+    Args:
+        boxes: ``[..., N, 4]``.
+        scores: ``[..., N]`` float scores or logits.
+        min_size: minimum height and width in pixels.
+    """
+    keep = valid_size_mask(boxes, min_size)
+    return tf.where(keep, scores, tf.fill(tf.shape(scores), float("-inf")))
+
+
+def _centers_sizes(boxes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    height = boxes[..., 2] - boxes[..., 0]
+    width = boxes[..., 3] - boxes[..., 1]
+    ctr_y = boxes[..., 0] + 0.5 * height
+    ctr_x = boxes[..., 1] + 0.5 * width
+    return ctr_y, ctr_x, height, width
+
+
+def encode(
+    boxes: tf.Tensor, anchors: tf.Tensor, weights: Sequence[float] = RPN_BOX_WEIGHTS
+) -> tf.Tensor:
+    """Encode ``boxes`` relative to ``anchors`` as ``(dy, dx, dh, dw)`` regression targets.
+
+    ``dy = wy * (cy - cy_a) / h_a``, ``dx = wx * (cx - cx_a) / w_a``,
+    ``dh = wh * log(h / h_a)``, ``dw = ww * log(w / w_a)`` (R-CNN, Girshick et al. 2014, App. C).
+
+    Args:
+        boxes: ``[..., 4]`` target boxes, pixels.
+        anchors: ``[..., 4]`` reference boxes, broadcastable to ``boxes``.
+        weights: ``(wy, wx, wh, ww)``.
+
+    Returns:
+        ``[..., 4]`` float32 deltas. Degenerate boxes or anchors (zero size) are guarded by a
+        tiny epsilon so the result stays finite; callers should not train on them.
+    """
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    anchors = tf.convert_to_tensor(anchors, tf.float32)
+    wy, wx, wh, ww = (float(w) for w in weights)
+    cy, cx, h, w = _centers_sizes(boxes)
+    acy, acx, ah, aw = _centers_sizes(anchors)
+    ah = tf.maximum(ah, _EPS)
+    aw = tf.maximum(aw, _EPS)
+    dy = wy * (cy - acy) / ah
+    dx = wx * (cx - acx) / aw
+    dh = wh * tf.math.log(tf.maximum(h, _EPS) / ah)
+    dw = ww * tf.math.log(tf.maximum(w, _EPS) / aw)
+    return tf.stack([dy, dx, dh, dw], axis=-1)
+
+
+def decode(
+    deltas: tf.Tensor,
+    anchors: tf.Tensor,
+    weights: Sequence[float] = RPN_BOX_WEIGHTS,
+    clip: float = BBOX_XFORM_CLIP,
+) -> tf.Tensor:
+    """Inverse of :func:`encode`: apply ``deltas [..., 4]`` to ``anchors [..., 4]``.
+
+    ``dh/wh`` and ``dw/ww`` are clamped at ``clip`` (default ``log(1000/16)``) before ``exp``.
+
+    Returns:
+        ``[..., 4]`` float32 boxes ``[y1, x1, y2, x2]`` (not clipped to the image).
+    """
+    deltas = tf.cast(tf.convert_to_tensor(deltas), tf.float32)
+    anchors = tf.convert_to_tensor(anchors, tf.float32)
+    wy, wx, wh, ww = (float(w) for w in weights)
+    acy, acx, ah, aw = _centers_sizes(anchors)
+    dy = deltas[..., 0] / wy
+    dx = deltas[..., 1] / wx
+    dh = tf.minimum(deltas[..., 2] / wh, clip)
+    dw = tf.minimum(deltas[..., 3] / ww, clip)
+    cy = dy * ah + acy
+    cx = dx * aw + acx
+    h = tf.exp(dh) * ah
+    w = tf.exp(dw) * aw
+    return tf.stack([cy - 0.5 * h, cx - 0.5 * w, cy + 0.5 * h, cx + 0.5 * w], axis=-1)
+
+
+def yxyx_to_xyxy(boxes: tf.Tensor) -> tf.Tensor:
+    """``[y1, x1, y2, x2] -> [x1, y1, x2, y2]`` (the order COCO tools and torchvision use)."""
+    boxes = tf.convert_to_tensor(boxes)
+    return tf.gather(boxes, [1, 0, 3, 2], axis=-1)
+
+
+def xyxy_to_yxyx(boxes: tf.Tensor) -> tf.Tensor:
+    """``[x1, y1, x2, y2] -> [y1, x1, y2, x2]`` (the swap is its own inverse)."""
+    return yxyx_to_xyxy(boxes)
+
+
+def yxyx_to_xywh(boxes: tf.Tensor) -> tf.Tensor:
+    """``[y1, x1, y2, x2] -> [x, y, w, h]``, the COCO json ``bbox`` format."""
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    y1, x1, y2, x2 = tf.unstack(boxes, 4, axis=-1)
+    return tf.stack([x1, y1, x2 - x1, y2 - y1], axis=-1)
+
+
+def xywh_to_yxyx(boxes: tf.Tensor) -> tf.Tensor:
+    """COCO ``[x, y, w, h] -> [y1, x1, y2, x2]``."""
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    x, y, w, h = tf.unstack(boxes, 4, axis=-1)
+    return tf.stack([y, x, y + h, x + w], axis=-1)
+
+
+def normalize(boxes: tf.Tensor, image_shape: tf.Tensor) -> tf.Tensor:
+    """Pixel boxes to ``[0, 1]`` coordinates: divide y by height and x by width.
+
+    ``image_shape`` is ``[2]`` or per-leading-index ``[..., 2]`` as in :func:`clip_boxes`.
+    """
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    height, width = _image_hw(image_shape, boxes)
+    scale = tf.stack([height, width, height, width], axis=-1)
+    return boxes / scale
+
+
+def denormalize(boxes: tf.Tensor, image_shape: tf.Tensor) -> tf.Tensor:
+    """``[0, 1]`` coordinates back to pixels: inverse of :func:`normalize`."""
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    height, width = _image_hw(image_shape, boxes)
+    scale = tf.stack([height, width, height, width], axis=-1)
+    return boxes * scale
+
+
+def flip_left_right(boxes: tf.Tensor, image_width: tf.Tensor) -> tf.Tensor:
+    """Mirror ``boxes [..., 4]`` horizontally in an image of ``image_width`` pixels.
+
+    ``x1' = W - x2`` and ``x2' = W - x1``: the pixel edge at x maps to W - x.
+    """
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    width = tf.cast(image_width, tf.float32)
+    y1, x1, y2, x2 = tf.unstack(boxes, 4, axis=-1)
+    return tf.stack([y1, width - x2, y2, width - x1], axis=-1)
