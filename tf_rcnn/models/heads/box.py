@@ -1,0 +1,262 @@
+"""Second-stage box heads: per-RoI feature extractors and the class/box predictor.
+
+Conventions:
+    Per-RoI tensors are batched ``[B, R, ...]`` (R RoIs per image, padded, possibly 0). Pooled
+    features are NHWC ``[B, R, S, S, C]`` float32. Internally heads fold ``[B, R, ...]`` into
+    ``[B*R, ...]`` and unfold the result, so B and R are dynamic and R = 0 gives empty outputs.
+    Class 0 is background, 1..K are objects. Box deltas are encoded ``(dy, dx, dh, dw)``
+    relative to the RoI with R-CNN weights (10, 10, 5, 5) and laid out ``[B, R, K + 1, 4]``
+    (group 0, background, is unused) so the GT class indexes them directly.
+
+Shape shorthand:
+    B batch, R RoIs per image, S pooled size, C channels, K object classes, D head width.
+
+Naming:
+    ``class_logits``: ``[B, R, K + 1]`` softmax logits; ``box_deltas``: ``[B, R, K + 1, 4]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+
+def _fold_rois(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """``[B, R, ...] -> [B*R, ...]``; also returns ``[B, R]`` to unfold with ``_unfold_rois``."""
+    shape = tf.shape(x)
+    return tf.reshape(x, tf.concat([[shape[0] * shape[1]], shape[2:]], axis=0)), shape[:2]
+
+
+def _unfold_rois(x: tf.Tensor, batch_rois: tf.Tensor) -> tf.Tensor:
+    """``[B*R, ...] -> [B, R, ...]`` with ``batch_rois = [B, R]`` from ``_fold_rois``."""
+    return tf.reshape(x, tf.concat([batch_rois, tf.shape(x)[1:]], axis=0))
+
+
+def _check_pooled_shape(layer: keras.layers.Layer, input_shape: tuple) -> None:
+    if len(input_shape) != 5 or any(d is None for d in input_shape[2:]):
+        raise ValueError(
+            f"{layer.name} expects pooled RoI features [B, R, S, S, C] with known S and C, got "
+            f"shape {input_shape}."
+        )
+
+
+def _dense_stack(fc_dims: Sequence[int], prefix: str) -> list[keras.layers.Dense]:
+    # Caffe2/Detectron "Xavier fill" = uniform with limit sqrt(3 / fan_in) = lecun_uniform.
+    return [
+        keras.layers.Dense(d, activation="relu", kernel_initializer="lecun_uniform",
+                           name=f"{prefix}{i + 1}")
+        for i, d in enumerate(fc_dims)
+    ]
+
+
+def _check_fc_dims(fc_dims: Sequence[int]) -> tuple[int, ...]:
+    dims = tuple(int(d) for d in fc_dims)
+    if not dims or min(dims) <= 0:
+        raise ValueError(f"fc_dims must be a non-empty sequence of positive ints, got {fc_dims}.")
+    return dims
+
+
+@keras.saving.register_keras_serializable(package="tf_rcnn")
+class FPNBoxHead(keras.layers.Layer):
+    """The FPN paper's "2fc" head: flatten, then fully connected + ReLU layers.
+
+    Args:
+        fc_dims: widths of the fully connected layers (default two of 1024).
+        **kwargs: forwarded to ``keras.layers.Layer``.
+
+    Call arguments:
+        pooled_features: ``[B, R, S, S, C]`` float32 RoI features.
+
+    Returns:
+        ``[B, R, fc_dims[-1]]`` float32 box features.
+    """
+
+    def __init__(self, fc_dims: Sequence[int] = (1024, 1024), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fc_dims = _check_fc_dims(fc_dims)
+        self.fcs = _dense_stack(self.fc_dims, "fc")
+
+    def build(self, input_shape: tuple) -> None:
+        _check_pooled_shape(self, input_shape)
+        size = input_shape[2] * input_shape[3] * input_shape[4]
+        for fc in self.fcs:
+            fc.build((None, size))
+            size = fc.units
+
+    def call(self, pooled_features: tf.Tensor) -> tf.Tensor:
+        x, batch_rois = _fold_rois(pooled_features)
+        # [B*R, S, S, C] -> [B*R, S*S*C] (row-major y, x, c). Static size so that R = 0 works.
+        x = tf.reshape(x, [tf.shape(x)[0], self.fcs[0].kernel.shape[0]])
+        for fc in self.fcs:
+            x = fc(x)
+        return _unfold_rois(x, batch_rois)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return (input_shape[0], input_shape[1], self.fc_dims[-1])
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({"fc_dims": list(self.fc_dims)})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tf_rcnn")
+class VGGBoxHead(keras.layers.Layer):
+    """VGG16's fc6/fc7 (+ dropout) as the Fast R-CNN RoI head (Girshick, 2015, Sec. 2).
+
+    Flatten ``[S, S, C]`` (row-major y, x, c, the order of ``keras.layers.Flatten`` in
+    ``keras.applications.VGG16``) then ``fc6``, ReLU, dropout, ``fc7``, ReLU, dropout.
+    ``copy_keras_vgg16_fc_weights`` loads ImageNet fc1/fc2 into it when the pooled input is
+    7x7x512 and ``fc_dims == (4096, 4096)``.
+
+    Args:
+        fc_dims: widths of fc6, fc7, ... (default VGG16's (4096, 4096)).
+        dropout: dropout rate after each fc during training (0 disables it).
+        **kwargs: forwarded to ``keras.layers.Layer``.
+
+    Call arguments:
+        pooled_features: ``[B, R, S, S, C]`` float32 RoI features (7x7x512 for VGG16).
+        training: applies dropout when True.
+
+    Returns:
+        ``[B, R, fc_dims[-1]]`` float32 box features.
+    """
+
+    def __init__(
+        self, fc_dims: Sequence[int] = (4096, 4096), dropout: float = 0.5, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+        self.fc_dims = _check_fc_dims(fc_dims)
+        self.dropout = float(dropout)
+        self.fcs = _dense_stack(self.fc_dims, "fc")
+        self.dropouts = [keras.layers.Dropout(self.dropout) for _ in self.fc_dims]
+
+    def build(self, input_shape: tuple) -> None:
+        _check_pooled_shape(self, input_shape)
+        size = input_shape[2] * input_shape[3] * input_shape[4]
+        for fc in self.fcs:
+            fc.build((None, size))
+            size = fc.units
+
+    def call(self, pooled_features: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        x, batch_rois = _fold_rois(pooled_features)
+        # [B*R, S, S, C] -> [B*R, S*S*C] (row-major y, x, c like keras' Flatten).
+        x = tf.reshape(x, [tf.shape(x)[0], self.fcs[0].kernel.shape[0]])
+        for fc, drop in zip(self.fcs, self.dropouts, strict=True):
+            x = drop(fc(x), training=training)
+        return _unfold_rois(x, batch_rois)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return (input_shape[0], input_shape[1], self.fc_dims[-1])
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({"fc_dims": list(self.fc_dims), "dropout": self.dropout})
+        return config
+
+
+def copy_keras_vgg16_fc_weights(head: VGGBoxHead, source: keras.Model | None = None) -> None:
+    """Copy ImageNet fc1/fc2 of ``keras.applications.VGG16`` into ``head``'s fc6/fc7.
+
+    Args:
+        head: a ``VGGBoxHead``; built here for 7x7x512 input if not built yet.
+        source: a model with Dense layers named ``"fc1"``, ``"fc2"``; ``None`` builds
+            ``keras.applications.VGG16(include_top=True, weights="imagenet")`` (downloads).
+
+    Raises:
+        ValueError: if the head's fc shapes differ from the source's (e.g. pooled size not 7x7x512
+            or ``fc_dims != (4096, 4096)``).
+    """
+    if source is None:
+        source = keras.applications.VGG16(include_top=True, weights="imagenet")
+        logging.info("VGG16 box head: fc6/fc7 copied from keras.applications.VGG16 "
+                     "(ImageNet fc1/fc2)")
+    if not head.built:
+        head.build((None, None, 7, 7, 512))
+    for fc, src_name in zip(head.fcs, ("fc1", "fc2"), strict=False):
+        src = source.get_layer(src_name)
+        src_weights = src.get_weights()
+        own = [tuple(w.shape) for w in fc.weights]
+        theirs = [tuple(w.shape) for w in src_weights]
+        if own != theirs:
+            raise ValueError(
+                f"Cannot copy {src_name} into {head.name}/{fc.name}: shapes {theirs} vs {own}. "
+                "ImageNet fc6/fc7 need pooled features 7x7x512 and fc_dims=(4096, 4096)."
+            )
+        fc.set_weights(src_weights)
+
+
+@keras.saving.register_keras_serializable(package="tf_rcnn")
+class BoxPredictor(keras.layers.Layer):
+    """Sibling classification and box regression layers over per-RoI features.
+
+    Init (Fast R-CNN, Sec. 3.1): class weights normal std 0.01, box weights normal std 0.001,
+    zero biases.
+
+    Args:
+        num_classes: K, object classes excluding background (logits have K + 1 columns).
+        class_agnostic: predict one delta per RoI and repeat it for every class group, so the
+            output layout stays ``[B, R, K + 1, 4]`` for every consumer.
+        **kwargs: forwarded to ``keras.layers.Layer``.
+
+    Call arguments:
+        box_features: ``[B, R, D]`` float32 per-RoI features.
+
+    Returns:
+        ``(class_logits [B, R, K + 1] float32, box_deltas [B, R, K + 1, 4] float32)``.
+    """
+
+    def __init__(self, num_classes: int, class_agnostic: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if int(num_classes) <= 0:
+            raise ValueError(
+                f"num_classes is the number of object classes K (>= 1, background excluded), "
+                f"got {num_classes}."
+            )
+        self.num_classes = int(num_classes)
+        self.class_agnostic = bool(class_agnostic)
+        self.class_dense = keras.layers.Dense(
+            self.num_classes + 1,
+            kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+            name="class_logits",
+        )
+        box_groups = 1 if self.class_agnostic else self.num_classes + 1
+        self.box_dense = keras.layers.Dense(
+            box_groups * 4,
+            kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
+            name="box_deltas",
+        )
+
+    def build(self, input_shape: tuple) -> None:
+        if len(input_shape) != 3 or input_shape[-1] is None:
+            raise ValueError(
+                f"{self.name} expects box features [B, R, D] with known D, got {input_shape}."
+            )
+        self.class_dense.build((None, input_shape[-1]))
+        self.box_dense.build((None, input_shape[-1]))
+
+    def call(self, box_features: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        x, batch_rois = _fold_rois(box_features)
+        class_logits = _unfold_rois(self.class_dense(x), batch_rois)
+        # [B*R, G*4] -> [B*R, G, 4], G = K + 1 groups (or 1 when class agnostic); channel
+        # g*4 + j is coordinate j of class g.
+        groups = 1 if self.class_agnostic else self.num_classes + 1
+        deltas = tf.reshape(self.box_dense(x), [tf.shape(x)[0], groups, 4])
+        if self.class_agnostic:
+            deltas = tf.tile(deltas, [1, self.num_classes + 1, 1])
+        return class_logits, _unfold_rois(deltas, batch_rois)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple[tuple, tuple]:
+        b, r = input_shape[0], input_shape[1]
+        return (b, r, self.num_classes + 1), (b, r, self.num_classes + 1, 4)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({"num_classes": self.num_classes, "class_agnostic": self.class_agnostic})
+        return config
