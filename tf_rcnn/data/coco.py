@@ -1,0 +1,207 @@
+"""COCO reader: annotation json (through pycocotools) -> DetectionRecords + LabelMap.
+
+Conventions:
+    COCO ``bbox`` is ``[x, y, w, h]`` in original pixels; records hold ``[y1, x1, y2, x2]``
+    ``= [y, x, y + h, x + w]``. Dataset category ids are mapped to contiguous ``1..K`` in
+    ascending id order (or through a given :class:`LabelMap`, e.g. the one saved with a model);
+    ``LabelMap.to_dataset_id`` maps detections back. ``iscrowd=1`` annotations become
+    ``crowd_boxes`` (ignore regions for matching), never positives. Polygons and RLE (compressed
+    or not) are kept as-is and decoded on demand (``DetectionRecord.instance_masks``).
+    COCO image ids are kept as ``image_id`` for evaluation.
+
+Bad data (each counted in the :class:`LoadReport`, logged with the file, never silent):
+    * missing, unreadable, truncated or wrongly-sized image file -> image skipped;
+    * annotation of an unknown image id or category id -> annotation skipped;
+    * malformed ``bbox`` (not 4 numbers), NaN/inf, ``w <= 0``/``h <= 0``, entirely outside the
+      image -> annotation skipped; partly outside -> clipped (repair);
+    * malformed segmentation (polygon with < 3 points, RLE of another size) -> the instance
+      keeps its box, its mask becomes the filled box (repair);
+    * images without annotations -> kept (evaluation needs them) and counted; the training
+      pipeline leaves them out (counted again there).
+    Errors (ValueError naming the file and the fix): unreadable json, duplicate image ids,
+    non-integer ids, a missing ``image_dir``.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import io
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from tf_rcnn.data.records import (
+    DetectionRecord,
+    LabelMap,
+    LoadReport,
+    check_image_file,
+    sanitize_boxes,
+)
+
+
+def _load_coco_api(annotation_file: str) -> Any:
+    from pycocotools.coco import COCO
+
+    if not os.path.isfile(annotation_file):
+        raise ValueError(f"COCO annotation file {annotation_file!r} does not exist; fix the path.")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # COCO() prints progress lines
+            return COCO(annotation_file)
+    except Exception as e:
+        raise ValueError(
+            f"Could not read COCO annotation file {annotation_file!r} ({type(e).__name__}: {e}); "
+            "it must be a COCO-format json with 'images', 'annotations' and 'categories'."
+        ) from e
+
+
+def _valid_segmentation(segm: Any, height: int, width: int) -> bool:
+    if isinstance(segm, list):
+        if not segm:
+            return False
+        for poly in segm:
+            if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
+                return False
+            if not all(isinstance(v, int | float) and math.isfinite(v) for v in poly):
+                return False
+        return True
+    if isinstance(segm, dict):
+        size = segm.get("size")
+        return (
+            isinstance(size, list | tuple)
+            and [int(s) for s in size] == [height, width]
+            and isinstance(segm.get("counts"), str | bytes | list)
+        )
+    return False
+
+
+def load_coco(
+    annotation_file: str,
+    image_dir: str,
+    *,
+    label_map: LabelMap | None = None,
+    include_masks: bool = True,
+    verify_images: str = "header",
+) -> tuple[list[DetectionRecord], LabelMap, LoadReport]:
+    """Read a COCO-format dataset.
+
+    Args:
+        annotation_file: path of the COCO json.
+        image_dir: folder the ``file_name`` entries are relative to.
+        label_map: map to use instead of building one from the json's categories (pass the
+            training set's map when reading a validation set); categories outside it are
+            counted as unknown.
+        include_masks: keep segmentations on the records (decoded lazily).
+        verify_images: ``"none"``, ``"header"`` (default; PIL header + truncation check) or
+            ``"decode"`` (full decode), see :func:`tf_rcnn.data.records.check_image_file`.
+
+    Returns:
+        ``(records, label_map, report)``; records follow the json's image order.
+    """
+    if not os.path.isdir(image_dir):
+        raise ValueError(f"image_dir {image_dir!r} is not a directory; point it at the images.")
+    coco = _load_coco_api(annotation_file)
+    data = coco.dataset
+    report = LoadReport(f"COCO {annotation_file}")
+    if label_map is None:
+        cats = sorted(data.get("categories", []), key=lambda c: int(c["id"]))
+        label_map = LabelMap([c["id"] for c in cats], [c.get("name", str(c["id"])) for c in cats])
+
+    images = data.get("images", [])
+    seen: set[int] = set()
+    for im in images:
+        image_id = im.get("id")
+        if not isinstance(image_id, int) or isinstance(image_id, bool):
+            raise ValueError(
+                f"{annotation_file}: image id {image_id!r} ({im.get('file_name')}) is not an "
+                "integer; COCO image ids must be integers."
+            )
+        if image_id in seen:
+            raise ValueError(
+                f"{annotation_file}: duplicate image id {image_id} ({im.get('file_name')}); "
+                "image ids must be unique."
+            )
+        seen.add(image_id)
+
+    anns_by_image: dict[int, list[dict[str, Any]]] = collections.defaultdict(list)
+    for ann in data.get("annotations", []):
+        if ann.get("image_id") not in seen:
+            report.skip("annotation of unknown image id", annotation_file,
+                        f"annotation {ann.get('id')} image_id {ann.get('image_id')}")
+            continue
+        anns_by_image[ann["image_id"]].append(ann)
+    has_segm = include_masks and any("segmentation" in a for a in data.get("annotations", []))
+
+    records = []
+    for im in images:
+        path = os.path.join(image_dir, str(im.get("file_name", "")))
+        expected = None
+        if isinstance(im.get("height"), int) and isinstance(im.get("width"), int):
+            expected = (im["height"], im["width"])
+        hw = check_image_file(path, expected, report, verify_images)
+        if hw is None:
+            n = len(anns_by_image.get(im["id"], []))
+            if n:
+                report.skip("annotation of skipped image", path, f"{n} annotations", count=n)
+            continue
+        height, width = hw
+        record = _record_from_annotations(
+            path, im["id"], height, width, anns_by_image.get(im["id"], []), label_map,
+            has_segm, report,
+        )
+        records.append(record)
+    report.finish(records)
+    return records, label_map, report
+
+
+def _record_from_annotations(
+    path: str,
+    image_id: int,
+    height: int,
+    width: int,
+    anns: list[dict[str, Any]],
+    label_map: LabelMap,
+    has_segm: bool,
+    report: LoadReport,
+) -> DetectionRecord:
+    boxes, classes, segms, crowd = [], [], [], []
+    for ann in anns:
+        try:
+            category = label_map.from_dataset_id(ann.get("category_id"))
+        except (ValueError, TypeError):
+            report.skip("unknown category id", path,
+                        f"annotation {ann.get('id')} category_id {ann.get('category_id')!r}")
+            continue
+        bbox = ann.get("bbox")
+        try:
+            x, y, w, h = (float(v) for v in bbox)
+        except (TypeError, ValueError):
+            report.skip("malformed bbox", path, f"annotation {ann.get('id')} bbox {bbox!r}")
+            continue
+        if ann.get("iscrowd", 0):
+            crowd.append([y, x, y + h, x + w])
+            continue
+        boxes.append([y, x, y + h, x + w])
+        classes.append(category)
+        segm = ann.get("segmentation") if has_segm else None
+        if has_segm and not _valid_segmentation(segm, height, width):
+            report.repair("bad segmentation (filled box used as mask)", path,
+                          f"annotation {ann.get('id')}")
+            segm = None
+        segms.append(segm)
+    boxes_arr, keep = sanitize_boxes(np.asarray(boxes, np.float32), height, width, report, path)
+    crowd_arr, keep_crowd = sanitize_boxes(np.asarray(crowd, np.float32), height, width, report,
+                                           path, what="crowd box")
+    return DetectionRecord(
+        image_path=path,
+        image_id=int(image_id),
+        height=height,
+        width=width,
+        boxes=boxes_arr[keep],
+        classes=np.asarray(classes, np.int32)[keep] if classes else np.zeros(0, np.int32),
+        crowd_boxes=crowd_arr[keep_crowd],
+        segmentations=[s for s, k in zip(segms, keep, strict=True) if k] if has_segm else None,
+        source_name=os.path.basename(path),
+    )

@@ -1,0 +1,625 @@
+"""tf.data input pipeline: decode, resize, flip, normalise, pad and batch detection data.
+
+Conventions (DESIGN.md):
+    Boxes are float32 ``[y1, x1, y2, x2]`` in pixels of the RESIZED image (what the network
+    sees); padded rows are -1 (zero area). Classes ``1..K``, padded -1. Images are RGB float32
+    ``(pixel - mean) / std`` with 0-255 inputs, padded with 0 at the bottom/right.
+
+Shape shorthand:
+    B images per batch (per replica), H/W padded batch height/width, M ``max_instances``,
+    Mc ``max_crowd``, P ``max_proposals``, S ``mask_crop_size``.
+
+Geometry, exactly (the tests check it to 1e-3 px):
+    ``scale = min(target / min(h, w), max_size / max(h, w))`` with ``target`` drawn uniformly
+    from ``scales`` in training (the largest entry in evaluation), times a factor drawn from
+    ``scale_jitter=(lo, hi)`` when given (training only). The image content is scaled by exactly
+    ``scale`` (``tf.raw_ops.ScaleAndTranslate``, bilinear, half-pixel centres) onto a canvas of
+    ``image_shape = ceil(h * scale), ceil(w * scale)`` pixels, so a box maps as
+    ``box * scale``; the last row/column may be part-filled (edge values), never cut.
+    A horizontal flip mirrors the original image: ``x' = (w - x) * scale`` with ``w`` the
+    original width; box-cropped masks are flipped left-right; proposals and crowd boxes follow
+    the same formulas. Detections map back to original pixels by dividing by ``scale`` (and
+    un-flipping with ``w``).
+
+Batches (``dataset()`` elements): ``(images [B, H, W, 3] float32, targets)`` with targets
+    ``boxes [B, M, 4]``, ``classes [B, M]`` int32, ``crowd_boxes [B, Mc, 4]``,
+    ``image_shape [B, 2]`` int32, ``image_id [B]`` int64, ``scale [B]`` float32,
+    ``original_shape [B, 2]`` int32, ``flipped [B]`` bool, and when enabled
+    ``masks [B, M, S, S]`` float32 (each GT mask cropped to its box, padded 0) and
+    ``proposals [B, P, 4]`` / ``proposal_scores [B, P]`` (padded -1).
+    H and W are multiples of ``size_divisor``; they are static when every image gets the same
+    size (e.g. the shapes demo) or when ``fixed_image_size`` is given, dynamic otherwise.
+
+Training vs evaluation:
+    Training repeats, shuffles, flips, drops images without (non-difficult) boxes and uses
+    ``drop_remainder=True`` so B is static. Evaluation keeps every image exactly once in a
+    final, possibly smaller batch (``drop_remainder=False``); B is then dynamic.
+
+Bad data handled here (counted and logged once when the pipeline is built): instances beyond
+``max_instances`` / crowd regions beyond ``max_crowd`` are dropped (the smallest boxes first),
+training images without boxes are left out, VOC ``difficult`` boxes are left out of training
+(``exclude_difficult``), and images without proposals get none. A file that cannot be decoded
+at run time (it passed the load-time check but is corrupt) is skipped by
+``Dataset.ignore_errors(log_warning=True)`` so a long run never dies on one image.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from tf_rcnn.data import masks as masks_lib
+from tf_rcnn.data.records import DetectionRecord, LabelMap
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+CAFFE_MEAN = (123.68, 116.779, 103.939)
+
+# Pixel statistics per backbone family, RGB order, for 0-255 inputs.
+#   resnet*, tiny: ImageNet mean/std (the statistics torchvision-style ResNets are trained with;
+#                  the tiny test backbone trains from scratch and uses the same numbers);
+#   vgg*:          the Caffe VGG16 convention, mean subtraction only (std 1).
+PIXEL_STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "resnet": (IMAGENET_MEAN, IMAGENET_STD),
+    "tiny": (IMAGENET_MEAN, IMAGENET_STD),
+    "vgg": (CAFFE_MEAN, (1.0, 1.0, 1.0)),
+}
+
+
+def pixel_stats_for_backbone(
+    name: str,
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """``(pixel_mean, pixel_std)`` for a backbone name such as ``"resnet50"`` or ``"vgg16"``.
+
+    Matched on the family prefix in :data:`PIXEL_STATS`; unknown names raise ValueError.
+    """
+    key = name.lower()
+    for family, stats in PIXEL_STATS.items():
+        if key.startswith(family):
+            return stats
+    raise ValueError(
+        f"No pixel statistics for backbone {name!r}; known families: {sorted(PIXEL_STATS)}. "
+        "Pass pixel_mean/pixel_std explicitly."
+    )
+
+
+def compute_scale(
+    height: tf.Tensor, width: tf.Tensor, target: tf.Tensor, max_size: float
+) -> tf.Tensor:
+    """``min(target / min(h, w), max_size / max(h, w))`` as float32 (graph-friendly)."""
+    h = tf.cast(height, tf.float32)
+    w = tf.cast(width, tf.float32)
+    target = tf.cast(target, tf.float32)
+    return tf.minimum(target / tf.minimum(h, w), float(max_size) / tf.maximum(h, w))
+
+
+def resized_shape(height: tf.Tensor, width: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
+    """``[2]`` int32 canvas ``ceil(h * scale), ceil(w * scale)`` (1e-3 tolerance for rounding)."""
+    hw = tf.cast(tf.stack([height, width]), tf.float32) * scale
+    return tf.maximum(tf.cast(tf.math.ceil(hw - 1e-3), tf.int32), 1)
+
+
+def resize_image(image: tf.Tensor, scale: tf.Tensor, out_shape: tf.Tensor) -> tf.Tensor:
+    """Scale ``image [H, W, 3]`` content by exactly ``scale`` onto an ``out_shape`` canvas.
+
+    Output pixel ``c`` samples the input at ``(c + 0.5) / scale - 0.5`` (bilinear, half-pixel
+    centres), so a point ``x`` of the input lands at ``x * scale``.
+    """
+    image = tf.cast(image, tf.float32)[tf.newaxis]
+    scale = tf.cast(scale, tf.float32)
+    out = tf.raw_ops.ScaleAndTranslate(
+        images=image, size=out_shape, scale=tf.stack([scale, scale]),
+        translation=tf.zeros([2], tf.float32), kernel_type="triangle", antialias=False,
+    )
+    return out[0]
+
+
+def transform_boxes(
+    boxes: tf.Tensor, scale: tf.Tensor, original_width: tf.Tensor, flip: tf.Tensor
+) -> tf.Tensor:
+    """Original-pixel ``boxes [..., 4]`` yxyx to resized (and optionally flipped) pixels.
+
+    ``flip`` (bool scalar) mirrors first: ``x' = w - x`` with ``w = original_width``; then all
+    coordinates are multiplied by ``scale``.
+    """
+    boxes = tf.cast(boxes, tf.float32)
+    w = tf.cast(original_width, tf.float32)
+    y1, x1, y2, x2 = tf.unstack(boxes, 4, axis=-1)
+    fx1 = tf.where(flip, w - x2, x1)
+    fx2 = tf.where(flip, w - x1, x2)
+    return tf.stack([y1, fx1, y2, fx2], axis=-1) * tf.cast(scale, tf.float32)
+
+
+def normalize_and_pad(
+    image: tf.Tensor,
+    pixel_mean: Sequence[float],
+    pixel_std: Sequence[float],
+    size_divisor: int,
+) -> tf.Tensor:
+    """``(image - mean) / std`` then zero-pad bottom/right to multiples of ``size_divisor``."""
+    image = (image - tf.constant(pixel_mean, tf.float32)) / tf.constant(pixel_std, tf.float32)
+    if size_divisor > 1:
+        shape = tf.shape(image)
+        pad_h = (-shape[0]) % size_divisor
+        pad_w = (-shape[1]) % size_divisor
+        image = tf.pad(image, [[0, pad_h], [0, pad_w], [0, 0]])
+    return image
+
+
+def preprocess_image_for_inference(
+    image_uint8: tf.Tensor,
+    scales: Sequence[int] = (600,),
+    max_size: float = 1000,
+    size_divisor: int = 32,
+    pixel_mean: Sequence[float] = IMAGENET_MEAN,
+    pixel_std: Sequence[float] = IMAGENET_STD,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Evaluation-mode preprocessing of one image in pure TF (usable in an exported graph).
+
+    Args:
+        image_uint8: ``[H, W, 3]`` uint8 RGB (a 1- or 4-channel image is converted to RGB).
+        scales: shorter-side targets; inference uses the largest, like evaluation.
+        max_size: cap on the longer side.
+        size_divisor: pad height/width up to multiples of this.
+        pixel_mean: RGB mean, 0-255 units.
+        pixel_std: RGB std, 0-255 units.
+
+    Returns:
+        ``image [H', W', 3]`` float32 normalised and padded, ``image_shape [2]`` int32
+        (resized size before padding) and ``scale`` float32 scalar (resized = original * scale).
+    """
+    image = _to_rgb(tf.convert_to_tensor(image_uint8))
+    shape = tf.shape(image)
+    scale = compute_scale(shape[0], shape[1], float(max(scales)), max_size)
+    out_shape = resized_shape(shape[0], shape[1], scale)
+    resized = resize_image(image, scale, out_shape)
+    return normalize_and_pad(resized, pixel_mean, pixel_std, size_divisor), out_shape, scale
+
+
+def _to_rgb(image: tf.Tensor) -> tf.Tensor:
+    """``[H, W, C]`` with C in {1, 2, 3, 4} -> ``[H, W, 3]`` (gray replicated, alpha dropped)."""
+    channels = tf.shape(image)[-1]
+    image = tf.cond(channels < 3, lambda: tf.repeat(image[..., :1], 3, axis=-1),
+                    lambda: image[..., :3])
+    image.set_shape([None, None, 3])
+    return image
+
+
+def decode_image(data: tf.Tensor) -> tf.Tensor:
+    """Decode JPEG/PNG/GIF/BMP bytes to ``[H, W, 3]`` uint8 RGB in the graph.
+
+    Grayscale is replicated to RGB and alpha is dropped (``channels=3``); 16-bit PNGs are
+    decoded at 16 bits and scaled to 0-255 (``x // 257``) rather than truncated.
+    """
+    is_png = tf.strings.substr(data, 0, 8) == b"\x89PNG\r\n\x1a\n"
+    # PNG IHDR bit depth is byte 24.
+    bit_depth = tf.strings.substr(data, 24, 1)
+
+    def png16():
+        image = tf.io.decode_png(data, channels=3, dtype=tf.uint16)
+        return tf.cast(tf.cast(image, tf.int32) // 257, tf.uint8)
+
+    def other():
+        return tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+
+    image = tf.cond(tf.logical_and(is_png, tf.equal(bit_depth, b"\x10")), png16, other)
+    image.set_shape([None, None, 3])
+    return image
+
+
+class InputPipeline:
+    """Build the training or evaluation ``tf.data.Dataset`` from :class:`DetectionRecord` s.
+
+    Args:
+        records: from ``load_coco`` / ``load_voc`` / ``load_custom`` / ``records_from_list``.
+        label_map: the dataset's :class:`LabelMap` (kept for ``num_classes`` and saving).
+        training: training mode (flip, shuffle, repeat, static batch) or evaluation mode.
+        batch_size: GLOBAL batch size; with ``dataset(input_context)`` each replica gets
+            ``input_context.get_per_replica_batch_size(batch_size)``.
+        scales: shorter-side targets (one drawn per training image; max used in evaluation).
+        max_size: cap on the longer side.
+        scale_jitter: ``(lo, hi)`` multiplicative factor on the scale, training only.
+        random_flip: horizontal flip with probability 0.5 (default: ``training``).
+        size_divisor: pad images to multiples of this (the coarsest feature stride).
+        max_instances: M, the fixed number of GT rows per image.
+        max_crowd: Mc, the fixed number of crowd rows per image.
+        pixel_mean: RGB mean (0-255 units), see :func:`pixel_stats_for_backbone`.
+        pixel_std: RGB std (0-255 units).
+        with_masks: emit ``masks [B, M, S, S]`` (records need segmentations).
+        mask_crop_size: S. Masks are cropped to their boxes at load time and held in memory as
+            uint8: ``S * S`` bytes per instance (COCO train2017 at S = 56 is about 2.7 GB;
+            use S = 28 to quarter it).
+        proposals: ``{image_id: (boxes [P, 4] yxyx original pixels, scores [P] or None)}`` or a
+            path read by :func:`tf_rcnn.data.proposals.read_proposals`.
+        max_proposals: P, keep the top-P proposals by score (file order without scores).
+        seed: seed of shuffling, scale choice and flips. ``None`` draws one.
+        deterministic: same batches, same order on every run with the same seed (needs
+            ``seed``); turns off tf.data's out-of-order parallelism.
+        shuffle: shuffle records (default: ``training``).
+        repeat: repeat forever (default: ``training``).
+        group_by_aspect_ratio: batch landscape (w >= h) and portrait images separately.
+        num_parallel: parallel calls for decoding/resizing.
+        exclude_difficult: leave VOC ``difficult`` boxes out in training (evaluation keeps
+            them in the records; the evaluator reads the flags from the records).
+        skip_empty: leave out images without boxes (default: ``training``).
+        fixed_image_size: ``(H, W)`` pad every image to this static size (multiples of
+            ``size_divisor``); images larger than it raise an error at run time.
+        shuffle_buffer: records in the shuffle buffer (default: all of them).
+    """
+
+    def __init__(
+        self,
+        records: Sequence[DetectionRecord],
+        label_map: LabelMap,
+        *,
+        training: bool,
+        batch_size: int,
+        scales: Sequence[int] = (600,),
+        max_size: float = 1000,
+        scale_jitter: tuple[float, float] | None = None,
+        random_flip: bool | None = None,
+        size_divisor: int = 32,
+        max_instances: int = 100,
+        max_crowd: int = 20,
+        pixel_mean: Sequence[float] = IMAGENET_MEAN,
+        pixel_std: Sequence[float] = IMAGENET_STD,
+        with_masks: bool = False,
+        mask_crop_size: int = 56,
+        proposals: Mapping[int, Any] | str | None = None,
+        max_proposals: int = 2000,
+        seed: int | None = None,
+        deterministic: bool = False,
+        shuffle: bool | None = None,
+        repeat: bool | None = None,
+        group_by_aspect_ratio: bool = True,
+        num_parallel: int = AUTOTUNE,
+        exclude_difficult: bool = True,
+        skip_empty: bool | None = None,
+        fixed_image_size: tuple[int, int] | None = None,
+        shuffle_buffer: int | None = None,
+    ) -> None:
+        self.training = bool(training)
+        self.batch_size = int(batch_size)
+        self.scales = tuple(int(s) for s in scales)
+        self.max_size = float(max_size)
+        self.scale_jitter = tuple(scale_jitter) if scale_jitter is not None else None
+        self.random_flip = self.training if random_flip is None else bool(random_flip)
+        self.size_divisor = int(size_divisor)
+        self.max_instances = int(max_instances)
+        self.max_crowd = int(max_crowd)
+        self.pixel_mean = tuple(float(v) for v in pixel_mean)
+        self.pixel_std = tuple(float(v) for v in pixel_std)
+        self.with_masks = bool(with_masks)
+        self.mask_crop_size = int(mask_crop_size)
+        self.max_proposals = int(max_proposals)
+        self.deterministic = bool(deterministic)
+        self.shuffle = self.training if shuffle is None else bool(shuffle)
+        self.repeat = self.training if repeat is None else bool(repeat)
+        self.group_by_aspect_ratio = bool(group_by_aspect_ratio)
+        self.num_parallel = num_parallel
+        self.exclude_difficult = bool(exclude_difficult)
+        self.skip_empty = self.training if skip_empty is None else bool(skip_empty)
+        self.fixed_image_size = tuple(fixed_image_size) if fixed_image_size else None
+        self.label_map = label_map
+        self._validate_args(records)
+        if seed is None:
+            if deterministic:
+                raise ValueError("deterministic=True needs a seed; pass seed=<int>.")
+            seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
+        self.seed = int(seed)
+        self.shuffle_buffer = shuffle_buffer
+
+        if isinstance(proposals, str):
+            from tf_rcnn.data.proposals import read_proposals
+
+            proposals = read_proposals(proposals)
+        self.with_proposals = proposals is not None
+        self.stats: dict[str, int] = {}
+        self.records = self._prepare(list(records), proposals)
+        self._tensors = self._to_tensors()
+
+    # ------------------------------------------------------------------ set-up (NumPy)
+
+    def _validate_args(self, records: Sequence[DetectionRecord]) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
+        if not self.scales or min(self.scales) < 1:
+            raise ValueError(
+                f"scales must be a non-empty list of positive ints, got {self.scales}."
+            )
+        if self.max_size < max(self.scales) and self.max_size < 1:
+            raise ValueError(f"max_size must be positive, got {self.max_size}.")
+        if self.scale_jitter is not None and not 0 < self.scale_jitter[0] <= self.scale_jitter[1]:
+            raise ValueError(f"scale_jitter must be (lo, hi) with 0 < lo <= hi, got "
+                             f"{self.scale_jitter}.")
+        if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3 or min(self.pixel_std) <= 0:
+            raise ValueError("pixel_mean and pixel_std need 3 RGB values, std > 0.")
+        if self.max_instances < 1 or self.max_crowd < 0 or self.max_proposals < 1:
+            raise ValueError("max_instances and max_proposals must be >= 1, max_crowd >= 0.")
+        if self.fixed_image_size is not None and any(
+            s % self.size_divisor for s in self.fixed_image_size
+        ):
+            raise ValueError(f"fixed_image_size {self.fixed_image_size} must be multiples of "
+                             f"size_divisor={self.size_divisor}.")
+        if not records:
+            raise ValueError("records is empty; check the reader's LoadReport for why.")
+        if self.with_masks and any(not r.has_masks for r in records):
+            bad = next(r for r in records if not r.has_masks)
+            raise ValueError(
+                f"with_masks=True but {bad.image_path} has no segmentations; load a dataset "
+                "with masks or set with_masks=False."
+            )
+
+    def _count(self, reason: str, n: int = 1) -> None:
+        if n <= 0:
+            return
+        self.stats[reason] = self.stats.get(reason, 0) + n
+
+    def _prepare(
+        self, records: list[DetectionRecord], proposals: Mapping[int, Any] | None
+    ) -> list[dict[str, Any]]:
+        """Per-record arrays after the training filters, truncation and mask cropping."""
+        out = []
+        for rec in records:
+            keep = np.ones(rec.num_instances, bool)
+            if self.training and self.exclude_difficult:
+                keep &= ~rec.difficult
+                self._count("difficult boxes left out of training", int(rec.difficult.sum()))
+            if self.skip_empty and not keep.any():
+                self._count("images without boxes left out")
+                continue
+            idx = np.flatnonzero(keep)
+            if len(idx) > self.max_instances:
+                # Keep the largest boxes: tiny instances are the least informative to drop.
+                areas = (rec.boxes[idx, 2] - rec.boxes[idx, 0]) * (
+                    rec.boxes[idx, 3] - rec.boxes[idx, 1])
+                order = np.argsort(-areas, kind="stable")[: self.max_instances]
+                self._count(f"instances beyond max_instances={self.max_instances} dropped",
+                            len(idx) - self.max_instances)
+                logging.log_first_n(logging.WARNING, "%s: %d instances > max_instances=%d; "
+                                    "the smallest are dropped (raise max_instances to keep "
+                                    "them).", 10, rec.image_path, len(idx), self.max_instances)
+                idx = np.sort(idx[order])
+            crowd = rec.crowd_boxes
+            if len(crowd) > self.max_crowd:
+                areas = (crowd[:, 2] - crowd[:, 0]) * (crowd[:, 3] - crowd[:, 1])
+                crowd = crowd[np.sort(np.argsort(-areas, kind="stable")[: self.max_crowd])]
+                self._count(f"crowd regions beyond max_crowd={self.max_crowd} dropped",
+                            len(rec.crowd_boxes) - self.max_crowd)
+            item = {
+                "path": rec.image_path, "image_id": rec.image_id,
+                "hw": (rec.height, rec.width), "boxes": rec.boxes[idx],
+                "classes": rec.classes[idx], "crowd": crowd,
+            }
+            if self.with_masks:
+                full = rec.instance_masks()[idx]
+                item["masks"] = masks_lib.crop_masks_to_boxes(full, rec.boxes[idx],
+                                                              self.mask_crop_size)
+            if proposals is not None:
+                item["proposals"], item["proposal_scores"] = self._proposals_for(rec, proposals)
+            out.append(item)
+        if not out:
+            raise ValueError(
+                "No images left for the pipeline (every image was empty or skipped); check the "
+                "dataset's LoadReport, or pass skip_empty=False."
+            )
+        if self.stats:
+            logging.warning("InputPipeline(training=%s): %d images; %s", self.training, len(out),
+                            ", ".join(f"{n} {r}" for r, n in sorted(self.stats.items())))
+        else:
+            logging.info("InputPipeline(training=%s): %d images", self.training, len(out))
+        return out
+
+    def _proposals_for(
+        self, rec: DetectionRecord, proposals: Mapping[int, Any]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        entry = proposals.get(rec.image_id)
+        if entry is None:
+            self._count("images without proposals")
+            return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
+        boxes, scores = entry
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        scores = (np.zeros(len(boxes), np.float32) if scores is None
+                  else np.asarray(scores, np.float32).reshape(-1))
+        boxes = np.clip(boxes, 0, [rec.height, rec.width, rec.height, rec.width]).astype(
+            np.float32)
+        if scores is not None and len(boxes) > self.max_proposals:
+            order = np.argsort(-scores, kind="stable")[: self.max_proposals]
+            boxes, scores = boxes[order], scores[order]
+        return boxes[: self.max_proposals], scores[: self.max_proposals]
+
+    def _to_tensors(self) -> dict[str, Any]:
+        """Flat values + row splits per field, so the map function slices one record."""
+        items = self.records
+
+        def ragged(key: str, inner: tuple[int, ...], dtype: Any) -> tuple[tf.Tensor, tf.Tensor]:
+            lengths = [len(it[key]) for it in items]
+            splits = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            values = (np.concatenate([it[key] for it in items]) if sum(lengths)
+                      else np.zeros((0, *inner), dtype))
+            return tf.constant(values.astype(dtype)), tf.constant(splits)
+
+        t: dict[str, Any] = {
+            "path": tf.constant([it["path"] for it in items]),
+            "image_id": tf.constant([it["image_id"] for it in items], tf.int64),
+            "hw": tf.constant([it["hw"] for it in items], tf.int32),
+            "boxes": ragged("boxes", (4,), np.float32),
+            "classes": ragged("classes", (), np.int32),
+            "crowd": ragged("crowd", (4,), np.float32),
+        }
+        s = self.mask_crop_size
+        if self.with_masks:
+            t["masks"] = ragged("masks", (s, s), np.uint8)
+        if self.with_proposals:
+            t["proposals"] = ragged("proposals", (4,), np.float32)
+            t["proposal_scores"] = ragged("proposal_scores", (), np.float32)
+        return t
+
+    @property
+    def num_images(self) -> int:
+        """Images the pipeline serves per epoch (after training filters)."""
+        return len(self.records)
+
+    def _static_image_size(self) -> tuple[int, int] | None:
+        """Padded (H, W) when it is the same for every image, else None."""
+        if self.fixed_image_size is not None:
+            return self.fixed_image_size
+        sizes = {it["hw"] for it in self.records}
+        if len(sizes) != 1 or self.scale_jitter is not None:
+            return None
+        h, w = next(iter(sizes))
+        targets = self.scales if self.training else (max(self.scales),)
+        out = set()
+        for target in targets:
+            scale = np.float32(min(np.float32(target) / np.float32(min(h, w)),
+                                   np.float32(self.max_size) / np.float32(max(h, w))))
+            rh = max(math.ceil(np.float32(h) * scale - 1e-3), 1)
+            rw = max(math.ceil(np.float32(w) * scale - 1e-3), 1)
+            d = self.size_divisor
+            out.add((-(-rh // d) * d, -(-rw // d) * d))
+        return next(iter(out)) if len(out) == 1 else None
+
+    # ------------------------------------------------------------------ graph part
+
+    def _load(self, counter: tf.Tensor, index: tf.Tensor, pipeline_id: int) -> tuple[Any, Any]:
+        t = self._tensors
+        seed = tf.stack([tf.constant(self.seed, tf.int64),
+                         counter * 1000 + pipeline_id])  # [2] stateless seed per element
+
+        def rows(key: str) -> tf.Tensor:
+            values, splits = t[key]
+            return values[splits[index]:splits[index + 1]]
+
+        hw = t["hw"][index]
+        image = decode_image(tf.io.read_file(t["path"][index]))
+        shape = tf.shape(image)
+        orig_h, orig_w = shape[0], shape[1]
+        if self.training and len(self.scales) > 1:
+            pick = tf.random.stateless_uniform([], seed, 0, len(self.scales), dtype=tf.int32)
+            target = tf.gather(tf.constant(self.scales, tf.float32), pick)
+        else:
+            target = tf.constant(float(max(self.scales)))
+        scale = compute_scale(orig_h, orig_w, target, self.max_size)
+        if self.training and self.scale_jitter is not None:
+            lo, hi = self.scale_jitter
+            scale *= tf.random.stateless_uniform([], seed + 1, lo, hi)
+        if self.random_flip:
+            flip = tf.random.stateless_uniform([], seed + 2) < 0.5
+        else:
+            flip = tf.constant(False)
+        out_shape = resized_shape(orig_h, orig_w, scale)
+        image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
+        image = resize_image(image, scale, out_shape)
+        image = normalize_and_pad(image, self.pixel_mean, self.pixel_std, self.size_divisor)
+        targets = {
+            "boxes": transform_boxes(rows("boxes"), scale, orig_w, flip),
+            "classes": rows("classes"),
+            "crowd_boxes": transform_boxes(rows("crowd"), scale, orig_w, flip),
+            "image_shape": out_shape,
+            "image_id": t["image_id"][index],
+            "scale": scale,
+            "original_shape": tf.stack([orig_h, orig_w]),
+            "flipped": flip,
+        }
+        # The decoded size must agree with the record (checked at load time; this guards
+        # against a file replaced after loading).
+        check = tf.debugging.assert_equal(
+            tf.stack([orig_h, orig_w]), hw,
+            message="decoded image size differs from its record; reload the dataset")
+        with tf.control_dependencies([check]):
+            image = tf.identity(image)
+        if self.with_masks:
+            masks = tf.cast(rows("masks"), tf.float32)
+            targets["masks"] = tf.cond(flip, lambda: tf.reverse(masks, axis=[2]), lambda: masks)
+        if self.with_proposals:
+            targets["proposals"] = transform_boxes(rows("proposals"), scale, orig_w, flip)
+            targets["proposal_scores"] = rows("proposal_scores")
+        return image, targets
+
+    def _padded_shapes(self) -> tuple[Any, Any]:
+        size = self._static_image_size()
+        image_shape = [size[0], size[1], 3] if size else [None, None, 3]
+        m, s = self.max_instances, self.mask_crop_size
+        shapes: dict[str, Any] = {
+            "boxes": [m, 4], "classes": [m], "crowd_boxes": [self.max_crowd, 4],
+            "image_shape": [2], "image_id": [], "scale": [], "original_shape": [2],
+            "flipped": [],
+        }
+        values: dict[str, Any] = {
+            "boxes": -1.0, "classes": -1, "crowd_boxes": -1.0, "image_shape": 0,
+            "image_id": tf.constant(0, tf.int64), "scale": 0.0, "original_shape": 0,
+            "flipped": False,
+        }
+        if self.with_masks:
+            shapes["masks"] = [m, s, s]
+            values["masks"] = 0.0
+        if self.with_proposals:
+            shapes["proposals"] = [self.max_proposals, 4]
+            shapes["proposal_scores"] = [self.max_proposals]
+            values["proposals"] = -1.0
+            values["proposal_scores"] = -1.0
+        return (image_shape, shapes), (0.0, values)
+
+    def dataset(
+        self, input_context: tf.distribute.InputContext | None = None
+    ) -> tf.data.Dataset:
+        """The batched dataset; pass it to ``strategy.distribute_datasets_from_function``.
+
+        Args:
+            input_context: given by ``distribute_datasets_from_function``: records are sharded
+                by ``input_pipeline_id`` and batches hold the per-replica batch size.
+
+        Returns:
+            A dataset of ``(images, targets)`` as described in the module docstring.
+        """
+        batch = self.batch_size
+        pipeline_id, num_pipelines = 0, 1
+        if input_context is not None:
+            batch = input_context.get_per_replica_batch_size(self.batch_size)
+            pipeline_id = input_context.input_pipeline_id
+            num_pipelines = input_context.num_input_pipelines
+        n = self.num_images
+        ds = tf.data.Dataset.range(n)
+        if num_pipelines > 1:
+            if n < num_pipelines:
+                raise ValueError(f"{n} images cannot be sharded over {num_pipelines} pipelines.")
+            ds = ds.shard(num_pipelines, pipeline_id)
+        if self.shuffle:
+            buffer = self.shuffle_buffer or n
+            ds = ds.shuffle(buffer, seed=self.seed + pipeline_id, reshuffle_each_iteration=True)
+        if self.repeat:
+            ds = ds.repeat()
+        ds = ds.enumerate()
+        ds = ds.map(lambda c, i: self._load(c, i, pipeline_id),
+                    num_parallel_calls=self.num_parallel, deterministic=self.deterministic)
+        ds = ds.ignore_errors(log_warning=True)
+        padded_shapes, padding_values = self._padded_shapes()
+        drop = self.training
+
+        def batch_fn(d: tf.data.Dataset) -> tf.data.Dataset:
+            return d.padded_batch(batch, padded_shapes=padded_shapes,
+                                  padding_values=padding_values, drop_remainder=drop)
+
+        if self.group_by_aspect_ratio and self._static_image_size() is None:
+            # Landscape (w >= h) and portrait images go to separate batches.
+            def key(image, targets):
+                del image
+                shape = targets["original_shape"]
+                return tf.cast(shape[1] >= shape[0], tf.int64)
+
+            ds = ds.group_by_window(key, lambda _, d: batch_fn(d), window_size=batch)
+        else:
+            ds = batch_fn(ds)
+        options = tf.data.Options()
+        options.deterministic = self.deterministic
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.OFF)
+        ds = ds.with_options(options)
+        return ds.prefetch(AUTOTUNE)

@@ -1,0 +1,435 @@
+"""Dataset records, the label map and the load report shared by every reader.
+
+Conventions (DESIGN.md):
+    Boxes are float32 ``[y1, x1, y2, x2]`` in pixels of the ORIGINAL image (before any resize),
+    width ``x2 - x1`` with no legacy ``+1``. Classes are contiguous ``1..K`` (0 is background);
+    the :class:`LabelMap` is the one place where dataset category ids map to ``1..K`` and back.
+    Crowd regions (COCO ``iscrowd=1``) are kept OUT of ``boxes``: they travel as
+    ``crowd_boxes`` and only turn would-be negatives into "ignore" during matching.
+
+Shape shorthand:
+    M ground-truth instances of one image, Mc crowd regions of one image, H/W original size.
+
+Every reader returns ``(records, label_map, report)``. The :class:`LoadReport` counts what was
+skipped or repaired, with the file and the reason for each, and logs one summary line
+(``"N images, M boxes, skipped K: reasons"``) so nothing is dropped or altered silently.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+# How many example files each skip/repair reason keeps for the report (all are counted).
+_MAX_EXAMPLES = 5
+
+
+@dataclasses.dataclass
+class DetectionRecord:
+    """One image and its annotations, in original-image pixels.
+
+    Attributes:
+        image_path: path of the JPEG/PNG file.
+        image_id: integer id, unique in the dataset (COCO ``image.id``; see each reader).
+        height: original image height in pixels.
+        width: original image width in pixels.
+        boxes: ``[M, 4]`` float32 ``[y1, x1, y2, x2]`` original pixels (non-crowd instances).
+        classes: ``[M]`` int32 contiguous class ids ``1..K``.
+        crowd_boxes: ``[Mc, 4]`` float32 crowd/ignore regions, same format.
+        difficult: ``[M]`` bool, VOC ``difficult`` flags (all False for other datasets).
+        segmentations: optional per-instance mask sources, one per row of ``boxes``: a COCO
+            polygon list, a COCO RLE dict, a ``[H, W]`` array, or a path to a binary PNG mask.
+            Decoded lazily by :meth:`instance_masks`. ``None`` when the dataset has no masks.
+        source_name: the dataset's own name for the image (file stem, VOC id), for messages.
+    """
+
+    image_path: str
+    image_id: int
+    height: int
+    width: int
+    boxes: np.ndarray
+    classes: np.ndarray
+    crowd_boxes: np.ndarray = dataclasses.field(
+        default_factory=lambda: np.zeros((0, 4), np.float32)
+    )
+    difficult: np.ndarray | None = None
+    segmentations: list[Any] | None = None
+    source_name: str = ""
+
+    def __post_init__(self) -> None:
+        self.boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)
+        self.classes = np.asarray(self.classes, np.int32).reshape(-1)
+        self.crowd_boxes = np.asarray(self.crowd_boxes, np.float32).reshape(-1, 4)
+        if self.difficult is None:
+            self.difficult = np.zeros(len(self.boxes), bool)
+        self.difficult = np.asarray(self.difficult, bool).reshape(-1)
+        if len(self.classes) != len(self.boxes) or len(self.difficult) != len(self.boxes):
+            raise ValueError(
+                f"{self.image_path}: boxes ({len(self.boxes)}), classes ({len(self.classes)}) "
+                f"and difficult ({len(self.difficult)}) must have one row per instance."
+            )
+        if self.segmentations is not None and len(self.segmentations) != len(self.boxes):
+            raise ValueError(
+                f"{self.image_path}: segmentations has {len(self.segmentations)} entries for "
+                f"{len(self.boxes)} boxes; give one mask source per box or none at all."
+            )
+
+    @property
+    def num_instances(self) -> int:
+        return int(len(self.boxes))
+
+    @property
+    def has_masks(self) -> bool:
+        return self.segmentations is not None
+
+    def instance_masks(self) -> np.ndarray:
+        """Decode the instance masks: ``[M, H, W]`` uint8 in {0, 1} (original image size).
+
+        Raises:
+            ValueError: when the record has no segmentations, naming the image.
+        """
+        if self.segmentations is None:
+            raise ValueError(
+                f"{self.image_path} has no instance masks; use a dataset with segmentations "
+                "(COCO json with 'segmentation', or records_from_list(..., masks=...)) or set "
+                "with_masks=False."
+            )
+        from tf_rcnn.data import masks as masks_lib
+
+        out = np.zeros((self.num_instances, self.height, self.width), np.uint8)
+        for i, segm in enumerate(self.segmentations):
+            out[i] = masks_lib.decode_segmentation(
+                segm, self.height, self.width, self.boxes[i], self.image_path
+            )
+        return out
+
+
+class LabelMap:
+    """Contiguous class ids ``1..K`` <-> dataset category ids <-> names.
+
+    Class 0 is background and has no entry. Save it beside a model (``to_json``) so detections
+    can be reported in the dataset's own ids (``to_dataset_id``).
+
+    Args:
+        dataset_ids: dataset category ids in contiguous order; ``dataset_ids[i]`` is class ``i+1``.
+        names: one name per category, same order.
+    """
+
+    def __init__(self, dataset_ids: Sequence[int], names: Sequence[str]) -> None:
+        dataset_ids = [int(i) for i in dataset_ids]
+        names = [str(n) for n in names]
+        if len(dataset_ids) != len(names):
+            raise ValueError(
+                f"LabelMap: got {len(dataset_ids)} dataset_ids but {len(names)} names; give one "
+                "name per category."
+            )
+        if len(set(dataset_ids)) != len(dataset_ids):
+            raise ValueError(f"LabelMap: dataset_ids contain duplicates: {dataset_ids}.")
+        if len(set(names)) != len(names):
+            raise ValueError(f"LabelMap: names contain duplicates: {names}.")
+        self.dataset_ids = dataset_ids
+        self.names = names
+        self._from_dataset = {d: i + 1 for i, d in enumerate(dataset_ids)}
+        self._from_name = {n: i + 1 for i, n in enumerate(names)}
+
+    @classmethod
+    def from_names(cls, names: Sequence[str]) -> LabelMap:
+        """Label map whose dataset ids are ``1..K`` in the order of ``names``."""
+        return cls(list(range(1, len(names) + 1)), names)
+
+    @property
+    def num_classes(self) -> int:
+        """K, the number of object classes (background excluded)."""
+        return len(self.names)
+
+    def __len__(self) -> int:
+        return self.num_classes
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, LabelMap)
+            and self.dataset_ids == other.dataset_ids
+            and self.names == other.names
+        )
+
+    def __repr__(self) -> str:
+        pairs = ", ".join(
+            f"{i + 1}:{d}:{n}"
+            for i, (d, n) in enumerate(zip(self.dataset_ids, self.names, strict=True))
+        )
+        return f"LabelMap({pairs})"
+
+    def from_dataset_id(self, dataset_id: int) -> int:
+        """Contiguous class (1..K) of a dataset category id; ValueError when unknown."""
+        try:
+            return self._from_dataset[int(dataset_id)]
+        except KeyError:
+            raise ValueError(
+                f"Unknown dataset category id {dataset_id}; known ids: {self.dataset_ids}."
+            ) from None
+
+    def to_dataset_id(self, contiguous_id: int | np.ndarray) -> int | np.ndarray:
+        """Dataset category id of contiguous class ``1..K`` (scalar or array)."""
+        table = np.asarray([-1, *self.dataset_ids], np.int64)
+        ids = np.asarray(contiguous_id)
+        if np.any((ids < 1) | (ids > self.num_classes)):
+            raise ValueError(
+                f"Contiguous class ids must be in 1..{self.num_classes}, got {contiguous_id}."
+            )
+        out = table[ids]
+        return int(out) if out.ndim == 0 else out
+
+    def from_name(self, name: str) -> int:
+        """Contiguous class (1..K) of a category name; ValueError when unknown."""
+        try:
+            return self._from_name[name]
+        except KeyError:
+            raise ValueError(f"Unknown class name {name!r}; known names: {self.names}.") from None
+
+    def name(self, contiguous_id: int) -> str:
+        """Name of contiguous class ``1..K`` (``"background"`` for 0)."""
+        if contiguous_id == 0:
+            return "background"
+        return self.names[int(contiguous_id) - 1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": "tf_rcnn.label_map.v1",
+            "classes": [
+                {"id": i + 1, "dataset_id": d, "name": n}
+                for i, (d, n) in enumerate(zip(self.dataset_ids, self.names, strict=True))
+            ],
+        }
+
+    def to_json(self, path: str | None = None) -> str:
+        """JSON text of the map; also written to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=1)
+        if path is not None:
+            with open(path, "w") as f:
+                f.write(text)
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path: str) -> LabelMap:
+        """Inverse of :meth:`to_json`: accepts the JSON text or a path to the file."""
+        text = text_or_path
+        if not text_or_path.lstrip().startswith("{"):
+            with open(text_or_path) as f:
+                text = f.read()
+        data = json.loads(text)
+        classes = sorted(data["classes"], key=lambda c: c["id"])
+        if [c["id"] for c in classes] != list(range(1, len(classes) + 1)):
+            raise ValueError("Label map json: class ids must be exactly 1..K.")
+        return cls([c["dataset_id"] for c in classes], [c["name"] for c in classes])
+
+
+class LoadReport:
+    """Counts images, boxes and every skip or repair with its reason and file.
+
+    ``skip(reason, file, detail)`` counts an item that was dropped; ``repair(...)`` one that was
+    changed (e.g. a box clipped to the image). ``summary()`` is the one line logged at load time.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.num_images = 0
+        self.num_boxes = 0
+        self.num_crowd = 0
+        self.num_empty_images = 0
+        self.skipped: collections.Counter[str] = collections.Counter()
+        self.repaired: collections.Counter[str] = collections.Counter()
+        self.examples: dict[str, list[str]] = collections.defaultdict(list)
+
+    def _note(self, reason: str, file: str, detail: str) -> None:
+        if len(self.examples[reason]) < _MAX_EXAMPLES:
+            self.examples[reason].append(f"{file}: {detail}" if detail else file)
+        logging.log_first_n(logging.WARNING, "%s: %s %s (%s)", 20, self.source, reason, file,
+                            detail)
+
+    def skip(self, reason: str, file: str, detail: str = "", count: int = 1) -> None:
+        """Count ``count`` dropped items (images or annotations) for ``reason`` in ``file``."""
+        self.skipped[reason] += count
+        self._note(reason, file, detail)
+
+    def repair(self, reason: str, file: str, detail: str = "", count: int = 1) -> None:
+        """Count ``count`` items that were kept after a documented change."""
+        self.repaired[reason] += count
+        self._note(reason, file, detail)
+
+    @property
+    def num_skipped(self) -> int:
+        return int(sum(self.skipped.values()))
+
+    def summary(self) -> str:
+        """``"N images, M boxes, skipped K: reasons"`` plus repairs, in one line."""
+        reasons = ", ".join(f"{n} {r}" for r, n in sorted(self.skipped.items())) or "none"
+        text = (
+            f"{self.source}: {self.num_images} images, {self.num_boxes} boxes, "
+            f"{self.num_crowd} crowd regions, {self.num_empty_images} images without "
+            f"annotations; skipped {self.num_skipped}: {reasons}"
+        )
+        if self.repaired:
+            fixes = ", ".join(f"{n} {r}" for r, n in sorted(self.repaired.items()))
+            text += f"; repaired {sum(self.repaired.values())}: {fixes}"
+        return text
+
+    def details(self) -> str:
+        """Multi-line text with example files for every reason."""
+        lines = [self.summary()]
+        for reason, items in sorted(self.examples.items()):
+            lines.append(f"  {reason}:")
+            lines.extend(f"    {item}" for item in items)
+        return "\n".join(lines)
+
+    def finish(self, records: Sequence[DetectionRecord]) -> LoadReport:
+        """Fill the totals from the final records and log the summary once."""
+        self.num_images = len(records)
+        self.num_boxes = int(sum(r.num_instances for r in records))
+        self.num_crowd = int(sum(len(r.crowd_boxes) for r in records))
+        self.num_empty_images = int(
+            sum(1 for r in records if r.num_instances == 0 and len(r.crowd_boxes) == 0)
+        )
+        logging.info("%s", self.summary())
+        if self.skipped or self.repaired:
+            logging.warning("%s", self.details())
+        return self
+
+    def __repr__(self) -> str:
+        return f"LoadReport({self.summary()!r})"
+
+
+def sanitize_boxes(
+    boxes: np.ndarray,
+    height: int,
+    width: int,
+    report: LoadReport,
+    file: str,
+    what: str = "box",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate annotation boxes of one image; return ``(boxes, keep)``.
+
+    Rules (the same for every reader):
+        * any NaN/inf coordinate: skipped, reason ``"non-finite {what}"``;
+        * entirely outside the image (no overlap with ``[0, W] x [0, H]``): skipped,
+          reason ``"{what} outside image"``;
+        * crossing the image border: clipped to the image, counted as repaired,
+          reason ``"{what} clipped to image"``;
+        * zero or negative width/height after clipping (``x2 <= x1`` or ``y2 <= y1``):
+          skipped, reason ``"degenerate {what} (x2<=x1 or y2<=y1)"``.
+
+    Args:
+        boxes: ``[M, 4]`` float ``[y1, x1, y2, x2]`` original pixels.
+        height: image height.
+        width: image width.
+        report: where skips and repairs are counted.
+        file: the image file named in messages.
+        what: noun used in the reasons ("box", "crowd box", "proposal").
+
+    Returns:
+        ``boxes [M, 4]`` float32 (clipped) and ``keep [M]`` bool.
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    keep = np.ones(len(boxes), bool)
+    finite = np.all(np.isfinite(boxes), axis=1)
+    for i in np.flatnonzero(~finite):
+        report.skip(f"non-finite {what}", file, f"{what} {boxes[i].tolist()}")
+    keep &= finite
+    safe = np.where(np.isfinite(boxes), boxes, 0.0)
+    outside = (safe[:, 2] <= 0) | (safe[:, 0] >= height) | (safe[:, 3] <= 0) | (
+        safe[:, 1] >= width
+    )
+    degenerate = (safe[:, 2] <= safe[:, 0]) | (safe[:, 3] <= safe[:, 1])
+    for i in np.flatnonzero(keep & degenerate):
+        report.skip(f"degenerate {what} (x2<=x1 or y2<=y1)", file,
+                    f"yxyx {safe[i].round(2).tolist()}")
+    keep &= ~degenerate
+    for i in np.flatnonzero(keep & outside):
+        report.skip(f"{what} outside image", file,
+                    f"yxyx {safe[i].round(2).tolist()} in {height}x{width}")
+    keep &= ~outside
+    clipped = safe.copy()
+    clipped[:, [0, 2]] = np.clip(clipped[:, [0, 2]], 0, height)
+    clipped[:, [1, 3]] = np.clip(clipped[:, [1, 3]], 0, width)
+    changed = keep & np.any(np.abs(clipped - safe) > 1e-6, axis=1)
+    for i in np.flatnonzero(changed):
+        report.repair(f"{what} clipped to image", file,
+                      f"yxyx {safe[i].round(2).tolist()} in {height}x{width}")
+    return clipped.astype(np.float32), keep
+
+
+def check_image_file(
+    path: str,
+    expected_hw: tuple[int, int] | None,
+    report: LoadReport,
+    verify: str = "header",
+) -> tuple[int, int] | None:
+    """Cheap load-time check of one image file; returns its ``(height, width)`` or None.
+
+    ``verify``: ``"none"`` only checks that the file exists; ``"header"`` (default) opens the
+    header with PIL, checks the format is one TF can decode (JPEG, PNG, GIF, BMP) and that a
+    JPEG/PNG file is not truncated (end marker present); ``"decode"`` fully decodes with PIL.
+    A failing file is counted as a skip with its reason. A size different from the annotation's
+    ``expected_hw`` is a skip too (boxes would refer to another geometry, e.g. EXIF rotation).
+    """
+    if verify not in ("none", "header", "decode"):
+        raise ValueError(f"verify_images must be 'none', 'header' or 'decode', got {verify!r}.")
+    if not os.path.isfile(path):
+        report.skip("missing image file", path, "file not found; fix the path or image_dir")
+        return None
+    if verify == "none" and expected_hw is not None:
+        return expected_hw
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            fmt = im.format
+            width, height = im.size
+            if verify == "decode":
+                im.load()
+    except Exception as e:
+        report.skip("unreadable image file", path, f"{type(e).__name__}: {e}")
+        return None
+    if verify == "none":  # only reached when the annotation has no size
+        return height, width
+    if fmt not in ("JPEG", "PNG", "GIF", "BMP"):
+        report.skip("unsupported image format", path, f"{fmt}; convert it to JPEG or PNG")
+        return None
+    if verify == "header" and not _has_end_marker(path, fmt):
+        report.skip("truncated image file", path, f"{fmt} end marker missing")
+        return None
+    if expected_hw is not None and tuple(expected_hw) != (height, width):
+        report.skip(
+            "image size differs from annotation",
+            path,
+            f"annotation says {expected_hw[0]}x{expected_hw[1]} (HxW), file is {height}x{width}",
+        )
+        return None
+    return height, width
+
+
+def _has_end_marker(path: str, fmt: str) -> bool:
+    """JPEG ends with FFD9 and PNG with the IEND chunk (trailing padding bytes tolerated)."""
+    if fmt not in ("JPEG", "PNG"):
+        return True
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - 1024))
+        tail = f.read()
+    if fmt == "JPEG":
+        return b"\xff\xd9" in tail
+    return b"IEND" in tail
+
+
+def filter_records(
+    records: Sequence[DetectionRecord], predicate: Callable[[DetectionRecord], bool]
+) -> list[DetectionRecord]:
+    """Records for which ``predicate`` holds (a helper for user code and tests)."""
+    return [r for r in records if predicate(r)]
