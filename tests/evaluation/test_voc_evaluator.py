@@ -155,3 +155,52 @@ def test_no_detections_and_errors():
         ev.add_ground_truth(2, [[0, 0, 1, 1]], [9])
     with pytest.raises(ValueError, match="class_names"):
         VOCEvaluator([])
+
+
+@pytest.mark.parametrize("use_07_metric", [True, False])
+def test_matches_scalar_devkit_reference_on_random_data(use_07_metric):
+    from tests.evaluation.voc_reference import reference_ap
+
+    rng = np.random.default_rng(3)
+    K = 3
+    ev = VOCEvaluator([f"c{k}" for k in range(1, K + 1)], use_07_metric=use_07_metric)
+    gt_ref = {k: {} for k in range(1, K + 1)}
+    det_ref = {k: [] for k in range(1, K + 1)}
+    for image_id in range(12):
+        m = int(rng.integers(0, 6))
+        xy = rng.integers(0, 60, size=[m, 2])
+        wh = rng.integers(4, 40, size=[m, 2])
+        gt_xyxy = np.concatenate([xy, xy + wh], axis=1)
+        classes = rng.integers(1, K + 1, size=m)
+        difficult = rng.random(m) < 0.2
+        ev.add_ground_truth(image_id, gt_xyxy[:, [1, 0, 3, 2]], classes, difficult)
+        for k in range(1, K + 1):
+            gt_ref[k][image_id] = [
+                (*map(int, gt_xyxy[j]), bool(difficult[j])) for j in range(m) if classes[j] == k
+            ]
+        # Detections: jittered GT (hits, duplicates, misses) and random boxes; scores with ties.
+        src = gt_xyxy[rng.integers(0, m, size=2 * m)] if m else np.zeros([0, 4], int)
+        rand_xy = rng.integers(0, 60, size=[3, 2])
+        rand = np.concatenate([rand_xy, rand_xy + rng.integers(4, 40, size=[3, 2])], axis=1)
+        boxes = np.concatenate([src + rng.integers(-4, 5, size=src.shape), rand])
+        boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2] + 1)
+        det_classes = rng.integers(1, K + 1, size=len(boxes))
+        scores = np.round(rng.random(len(boxes)), 1)
+        ev.update(
+            _batch(
+                image_id,
+                [(*boxes[d, [1, 0, 3, 2]], scores[d], det_classes[d]) for d in range(len(boxes))],
+                D=len(boxes) + 1,
+            )
+        )
+        for d in range(len(boxes)):
+            det_ref[int(det_classes[d])].append((image_id, scores[d], *map(int, boxes[d])))
+    m = ev.evaluate()
+    aps = []
+    for k in range(1, K + 1):
+        ref = reference_ap(gt_ref[k], det_ref[k], use_07_metric)
+        assert ref is not None
+        aps.append(ref)
+        assert m[f"voc/AP/c{k}"] == pytest.approx(ref, abs=1e-12), k
+    assert m["voc/mAP"] == pytest.approx(np.mean(aps), abs=1e-12)
+    assert 0.05 < m["voc/mAP"] < 0.95  # an informative case, not all hits or all misses
