@@ -21,6 +21,7 @@ import math
 from collections.abc import Sequence
 
 import tensorflow as tf
+from keras.utils import bounding_boxes
 
 # dh/dw are clamped at log(1000/16) before exp(), as in Detectron: no box grows more than
 # 1000/16 times its anchor, which keeps exp() finite in early training.
@@ -199,28 +200,39 @@ def decode(
 
 
 def yxyx_to_xyxy(boxes: tf.Tensor) -> tf.Tensor:
-    """``[y1, x1, y2, x2] -> [x1, y1, x2, y2]`` (the order COCO tools and torchvision use)."""
+    """``[y1, x1, y2, x2] -> [x1, y1, x2, y2]`` (the order COCO tools and torchvision use).
+
+    ``boxes`` is ``[..., 4]`` of known rank; the dtype is kept.
+    """
     boxes = tf.convert_to_tensor(boxes)
-    return tf.gather(boxes, [1, 0, 3, 2], axis=-1)
+    return _convert_format(boxes, "yxyx", "xyxy", boxes.dtype)
 
 
 def xyxy_to_yxyx(boxes: tf.Tensor) -> tf.Tensor:
     """``[x1, y1, x2, y2] -> [y1, x1, y2, x2]`` (the swap is its own inverse)."""
-    return yxyx_to_xyxy(boxes)
+    boxes = tf.convert_to_tensor(boxes)
+    return _convert_format(boxes, "xyxy", "yxyx", boxes.dtype)
 
 
 def yxyx_to_xywh(boxes: tf.Tensor) -> tf.Tensor:
-    """``[y1, x1, y2, x2] -> [x, y, w, h]``, the COCO json ``bbox`` format."""
-    boxes = tf.convert_to_tensor(boxes, tf.float32)
-    y1, x1, y2, x2 = tf.unstack(boxes, 4, axis=-1)
-    return tf.stack([x1, y1, x2 - x1, y2 - y1], axis=-1)
+    """``[y1, x1, y2, x2] -> [x, y, w, h]`` float32, the COCO json ``bbox`` format."""
+    return _convert_format(tf.convert_to_tensor(boxes, tf.float32), "yxyx", "xywh", tf.float32)
 
 
 def xywh_to_yxyx(boxes: tf.Tensor) -> tf.Tensor:
-    """COCO ``[x, y, w, h] -> [y1, x1, y2, x2]``."""
-    boxes = tf.convert_to_tensor(boxes, tf.float32)
-    x, y, w, h = tf.unstack(boxes, 4, axis=-1)
-    return tf.stack([y, x, y + h, x + w], axis=-1)
+    """COCO ``[x, y, w, h] -> [y1, x1, y2, x2]`` float32."""
+    return _convert_format(tf.convert_to_tensor(boxes, tf.float32), "xywh", "yxyx", tf.float32)
+
+
+def _convert_format(boxes: tf.Tensor, source: str, target: str, dtype: tf.DType) -> tf.Tensor:
+    """Keras' own converter: tests/ops/test_boxes.py checks it gives exactly the numbers of the
+    definitions above (xywh: ``w = x2 - x1``, ``x2 = x + w``) for known-rank inputs."""
+    if boxes.shape.rank is None:
+        raise ValueError(
+            "Box format conversion needs boxes of known rank [..., 4]; set the static shape "
+            "(e.g. with tf.ensure_shape) before converting."
+        )
+    return bounding_boxes.convert_format(boxes, source=source, target=target, dtype=dtype.name)
 
 
 def normalize(boxes: tf.Tensor, image_shape: tf.Tensor) -> tf.Tensor:
