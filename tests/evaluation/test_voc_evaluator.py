@@ -204,3 +204,16 @@ def test_matches_scalar_devkit_reference_on_random_data(use_07_metric):
         assert m[f"voc/AP/c{k}"] == pytest.approx(ref, abs=1e-12), k
     assert m["voc/mAP"] == pytest.approx(np.mean(aps), abs=1e-12)
     assert 0.05 < m["voc/mAP"] < 0.95  # an informative case, not all hits or all misses
+
+
+def test_only_updated_images_count():
+    # GT registered for images 0 and 1, detections only for image 0 (a perfect hit):
+    # image 1's box is not part of this evaluation, so recall is 1/1 and AP 1, not 6/11.
+    ev = VOCEvaluator(["cat"], use_plus_one=False)
+    ev.add_ground_truth(0, [[0, 0, 10, 10]], [1])
+    ev.add_ground_truth(1, [[0, 0, 10, 10]], [1])
+    ev.update(_batch(0, [(0, 0, 10, 10, 0.9, 1)]))
+    assert ev.evaluate()["voc/AP/cat"] == pytest.approx(1.0)
+    # An image passed with zero detections does count: recall 1/2, AP07 = 6/11.
+    ev.update(_batch(1, []))
+    assert ev.evaluate()["voc/AP/cat"] == pytest.approx(6 / 11)

@@ -88,6 +88,65 @@ def _encode_mask(mask: np.ndarray) -> dict:
     return rle
 
 
+def paste_masks(
+    masks: np.ndarray,
+    boxes: np.ndarray,
+    image_shape: tuple[int, int],
+    threshold: float = 0.5,
+) -> np.ndarray:
+    """Pastes box-relative mask probabilities into full-image binary masks.
+
+    The mask of a detection covers its box: cell ``(i, j)`` of the ``Hm x Wm`` grid has its
+    centre at ``y = y1 + (i + 0.5) * (y2 - y1) / Hm`` (likewise x). Each image pixel whose
+    centre lies inside the box gets the bilinear interpolation of the grid at its centre
+    (clamped at the grid border); pixels outside the box are 0.
+
+    Args:
+        masks: ``[D, Hm, Wm]`` float probabilities in [0, 1] (the model's
+            ``detection_masks`` for one image, already of the detected class).
+        boxes: ``[D, 4]`` float, ``[y1, x1, y2, x2]`` in the pixels of the target image.
+        image_shape: ``(H, W)`` of the target (original) image.
+        threshold: Probability above which a pixel is foreground.
+
+    Returns:
+        ``[D, H, W]`` uint8 in {0, 1}.
+    """
+    masks = np.asarray(masks, np.float64)
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    if masks.ndim != 3 or masks.shape[0] != boxes.shape[0]:
+        raise ValueError(
+            f"masks must be [D, Hm, Wm] with D = {boxes.shape[0]} (rows of boxes); "
+            f"got {masks.shape}."
+        )
+    height, width = int(image_shape[0]), int(image_shape[1])
+    out = np.zeros([boxes.shape[0], height, width], np.uint8)
+    mask_h, mask_w = masks.shape[1:]
+    centres_y = np.arange(height) + 0.5
+    centres_x = np.arange(width) + 0.5
+    for d, (y1, x1, y2, x2) in enumerate(boxes):
+        if y2 <= y1 or x2 <= x1:
+            continue
+        rows = np.flatnonzero((centres_y >= y1) & (centres_y < y2))
+        cols = np.flatnonzero((centres_x >= x1) & (centres_x < x2))
+        if rows.size == 0 or cols.size == 0:
+            continue
+        # Continuous grid coordinates of the pixel centres (cell centres sit at integers).
+        gy = np.clip((centres_y[rows] - y1) / (y2 - y1) * mask_h - 0.5, 0, mask_h - 1)
+        gx = np.clip((centres_x[cols] - x1) / (x2 - x1) * mask_w - 0.5, 0, mask_w - 1)
+        y0, x0 = np.floor(gy).astype(int), np.floor(gx).astype(int)
+        y1i, x1i = np.minimum(y0 + 1, mask_h - 1), np.minimum(x0 + 1, mask_w - 1)
+        wy, wx = (gy - y0)[:, None], (gx - x0)[None, :]
+        m = masks[d]
+        value = (
+            (1 - wy) * (1 - wx) * m[np.ix_(y0, x0)]
+            + (1 - wy) * wx * m[np.ix_(y0, x1i)]
+            + wy * (1 - wx) * m[np.ix_(y1i, x0)]
+            + wy * wx * m[np.ix_(y1i, x1i)]
+        )
+        out[d, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] = value > threshold
+    return out
+
+
 def _suppress_output():
     """pycocotools prints progress to stdout; keep evaluation quiet."""
     return contextlib.redirect_stdout(io.StringIO())
@@ -185,9 +244,11 @@ class COCOEvaluator:
                 ``detection_classes [B, D]`` int, contiguous ``1..K``;
                 ``num_detections [B]`` int, valid rows per image (rows past it are padding;
                     defaults to D);
-                ``detection_masks`` (optional, needed for ``"segm"``): ``[B, D, H, W]``
-                    full-image masks, or a list of B arrays ``[D_b, H_b, W_b]`` when image
-                    sizes differ; values > 0.5 are foreground.
+                ``detection_masks`` (optional, needed for ``"segm"``, ignored otherwise):
+                    ``[B, D, H, W]`` full-image masks, or a list of B arrays
+                    ``[D_b, H_b, W_b]`` when image sizes differ; values > 0.5 are
+                    foreground. Model outputs (box-relative ``[D, Hm, Wm]``) go through
+                    ``paste_masks`` first.
 
         Raises:
             ValueError: on missing keys, inconsistent shapes, unknown image ids or masks whose
@@ -236,7 +297,7 @@ class COCOEvaluator:
             xywh = np.stack([x1, y1, x2 - x1, y2 - y1], axis=-1)
             category_ids = _to_dataset_ids(self.label_map, classes[b, :n])
             image_masks = None
-            if masks is not None:
+            if masks is not None and "segm" in self.iou_types:
                 image_masks = np.asarray(masks[b])
                 expected = self._image_sizes[image_id]
                 if (

@@ -32,6 +32,11 @@ xml, 0- or 1-based alike). If the data reader turned VOC corners into continuous
 (``x1 = xmin - 1, x2 = xmax``, width ``xmax - xmin + 1``, this project's convention for pixel
 boxes), pass ``use_plus_one=False``: the plain IoU of the shifted boxes equals the devkit's.
 
+Only the images passed to ``update()`` are evaluated (an image with zero detections still
+counts, since its ``image_id`` was seen); ground truth registered for other images is left out
+of ``npos``. If ``update()`` was never called, every registered image counts. This keeps the
+numbers right when only part of a split is evaluated and equals the devkit on a whole split.
+
 A class with no non-difficult ground truth (``npos = 0``): the devkit divides by zero there
 (it never happens on VOC, where every class occurs); we report its AP as ``-1`` (undefined,
 like pycocotools) and leave it out of the mean.
@@ -135,6 +140,7 @@ class VOCEvaluator:
         self._det_boxes: list[np.ndarray] = []
         self._det_scores: list[np.ndarray] = []
         self._det_classes: list[np.ndarray] = []
+        self._seen_image_ids: set[int] = set()
 
     def add_ground_truth(
         self,
@@ -197,6 +203,7 @@ class VOCEvaluator:
         num = np.full([B], D, np.int64) if num is None else np.asarray(num).reshape(-1)
         if num.shape[0] != B or np.any(num < 0) or np.any(num > D):
             raise ValueError(f"num_detections must be [B] with values in [0, {D}]; got {num}.")
+        self._seen_image_ids.update(int(i) for i in image_ids)
         valid = np.arange(D)[None, :] < num[:, None]  # [B, D]
         self._det_image_ids.append(np.broadcast_to(image_ids[:, None], (B, D))[valid])
         self._det_boxes.append(boxes[valid])
@@ -209,7 +216,11 @@ class VOCEvaluator:
         """Recall/precision after each (non-ignored) detection of one class, and npos."""
         gt = {}
         npos = 0
+        # Only images passed to update() count (all registered ones if update was never called).
+        evaluated = self._seen_image_ids or set(self._gt)
         for image_id, (gt_boxes, gt_classes, gt_difficult) in self._gt.items():
+            if image_id not in evaluated:
+                continue
             of_class = gt_classes == class_id
             gt[image_id] = (
                 gt_boxes[of_class],
