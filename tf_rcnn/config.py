@@ -1,0 +1,215 @@
+"""Configuration: the full default config every recipe starts from, and override checking.
+
+Recipes in ``configs/`` call :func:`default_config` and change what their paper or dataset needs.
+Every key exists in the defaults, so ``--config.a.b=v`` overrides of a misspelt key are refused
+with the list of valid keys (:func:`check_config_overrides`) instead of silently adding a field.
+Only ``tf_rcnn.models.builder`` and the scripts read a config; model parts never see one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Sequence
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def _cd(**kwargs) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(kwargs)
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Faster R-CNN R50-FPN on COCO with Detectron 1x values; recipes override from here."""
+    placeholder = config_dict.placeholder
+    config = ml_collections.ConfigDict()
+    config.model = _cd(
+        type="faster_rcnn",  # faster_rcnn | fast_rcnn | rfcn | mask_rcnn
+        num_classes=80,
+        backbone=_cd(
+            name="resnet50",  # resnet50 | resnet101 | vgg16 | tiny
+            weights=placeholder(str),  # None (random), "imagenet", or a weights file path
+            freeze_at=2,  # Detectron: stem and res2 frozen
+            norm="frozen_bn",  # frozen_bn | bn | sync_bn
+            stride_in_1x1=True,  # MSRA/Caffe-style bottlenecks (keras.applications layout)
+            widths=(16, 32, 64, 128),  # tiny backbone only
+        ),
+        neck=_cd(type="fpn", out_channels=256),  # type: fpn | none
+        rpn=_cd(
+            in_features=("P2", "P3", "P4", "P5", "P6"),
+            # FPN paper Sec. 4.1: one size per level {32..512}, ratios {1:2, 1:1, 2:1}.
+            anchor_sizes=((32.0,), (64.0,), (128.0,), (256.0,), (512.0,)),
+            aspect_ratios=(0.5, 1.0, 2.0),
+            anchor_offset=0.5,
+            head_channels=placeholder(int),  # None: same as the input features
+            # Detectron FPN: per level 2000/1000 before NMS (train/test), 1000 after.
+            pre_nms_topk_train=2000,
+            post_nms_topk_train=1000,
+            pre_nms_topk_test=1000,
+            post_nms_topk_test=1000,
+            nms_threshold=0.7,  # Faster R-CNN Sec. 3.3
+            min_size=0.0,
+            positive_iou=0.7,  # Faster R-CNN Sec. 3.1.2
+            negative_iou=0.3,
+            batch_size_per_image=256,
+            positive_fraction=0.5,
+            straddle_threshold=0.0,  # ignore cross-boundary anchors in training (Sec. 3.3)
+            box_loss_beta=1.0 / 9.0,  # Detectron RPN smooth-L1 beta
+            focal_gamma=placeholder(float),
+        ),
+        roi_head=_cd(
+            in_features=("P2", "P3", "P4", "P5"),
+            pooler="roi_align",  # roi_align | roi_pool | spp
+            pooler_resolution=7,
+            sampling_ratio=2,
+            aligned=True,
+            spp_levels=(1, 2, 4),
+            box_head="fpn_fc",  # fpn_fc | res5 | vgg_fc
+            fc_dims=(1024, 1024),
+            class_agnostic_box=False,
+            batch_size_per_image=512,  # Detectron 1x
+            positive_fraction=0.25,  # Fast R-CNN Sec. 2.3
+            fg_iou=0.5,
+            bg_iou_low=0.0,  # Detectron; Fast R-CNN paper uses 0.1
+            box_loss_beta=1.0,
+            focal_gamma=placeholder(float),
+            score_threshold=0.05,
+            nms_threshold=0.5,
+            detections_per_image=100,
+        ),
+    )
+    config.data = _cd(
+        dataset="coco",  # coco | voc | shapes | custom
+        train_annotations="",
+        train_images="",
+        val_annotations="",
+        val_images="",
+        voc_root="",
+        voc_train_sets=(("2007", "trainval"), ("2012", "trainval")),
+        voc_val_sets=(("2007", "test"),),
+        shapes_dir="data_cache/shapes",
+        shapes_train_images=1000,
+        shapes_val_images=200,
+        shapes_image_size=128,
+        shapes_train_seed=0,
+        shapes_val_seed=1,
+        scales=(800,),  # shorter side (Detectron 1x)
+        max_size=1333,
+        scale_jitter=placeholder(float),
+        random_flip=True,
+        size_divisor=32,
+        max_instances=100,
+        train_batch_size=16,  # global batch (Detectron: 2 images x 8 GPUs)
+        eval_batch_size=8,
+        mask_crop_size=56,
+        proposals_train="",
+        proposals_val="",
+        max_proposals=2000,
+        seed=placeholder(int),
+        deterministic=False,
+    )
+    config.train = _cd(
+        total_steps=90000,  # Detectron 1x at batch 16
+        optimizer="sgd",  # sgd | adamw
+        base_learning_rate=0.02,
+        base_batch_size=16,  # linear scaling rule reference
+        momentum=0.9,
+        weight_decay=1e-4,
+        weight_decay_norm=0.0,
+        exclude_bias_from_decay=False,
+        schedule="step",  # step | cosine | constant
+        decay_steps=(60000, 80000),
+        decay_gamma=0.1,
+        warmup_steps=1000,
+        warmup_factor=1.0 / 1000.0,
+        clip_norm=placeholder(float),
+        checkpoint_every=2000,
+        keep_checkpoints=5,
+        log_every=20,
+        steps_per_loop=1,
+        mixed_precision=placeholder(str),  # mixed_float16 | mixed_bfloat16
+        init_checkpoint="",
+        init_skip_mismatch=False,
+        eval_every=0,
+    )
+    config.eval = _cd(
+        batch_size=8,
+        metrics=("coco",),  # coco | voc | proposal_recall
+        num_images=placeholder(int),
+        visualize=4,
+        score_threshold_visualize=0.5,
+    )
+    return config
+
+
+def _valid_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, ml_collections.ConfigDict):
+            keys.extend(_valid_keys(value, path + "."))
+        else:
+            keys.append(path)
+    return keys
+
+
+def find_unknown_overrides(
+    config: ml_collections.ConfigDict, overrides: Sequence[str]
+) -> list[tuple[str, list[str]]]:
+    """Dotted override paths that do not exist, each with the valid keys of its section."""
+    unknown = []
+    for path in overrides:
+        node = config
+        parts = path.split(".")
+        for depth, part in enumerate(parts):
+            if isinstance(node, ml_collections.ConfigDict) and part in node:
+                node = node[part]
+                continue
+            section = ".".join(parts[:depth])
+            if isinstance(node, ml_collections.ConfigDict):
+                choices = sorted(f"{section}.{k}" if section else k for k in node)
+            else:
+                choices = [section]
+            unknown.append((path, choices))
+            break
+    return unknown
+
+
+def check_config_overrides(argv: Sequence[str], flag_name: str = "config") -> None:
+    """Exit with a clear message when ``--config.x.y=v`` names a key the recipe lacks.
+
+    Runs before absl parses the flags (whose own error is a bare traceback); loads the recipe
+    named by ``--config=PATH`` the same way ``config_flags`` does.
+    """
+    prefix = f"--{flag_name}."
+    path = None
+    overrides = []
+    for i, arg in enumerate(argv):
+        if arg.startswith(f"--{flag_name}="):
+            path = arg.split("=", 1)[1]
+        elif arg == f"--{flag_name}" and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif arg.startswith(prefix):
+            overrides.append(arg[len(prefix):].split("=", 1)[0])
+    if path is None or not overrides:
+        return
+    config = load_config_file(path)
+    unknown = find_unknown_overrides(config, overrides)
+    if unknown:
+        lines = [f"Unknown config key(s) in {path}:"]
+        for key, choices in unknown:
+            lines.append(f"  --{flag_name}.{key}: valid keys here are: {', '.join(choices)}")
+        sys.stderr.write("\n".join(lines) + "\n")
+        raise SystemExit(2)
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+    """Loads a recipe file (``configs/NAME.py``, optionally ``PATH:arg``) and calls get_config."""
+    file_path, _, arg = path.partition(":")
+    spec = importlib.util.spec_from_file_location("tf_rcnn_recipe", file_path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"Config file {file_path!r} not found.")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()

@@ -1,0 +1,148 @@
+"""Running a detector over an evaluation dataset and feeding the evaluators.
+
+Detections come out of the model in pixels of the resized network input; evaluators want the
+original image: boxes are divided by the per-image ``scale`` the input pipeline applied, then
+clipped to the original size. Images the pipeline padded into the last batch (``image_id < 0``)
+and repeated ids are skipped, so every image is counted exactly once.
+
+Shape shorthand: B batch, D detections per image, P proposals per image, M GT per image.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+
+def to_original_pixels(
+    boxes: np.ndarray,
+    scale: np.ndarray,
+    original_shape: np.ndarray,
+    flipped: np.ndarray | None = None,
+    input_width: np.ndarray | None = None,
+) -> np.ndarray:
+    """Map ``boxes [B, D, 4]`` from the network input back to original-image pixels.
+
+    Args:
+        boxes: ``[B, D, 4]`` ``[y1, x1, y2, x2]`` in resized-image pixels.
+        scale: ``[B]`` resize factors (resized = original * scale).
+        original_shape: ``[B, 2]`` original (height, width).
+        flipped: optional ``[B]`` bool; flipped images are un-flipped using ``input_width``.
+        input_width: ``[B]`` resized widths (before padding), needed with ``flipped``.
+    """
+    boxes = np.asarray(boxes, np.float32).copy()
+    if flipped is not None and np.any(flipped):
+        width = np.asarray(input_width, np.float32)[:, None]
+        x1 = boxes[..., 1].copy()
+        boxes[..., 1] = np.where(flipped[:, None], width - boxes[..., 3], x1)
+        boxes[..., 3] = np.where(flipped[:, None], width - x1, boxes[..., 3])
+    boxes /= np.asarray(scale, np.float32)[:, None, None]
+    h = np.asarray(original_shape, np.float32)[:, 0][:, None]
+    w = np.asarray(original_shape, np.float32)[:, 1][:, None]
+    boxes[..., 0] = np.clip(boxes[..., 0], 0, h)
+    boxes[..., 2] = np.clip(boxes[..., 2], 0, h)
+    boxes[..., 1] = np.clip(boxes[..., 1], 0, w)
+    boxes[..., 3] = np.clip(boxes[..., 3], 0, w)
+    return boxes
+
+
+def make_predict_fn(model: Any, with_proposals: bool = False):
+    """A ``tf.function`` running the model on ``(images, image_shape)``; traced once per
+    input signature (batch and image size are left dynamic)."""
+
+    @tf.function(reduce_retracing=True)
+    def predict(images, image_shape):
+        inputs = {"images": images, "image_shape": image_shape}
+        if with_proposals:
+            return model.detect_with_proposals(inputs)
+        return dict(model(inputs, training=False))
+
+    return predict
+
+
+def run_evaluation(
+    model: Any,
+    dataset: Iterable,
+    evaluators: Sequence[Any] = (),
+    proposal_evaluator: Any = None,
+    num_images: int | None = None,
+    log_every: int = 50,
+) -> dict[int, dict[str, np.ndarray]]:
+    """Runs ``model`` over ``dataset`` and updates every evaluator.
+
+    Args:
+        model: a ``TwoStageDetector``.
+        dataset: evaluation elements ``(images, targets)`` from ``InputPipeline(training=False)``.
+        evaluators: objects with ``update(detections_dict)`` (COCOEvaluator, VOCEvaluator),
+            fed boxes in original-image pixels.
+        proposal_evaluator: optional ``ProposalRecallEvaluator`` fed RPN proposals and GT in the
+            network-input frame.
+        num_images: stop after this many images.
+        log_every: progress line every this many batches.
+
+    Returns:
+        ``{image_id: per-image detections}`` (boxes in original pixels), for drawing.
+    """
+    predict = make_predict_fn(model, with_proposals=proposal_evaluator is not None)
+    seen: set[int] = set()
+    per_image: dict[int, dict[str, np.ndarray]] = {}
+    start = time.time()
+    for batch_index, (images, targets) in enumerate(dataset):
+        outputs = predict(images, targets["image_shape"])
+        outputs = {k: v.numpy() for k, v in outputs.items()}
+        image_ids = targets["image_id"].numpy().astype(np.int64)
+        keep = np.array([int(i) >= 0 and int(i) not in seen for i in image_ids], dtype=bool)
+        if num_images is not None:
+            room = num_images - len(seen)
+            keep &= np.cumsum(keep) <= room
+        if not keep.any():
+            if num_images is not None and len(seen) >= num_images:
+                break
+            continue
+        seen.update(int(i) for i in image_ids[keep])
+        boxes = to_original_pixels(
+            outputs["detection_boxes"],
+            targets["scale"].numpy(),
+            targets["original_shape"].numpy(),
+            targets.get("flipped").numpy() if "flipped" in targets else None,
+            targets["image_shape"].numpy()[:, 1],
+        )
+        detections = {
+            "image_id": image_ids[keep],
+            "detection_boxes": boxes[keep],
+            "detection_scores": outputs["detection_scores"][keep],
+            "detection_classes": outputs["detection_classes"][keep],
+            "num_detections": outputs["num_detections"][keep],
+        }
+        if "detection_masks" in outputs:
+            detections["detection_masks"] = outputs["detection_masks"][keep]
+        for evaluator in evaluators:
+            evaluator.update(detections)
+        if proposal_evaluator is not None:
+            proposal_evaluator.update(
+                outputs["proposals"][keep],
+                targets["boxes"].numpy()[keep],
+                num_proposals=outputs["proposal_valid"][keep].sum(axis=1),
+            )
+        for j, image_id in enumerate(detections["image_id"]):
+            n = int(detections["num_detections"][j])
+            per_image[int(image_id)] = {
+                "boxes": detections["detection_boxes"][j, :n],
+                "scores": detections["detection_scores"][j, :n],
+                "classes": detections["detection_classes"][j, :n],
+            }
+        if log_every and (batch_index + 1) % log_every == 0:
+            rate = len(seen) / max(time.time() - start, 1e-6)
+            logging.info("eval: %d images, %.1f img/s", len(seen), rate)
+        if num_images is not None and len(seen) >= num_images:
+            break
+    elapsed = time.time() - start
+    logging.info(
+        "eval: %d images in %.1f s (%.1f img/s)", len(seen), elapsed, len(seen) / max(elapsed, 1e-6)
+    )
+    return per_image

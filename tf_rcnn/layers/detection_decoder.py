@@ -1,0 +1,103 @@
+"""DetectionDecoder: R-CNN head outputs -> final per-class detections.
+
+Softmax over the K+1 classes, class-specific decode of each RoI (weights (10, 10, 5, 5)), clip
+to the true image shape, drop scores below ``score_threshold`` (0.05) and empty boxes, per-class
+NMS (IoU 0.5), keep the ``max_detections`` (100) best per image.
+
+Conventions: boxes ``[y1, x1, y2, x2]`` pixels; classes 1..K (0 = padding in the outputs).
+Shape shorthand: B batch, R RoIs per image, K classes, D = max_detections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+import tensorflow as tf
+
+from tf_rcnn.ops import boxes as box_ops
+from tf_rcnn.ops import nms as nms_ops
+
+
+@keras.saving.register_keras_serializable(package="tf_rcnn")
+class DetectionDecoder(keras.layers.Layer):
+    """Decodes class scores and class-specific deltas into detections.
+
+    Args:
+        score_threshold: minimum class probability (0.05).
+        nms_threshold: per-class NMS IoU (0.5).
+        max_detections: detections kept per image (100).
+        max_detections_per_class: per-class cap before the overall top-D (default D).
+        box_weights: coder weights of the head's deltas.
+
+    Call arguments:
+        class_logits: ``[B, R, K+1]``; pred_deltas ``[B, R, K+1, 4]`` (or ``[B, R, 1, 4]``
+        class-agnostic); rois ``[B, R, 4]``; roi_valid ``[B, R]`` bool; image_shape ``[B, 2]``.
+        class_probs: optional ``[B, R, K+1]`` probabilities to use instead of softmax(logits)
+        (R-FCN voting or OHEM paths may give them directly).
+
+    Returns:
+        dict of ``detection_boxes [B, D, 4]`` pixels, ``detection_scores [B, D]``,
+        ``detection_classes [B, D]`` int32, ``num_detections [B]`` int32.
+    """
+
+    def __init__(
+        self,
+        score_threshold: float = 0.05,
+        nms_threshold: float = 0.5,
+        max_detections: int = 100,
+        max_detections_per_class: int | None = None,
+        box_weights: Sequence[float] = box_ops.RCNN_BOX_WEIGHTS,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.score_threshold = float(score_threshold)
+        self.nms_threshold = float(nms_threshold)
+        self.max_detections = int(max_detections)
+        self.max_detections_per_class = (
+            None if max_detections_per_class is None else int(max_detections_per_class)
+        )
+        self.box_weights = tuple(float(w) for w in box_weights)
+
+    def call(self, class_logits, pred_deltas, rois, roi_valid, image_shape, class_probs=None):
+        if class_probs is None:
+            class_probs = tf.nn.softmax(tf.cast(class_logits, tf.float32), axis=-1)
+        # Drop the background column: [B, R, K+1] -> [B, R, K].
+        scores = tf.cast(class_probs, tf.float32)[..., 1:]
+        pred_deltas = tf.cast(pred_deltas, tf.float32)
+        if pred_deltas.shape[-2] != 1:
+            pred_deltas = pred_deltas[..., 1:, :]  # [B, R, K, 4]
+        rois = tf.cast(rois, tf.float32)
+        # [B, R, 1, 4] anchors broadcast against [B, R, K|1, 4] deltas.
+        boxes = box_ops.decode(pred_deltas, rois[:, :, tf.newaxis, :], self.box_weights)
+        image_shape_q = tf.cast(image_shape, tf.float32)[:, tf.newaxis, :]  # [B, 1, 2]
+        boxes = box_ops.clip_boxes(boxes, image_shape_q)
+        # [B, R, K|1]: valid RoI and a non-empty box (class-agnostic boxes broadcast over K).
+        keep = tf.logical_and(roi_valid[..., tf.newaxis], box_ops.valid_size_mask(boxes, 0.0))
+        scores = tf.where(keep, scores, 0.0)
+        per_class = self.max_detections_per_class or self.max_detections
+        result = nms_ops.multiclass_nms(
+            boxes,
+            scores,
+            max_per_class=per_class,
+            max_total=self.max_detections,
+            iou_threshold=self.nms_threshold,
+            score_threshold=self.score_threshold,
+        )
+        return {
+            "detection_boxes": result.boxes,
+            "detection_scores": result.scores,
+            "detection_classes": tf.cast(result.classes, tf.int32),
+            "num_detections": tf.cast(result.num_valid, tf.int32),
+        }
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            score_threshold=self.score_threshold,
+            nms_threshold=self.nms_threshold,
+            max_detections=self.max_detections,
+            max_detections_per_class=self.max_detections_per_class,
+            box_weights=list(self.box_weights),
+        )
+        return config

@@ -1,0 +1,139 @@
+"""ProposalLayer: RPN outputs -> a fixed number of proposals per image.
+
+Per level: take the ``pre_nms_topk`` highest-scoring anchors, decode their deltas (RPN weights),
+clip to the true image shape, drop boxes not larger than ``min_size``, run class-agnostic NMS
+(IoU ``nms_threshold``, 0.7) keeping ``post_nms_topk``. With several levels (FPN) the per-level
+survivors are then merged and the ``post_nms_topk`` best kept. Train and test use separate numbers.
+
+Conventions: boxes ``[y1, x1, y2, x2]`` pixels; anchors ordered ``(level, y, x, a)`` as produced by
+``AnchorGenerator`` and ``RPNHead``. Shape shorthand: B batch, N anchors (all levels), P proposals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+import tensorflow as tf
+
+from tf_rcnn.ops import boxes as box_ops
+from tf_rcnn.ops import nms as nms_ops
+
+
+@keras.saving.register_keras_serializable(package="tf_rcnn")
+class ProposalLayer(keras.layers.Layer):
+    """Turns RPN objectness logits and deltas into proposals.
+
+    Args:
+        pre_nms_topk_train: anchors kept per level before NMS in training.
+        post_nms_topk_train: proposals kept per image after NMS in training.
+        pre_nms_topk_test: as above, inference.
+        post_nms_topk_test: as above, inference.
+        nms_threshold: IoU threshold of the class-agnostic NMS.
+        min_size: boxes whose height or width is not larger than this (pixels) are dropped.
+        box_weights: box coder weights of the RPN deltas.
+
+    Call arguments:
+        objectness_logits: ``[B, N]`` float.
+        pred_deltas: ``[B, N, 4]`` float.
+        anchors: ``[N, 4]`` float, pixels.
+        image_shape: ``[B, 2]`` int32 true (height, width) per image.
+        num_anchors_per_level: list of scalar int tensors (or ints) summing to N; None = one level.
+        training: selects the train or test numbers.
+
+    Returns:
+        ``(proposals [B, P, 4], scores [B, P] sigmoid objectness, valid [B, P] bool)`` with
+        ``P = post_nms_topk``; invalid rows are zero boxes with score 0, sorted last.
+    """
+
+    def __init__(
+        self,
+        pre_nms_topk_train: int = 2000,
+        post_nms_topk_train: int = 2000,
+        pre_nms_topk_test: int = 1000,
+        post_nms_topk_test: int = 1000,
+        nms_threshold: float = 0.7,
+        min_size: float = 0.0,
+        box_weights: Sequence[float] = box_ops.RPN_BOX_WEIGHTS,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.pre_nms_topk_train = int(pre_nms_topk_train)
+        self.post_nms_topk_train = int(post_nms_topk_train)
+        self.pre_nms_topk_test = int(pre_nms_topk_test)
+        self.post_nms_topk_test = int(post_nms_topk_test)
+        self.nms_threshold = float(nms_threshold)
+        self.min_size = float(min_size)
+        self.box_weights = tuple(float(w) for w in box_weights)
+
+    def _level_proposals(self, logits, deltas, anchors, image_shape, pre_nms_topk, post_nms_topk):
+        # Top-k first so that only pre_nms_topk anchors per image are decoded.
+        k = tf.minimum(pre_nms_topk, tf.shape(logits)[1])
+        top_logits, top_idx = tf.math.top_k(logits, k=k, sorted=True)
+        top_deltas = tf.gather(deltas, top_idx, batch_dims=1)  # [B, k, 4]
+        top_anchors = tf.gather(anchors, top_idx)  # [N, 4] gathered by [B, k] -> [B, k, 4]
+        boxes = box_ops.decode(top_deltas, top_anchors, self.box_weights)
+        boxes = box_ops.clip_boxes(boxes, image_shape)
+        top_logits = box_ops.remove_small_boxes(boxes, top_logits, self.min_size)
+        result = nms_ops.batched_nms(
+            boxes, top_logits, max_output_size=post_nms_topk, iou_threshold=self.nms_threshold
+        )
+        k_out = tf.shape(result.boxes)[1]
+        valid = tf.range(k_out)[tf.newaxis, :] < result.num_valid[:, tf.newaxis]
+        logits_out = tf.where(valid, result.scores, float("-inf"))
+        return result.boxes, logits_out, valid
+
+    def call(
+        self,
+        objectness_logits,
+        pred_deltas,
+        anchors,
+        image_shape,
+        num_anchors_per_level=None,
+        training=False,
+    ):
+        training = bool(training)
+        pre = self.pre_nms_topk_train if training else self.pre_nms_topk_test
+        post = self.post_nms_topk_train if training else self.post_nms_topk_test
+        objectness_logits = tf.cast(objectness_logits, tf.float32)
+        pred_deltas = tf.cast(pred_deltas, tf.float32)
+        if num_anchors_per_level is None or len(num_anchors_per_level) == 1:
+            logits_list, deltas_list, anchors_list = [objectness_logits], [pred_deltas], [anchors]
+        else:
+            sizes = tf.stack([tf.cast(n, tf.int32) for n in num_anchors_per_level])
+            logits_list = tf.split(objectness_logits, sizes, axis=1)
+            deltas_list = tf.split(pred_deltas, sizes, axis=1)
+            anchors_list = tf.split(anchors, sizes, axis=0)
+
+        boxes_l, logits_l, valid_l = [], [], []
+        for logits, deltas, level_anchors in zip(logits_list, deltas_list, anchors_list,
+                                                 strict=True):
+            b, s, v = self._level_proposals(logits, deltas, level_anchors, image_shape, pre, post)
+            boxes_l.append(b)
+            logits_l.append(s)
+            valid_l.append(v)
+        if len(boxes_l) == 1:
+            boxes, logits, valid = boxes_l[0], logits_l[0], valid_l[0]
+        else:
+            # Merge the levels: [B, L*post, ...] -> best `post` per image.
+            all_boxes = tf.concat(boxes_l, axis=1)
+            all_logits = tf.concat(logits_l, axis=1)
+            logits, idx = tf.math.top_k(all_logits, k=post, sorted=True)
+            boxes = tf.gather(all_boxes, idx, batch_dims=1)
+            valid = tf.math.is_finite(logits)
+        scores = tf.where(valid, tf.sigmoid(logits), 0.0)
+        boxes = tf.where(valid[..., tf.newaxis], boxes, 0.0)
+        return boxes, scores, valid
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            pre_nms_topk_train=self.pre_nms_topk_train,
+            post_nms_topk_train=self.post_nms_topk_train,
+            pre_nms_topk_test=self.pre_nms_topk_test,
+            post_nms_topk_test=self.post_nms_topk_test,
+            nms_threshold=self.nms_threshold,
+            min_size=self.min_size,
+            box_weights=list(self.box_weights),
+        )
+        return config

@@ -1,0 +1,357 @@
+"""The one place that reads a config: config -> model, datasets and optimiser arguments.
+
+Model parts take explicit keyword arguments and never see a config object; this module turns
+``config.model`` into those arguments (see ``tf_rcnn.config.default_config`` for every key).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from absl import logging
+
+from tf_rcnn.layers.anchor_generator import AnchorGenerator
+from tf_rcnn.layers.detection_decoder import DetectionDecoder
+from tf_rcnn.layers.proposal_layer import ProposalLayer
+from tf_rcnn.layers.roi_align import MultiLevelRoIAlign, RoIAlign
+from tf_rcnn.layers.roi_pool import RoIPool
+from tf_rcnn.layers.spp import SpatialPyramidPooling
+from tf_rcnn.layers.target_assigners import RoISampler, RPNTargetAssigner
+from tf_rcnn.models.backbones import build_backbone
+from tf_rcnn.models.detectors.faster_rcnn import FasterRCNN
+from tf_rcnn.models.detectors.two_stage import TwoStageDetector
+from tf_rcnn.models.heads.box import BoxPredictor, FPNBoxHead, VGGBoxHead
+from tf_rcnn.models.heads.rpn import RPNHead
+from tf_rcnn.models.necks.fpn import FPN
+from tf_rcnn.models.roi_heads import RoIHeads
+from tf_rcnn.models.rpn import RegionProposalNetwork
+
+
+def _backbone(cfg: ml_collections.ConfigDict):
+    name = cfg.name
+    if name == "tiny":
+        kwargs = {"widths": tuple(cfg.widths)}
+    elif name.startswith("resnet"):
+        kwargs = {
+            "freeze_at": cfg.freeze_at,
+            "norm": cfg.norm,
+            "stride_in_1x1": cfg.stride_in_1x1,
+            "weights": cfg.weights,
+        }
+    elif name == "vgg16":
+        kwargs = {"freeze_at": cfg.freeze_at, "weights": cfg.weights}
+    else:
+        kwargs = {}
+    return build_backbone(name, **kwargs)
+
+
+def _strides(backbone, neck, names) -> list[int]:
+    strides = dict(backbone.output_strides)
+    if neck is not None:
+        strides.update(neck.output_strides)
+    missing = [n for n in names if n not in strides]
+    if missing:
+        raise ValueError(f"Features {missing} are not produced; available: {sorted(strides)}.")
+    return [int(strides[n]) for n in names]
+
+
+def _channels(backbone, neck, name) -> int:
+    channels = dict(backbone.output_channels)
+    if neck is not None:
+        channels.update(neck.output_channels)
+    return int(channels[name])
+
+
+def build_rpn(cfg: ml_collections.ConfigDict, strides: list[int]) -> RegionProposalNetwork:
+    """``config.model.rpn`` -> ``RegionProposalNetwork``."""
+    sizes = [list(map(float, s)) for s in cfg.anchor_sizes]
+    if len(sizes) != len(strides):
+        raise ValueError(
+            f"model.rpn.anchor_sizes has {len(sizes)} levels but model.rpn.in_features has "
+            f"{len(strides)}; give one tuple of sizes per feature level."
+        )
+    anchor_generator = AnchorGenerator(
+        sizes=sizes,
+        aspect_ratios=list(map(float, cfg.aspect_ratios)),
+        strides=strides,
+        offset=cfg.anchor_offset,
+    )
+    head = RPNHead(num_anchors=anchor_generator.num_anchors_per_location,
+                   channels=cfg.head_channels)
+    proposal_layer = ProposalLayer(
+        pre_nms_topk_train=cfg.pre_nms_topk_train,
+        post_nms_topk_train=cfg.post_nms_topk_train,
+        pre_nms_topk_test=cfg.pre_nms_topk_test,
+        post_nms_topk_test=cfg.post_nms_topk_test,
+        nms_threshold=cfg.nms_threshold,
+        min_size=cfg.min_size,
+    )
+    assigner = RPNTargetAssigner(
+        positive_iou=cfg.positive_iou,
+        negative_iou=cfg.negative_iou,
+        batch_size_per_image=cfg.batch_size_per_image,
+        positive_fraction=cfg.positive_fraction,
+        straddle_threshold=cfg.straddle_threshold,
+    )
+    return RegionProposalNetwork(
+        head=head,
+        anchor_generator=anchor_generator,
+        proposal_layer=proposal_layer,
+        target_assigner=assigner,
+        box_loss_beta=cfg.box_loss_beta,
+        focal_gamma=cfg.focal_gamma,
+    )
+
+
+def build_pooler(cfg: ml_collections.ConfigDict, strides: list[int]):
+    """``config.model.roi_head`` pooler -> a RoI feature extractor layer."""
+    size = cfg.pooler_resolution
+    if cfg.pooler == "roi_align":
+        if len(strides) > 1:
+            return MultiLevelRoIAlign(output_size=size, strides=strides,
+                                      sampling_ratio=cfg.sampling_ratio, aligned=cfg.aligned)
+        return RoIAlign(output_size=size, spatial_scale=1.0 / strides[0],
+                        sampling_ratio=cfg.sampling_ratio, aligned=cfg.aligned)
+    if len(strides) > 1:
+        raise ValueError(f"pooler {cfg.pooler!r} reads one feature map; got {len(strides)} "
+                         "levels in model.roi_head.in_features (use roi_align for FPN).")
+    if cfg.pooler == "roi_pool":
+        return RoIPool(output_size=size, spatial_scale=1.0 / strides[0])
+    if cfg.pooler == "spp":
+        return SpatialPyramidPooling(pyramid_levels=tuple(cfg.spp_levels),
+                                     spatial_scale=1.0 / strides[0])
+    raise ValueError(f"Unknown model.roi_head.pooler {cfg.pooler!r}; "
+                     "choose roi_align, roi_pool or spp.")
+
+
+def build_box_head(cfg: ml_collections.ConfigDict, backbone_cfg: ml_collections.ConfigDict):
+    """``config.model.roi_head.box_head`` -> a box head layer."""
+    if cfg.box_head == "fpn_fc":
+        return FPNBoxHead(fc_dims=tuple(cfg.fc_dims))
+    if cfg.box_head == "vgg_fc":
+        return VGGBoxHead(fc_dims=tuple(cfg.fc_dims))
+    if cfg.box_head == "res5":
+        from tf_rcnn.models.backbones.resnet import make_res5_head
+        from tf_rcnn.models.heads.box import ResNetC4BoxHead
+
+        depth = 101 if backbone_cfg.name == "resnet101" else 50
+        res5 = make_res5_head(depth=depth, norm=backbone_cfg.norm,
+                              stride_in_1x1=backbone_cfg.stride_in_1x1)
+        return ResNetC4BoxHead(res5)
+    raise ValueError(f"Unknown model.roi_head.box_head {cfg.box_head!r}; "
+                     "choose fpn_fc, res5 or vgg_fc.")
+
+
+def build_roi_heads(cfg: ml_collections.ConfigDict, backbone_cfg, num_classes: int,
+                    strides: list[int], bg_iou_low: float | None = None) -> RoIHeads:
+    """``config.model.roi_head`` -> ``RoIHeads``."""
+    sampler = RoISampler(
+        batch_size_per_image=cfg.batch_size_per_image,
+        positive_fraction=cfg.positive_fraction,
+        fg_iou=cfg.fg_iou,
+        bg_iou_low=cfg.bg_iou_low if bg_iou_low is None else bg_iou_low,
+    )
+    decoder = DetectionDecoder(
+        score_threshold=cfg.score_threshold,
+        nms_threshold=cfg.nms_threshold,
+        max_detections=cfg.detections_per_image,
+    )
+    return RoIHeads(
+        pooler=build_pooler(cfg, strides),
+        box_head=build_box_head(cfg, backbone_cfg),
+        box_predictor=BoxPredictor(num_classes, class_agnostic=cfg.class_agnostic_box),
+        sampler=sampler,
+        decoder=decoder,
+        box_loss_beta=cfg.box_loss_beta,
+        focal_gamma=cfg.focal_gamma,
+    )
+
+
+def build_model(config: ml_collections.ConfigDict, label_map: dict | None = None
+                ) -> TwoStageDetector:
+    """Builds the detector a recipe describes (weights random unless the backbone loads some).
+
+    Args:
+        config: a full recipe (``configs/*.py``) or just its ``model`` section.
+        label_map: optional JSON-able class description stored with the model.
+    """
+    m = config.model if "model" in config else config
+    backbone = _backbone(m.backbone)
+    neck = None
+    if m.neck.type == "fpn":
+        in_features = tuple(sorted(backbone.output_strides, key=backbone.output_strides.get))
+        neck = FPN(
+            in_features=in_features,
+            in_strides=tuple(backbone.output_strides[n] for n in in_features),
+            out_channels=m.neck.out_channels,
+        )
+    elif m.neck.type not in ("none", None, ""):
+        raise ValueError(f"Unknown model.neck.type {m.neck.type!r}; choose fpn or none.")
+    rpn_strides = _strides(backbone, neck, m.rpn.in_features)
+    roi_strides = _strides(backbone, neck, m.roi_head.in_features)
+    roi_heads = build_roi_heads(m.roi_head, m.backbone, m.num_classes, roi_strides)
+    if m.type == "faster_rcnn":
+        model = FasterRCNN(
+            backbone=backbone,
+            neck=neck,
+            rpn=build_rpn(m.rpn, rpn_strides),
+            roi_heads=roi_heads,
+            num_classes=m.num_classes,
+            rpn_in_features=tuple(m.rpn.in_features),
+            roi_in_features=tuple(m.roi_head.in_features),
+            label_map=label_map,
+        )
+    else:
+        raise ValueError(f"Unknown model.type {m.type!r}; available: faster_rcnn.")
+    logging.info("Built %s: backbone %s, neck %s, %d classes.", type(model).__name__,
+                 m.backbone.name, m.neck.type, m.num_classes)
+    return model
+
+
+# --------------------------------------------------------------------------------- data
+
+
+def load_split(config: ml_collections.ConfigDict, split: str, label_map=None):
+    """Reads the records of ``split`` ("train" or "val") of the recipe's dataset.
+
+    The shapes dataset is generated (deterministically, once) under ``data.shapes_dir``.
+
+    Returns:
+        ``(records, label_map, annotation_file)``; ``annotation_file`` is the COCO json the
+        COCO evaluator compares against (``None`` for VOC and custom data).
+    """
+    import os
+
+    from tf_rcnn.data.coco import load_coco
+
+    d = config.data
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}.")
+    with_masks = config.model.type == "mask_rcnn"
+    if d.dataset == "shapes":
+        from tf_rcnn.data.shapes import generate_shapes_dataset
+
+        out = os.path.join(d.shapes_dir, split)
+        annotation_file = generate_shapes_dataset(
+            out,
+            num_images=d.shapes_train_images if split == "train" else d.shapes_val_images,
+            image_size=d.shapes_image_size,
+            seed=d.shapes_train_seed if split == "train" else d.shapes_val_seed,
+        )
+        records, label_map, report = load_coco(
+            annotation_file, os.path.join(out, "images"), label_map=label_map,
+            include_masks=with_masks,
+        )
+    elif d.dataset == "coco":
+        annotation_file = d.train_annotations if split == "train" else d.val_annotations
+        image_dir = d.train_images if split == "train" else d.val_images
+        if not annotation_file or not image_dir:
+            raise ValueError(
+                f"data.{split}_annotations and data.{split}_images must point at the COCO json "
+                "and image folder (e.g. --config.data.val_annotations=.../instances_val2017.json)."
+            )
+        records, label_map, report = load_coco(annotation_file, image_dir, label_map=label_map,
+                                               include_masks=with_masks)
+    elif d.dataset == "voc":
+        from tf_rcnn.data.voc import load_voc
+
+        sets = d.voc_train_sets if split == "train" else d.voc_val_sets
+        records, label_map, report = load_voc(
+            d.voc_root, image_sets=[tuple(s) for s in sets], training=split == "train"
+        )
+        annotation_file = None
+    elif d.dataset == "custom":
+        from tf_rcnn.data.custom import load_custom
+
+        path = d.train_annotations if split == "train" else d.val_annotations
+        records, label_map, report = load_custom(path, label_map=label_map)
+        annotation_file = None
+    else:
+        raise ValueError(f"Unknown data.dataset {d.dataset!r}; choose shapes, coco, voc, custom.")
+    logging.info("%s split: %s", split, report.summary())
+    return records, label_map, annotation_file
+
+
+def build_input_pipeline(config: ml_collections.ConfigDict, records, label_map, training: bool,
+                         batch_size: int | None = None):
+    """``config.data`` -> ``InputPipeline`` for the given records.
+
+    Args:
+        batch_size: per-replica batch; defaults to the recipe's global train / eval batch.
+    """
+    from tf_rcnn.data.pipeline import InputPipeline
+
+    d = config.data
+    if batch_size is None:
+        batch_size = d.train_batch_size if training else d.eval_batch_size
+    proposals = None
+    proposal_file = d.proposals_train if training else d.proposals_val
+    if proposal_file:
+        from tf_rcnn.data.proposals import load_proposals
+
+        proposals = load_proposals(proposal_file)
+    return InputPipeline(
+        records,
+        label_map,
+        training=training,
+        batch_size=batch_size,
+        scales=tuple(d.scales),
+        max_size=d.max_size,
+        scale_jitter=d.scale_jitter if training else None,
+        random_flip=bool(d.random_flip) and training,
+        size_divisor=d.size_divisor,
+        max_instances=d.max_instances,
+        with_masks=config.model.type == "mask_rcnn",
+        mask_crop_size=d.mask_crop_size,
+        proposals=proposals,
+        max_proposals=d.max_proposals,
+        seed=d.seed,
+        deterministic=d.deterministic,
+    )
+
+
+def build_optimizer_from_config(config: ml_collections.ConfigDict, global_batch: int):
+    """``config.train`` -> a Keras optimizer with its warmup/decay schedule.
+
+    The learning rate follows the linear scaling rule from ``train.base_batch_size``.
+    """
+    from tf_rcnn.training.optimizers import build_optimizer
+    from tf_rcnn.training.schedules import build_schedule
+    from tf_rcnn.training.strategy import scale_learning_rate
+
+    t = config.train
+    lr = scale_learning_rate(t.base_learning_rate, t.base_batch_size, global_batch)
+    if lr != t.base_learning_rate:
+        logging.info("Linear scaling rule: lr %.5f for batch %d -> %.5f for batch %d",
+                     t.base_learning_rate, t.base_batch_size, lr, global_batch)
+    schedule = build_schedule(
+        t.schedule,
+        base_lr=lr,
+        total_steps=t.total_steps,
+        warmup_steps=t.warmup_steps,
+        warmup_factor=t.warmup_factor,
+        steps=tuple(t.decay_steps),
+        gamma=t.decay_gamma,
+    )
+    return build_optimizer(
+        t.optimizer,
+        learning_rate=schedule,
+        momentum=t.momentum,
+        weight_decay=t.weight_decay,
+        weight_decay_norm=t.weight_decay_norm,
+        exclude_bias_from_decay=t.exclude_bias_from_decay,
+    )
+
+
+def initialize_model(model: TwoStageDetector, config: ml_collections.ConfigDict) -> None:
+    """Creates every variable with one small inference call (call it under the strategy scope).
+
+    The dummy image side is twice the data pipeline's size divisor, so every pyramid level of the
+    backbone exists.
+    """
+    import tensorflow as tf
+
+    side = max(2 * int(config.data.size_divisor), 64)
+    inputs = {"images": tf.zeros([1, side, side, 3], tf.float32)}
+    if model.rpn is None:
+        inputs["proposals"] = tf.constant([[[0.0, 0.0, side / 2, side / 2]]], tf.float32)
+    model(inputs, training=False)

@@ -1,0 +1,240 @@
+"""TwoStageDetector: the one base of Fast R-CNN, Faster R-CNN, R-FCN and Mask R-CNN.
+
+The base only wires parts: ``backbone`` (+ optional ``neck``) -> features; an optional ``rpn``
+(``RegionProposalNetwork``) -> proposals, or proposals given with the input (Fast R-CNN); and
+``roi_heads`` -> losses in training, detections at inference. The training step lives here
+(``compute_losses`` / ``train_step``), so ``model.fit(dataset)`` trains every variant and the
+strategy-aware trainer in ``tf_rcnn.training`` calls the same ``compute_losses``.
+
+Inputs:
+    ``images [B, H, W, 3]`` float32, already normalised and padded; or a dict with ``images`` and
+    optionally ``image_shape [B, 2]`` int32 (true sizes before padding; default: the full padded
+    size) and ``proposals [B, P, 4]`` (Fast R-CNN; rows with zero area are padding).
+Training element:
+    ``(images, targets)``; targets holds ``boxes [B, M, 4]``, ``classes [B, M]`` int32 (-1 pad),
+    ``image_shape [B, 2]``, optional ``crowd_boxes``, ``masks`` or ``proposals``.
+Outputs (inference):
+    ``detection_boxes [B, D, 4]`` pixels of the network input, ``detection_scores [B, D]``,
+    ``detection_classes [B, D]`` int32 (1..K, 0 padding), ``num_detections [B]`` int32, plus what
+    the heads add (``detection_masks`` for Mask R-CNN).
+Losses:
+    ``rpn_objectness_loss``, ``rpn_box_loss`` (with an RPN), the RoI heads' losses, ``total_loss``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+import tensorflow as tf
+
+from tf_rcnn.models.serialization import deserialize_keys, serialize_optional
+from tf_rcnn.ops import boxes as box_ops
+
+RPN_LOSS_NAMES = ("rpn_objectness_loss", "rpn_box_loss")
+
+
+@keras.saving.register_keras_serializable(package="tf_rcnn")
+class TwoStageDetector(keras.Model):
+    """Backbone (+ neck) -> [RPN] -> RoI heads.
+
+    Args:
+        backbone: model mapping images to a dict of named feature maps.
+        roi_heads: an ``RoIHeads`` (or subclass) instance.
+        num_classes: K, the number of object classes (background excluded).
+        neck: optional model mapping the backbone's dict to another dict (e.g. ``FPN``).
+        rpn: optional ``RegionProposalNetwork``; without it proposals come with the inputs.
+        rpn_in_features: names of the feature maps the RPN reads, fine to coarse.
+        roi_in_features: names of the feature maps the RoI pooler reads, fine to coarse.
+        label_map: optional JSON-able dict describing the dataset classes (contiguous id ->
+            dataset id and name), saved with the model so detections can be reported in dataset
+            ids.
+    """
+
+    def __init__(
+        self,
+        backbone: keras.Model,
+        roi_heads: keras.layers.Layer,
+        num_classes: int,
+        neck: keras.layers.Layer | None = None,
+        rpn: keras.layers.Layer | None = None,
+        rpn_in_features: Sequence[str] = (),
+        roi_in_features: Sequence[str] = (),
+        label_map: dict | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1 (background excluded), got {num_classes}.")
+        if rpn is not None and not rpn_in_features:
+            raise ValueError("rpn_in_features must name the feature maps the RPN reads.")
+        if not roi_in_features:
+            raise ValueError("roi_in_features must name the feature maps the RoI heads read.")
+        self.backbone = backbone
+        self.neck = neck
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+        self.num_classes = int(num_classes)
+        self.rpn_in_features = tuple(rpn_in_features)
+        self.roi_in_features = tuple(roi_in_features)
+        self.label_map = label_map
+        names = (RPN_LOSS_NAMES if rpn is not None else ()) + tuple(roi_heads.loss_names)
+        self.loss_names = (*names, "total_loss")
+        self._loss_trackers = {n: keras.metrics.Mean(name=n) for n in self.loss_names}
+
+    # ----------------------------------------------------------------------------- plumbing
+    @property
+    def metrics(self):
+        return list(self._loss_trackers.values())
+
+    @staticmethod
+    def _parse_inputs(inputs):
+        if isinstance(inputs, dict):
+            images = inputs["images"]
+            image_shape = inputs.get("image_shape")
+            proposals = inputs.get("proposals")
+        else:
+            images, image_shape, proposals = inputs, None, None
+        images = tf.cast(images, tf.float32)
+        if image_shape is None:
+            # [B, 2]: every image fills the whole (unpadded) input.
+            hw = tf.shape(images)[1:3]
+            image_shape = tf.tile(hw[tf.newaxis], [tf.shape(images)[0], 1])
+        return images, tf.cast(image_shape, tf.int32), proposals
+
+    def extract_features(self, images: tf.Tensor, training: bool = False) -> dict:
+        """Backbone (+ neck) features as a dict of named maps."""
+        features = self.backbone(images, training=training)
+        if self.neck is not None:
+            features = self.neck(features, training=training)
+        return features
+
+    @staticmethod
+    def _select(features: dict, names: Sequence[str]) -> list:
+        missing = [n for n in names if n not in features]
+        if missing:
+            raise ValueError(
+                f"Feature maps {missing} are not produced; available: {sorted(features)}."
+            )
+        return [features[n] for n in names]
+
+    @staticmethod
+    def external_proposals(proposals: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Given proposals ``[B, P, 4]`` (zero-area rows are padding) -> (boxes, valid)."""
+        proposals = tf.cast(proposals, tf.float32)
+        return proposals, box_ops.area(proposals) > 0.0
+
+    def _proposals(self, features, image_shape, proposals=None, targets=None, training=False):
+        """(proposals, valid, rpn losses dict) from the RPN or from given proposals."""
+        if self.rpn is None:
+            if proposals is None:
+                raise ValueError(
+                    f"{type(self).__name__} has no RPN: pass proposals [B, P, 4] with the inputs "
+                    "(inputs['proposals'] at inference, targets['proposals'] in training)."
+                )
+            boxes, valid = self.external_proposals(proposals)
+            return boxes, valid, {}
+        out = self.rpn(
+            self._select(features, self.rpn_in_features),
+            image_shape,
+            targets=targets,
+            training=training,
+        )
+        losses = {k: out[k] for k in RPN_LOSS_NAMES if k in out}
+        return out["proposals"], out["proposal_valid"], losses
+
+    # ----------------------------------------------------------------------------- forward
+    def call(self, inputs, training=False):
+        """Inference: detections dict (see module docstring). Test-time proposal numbers are
+        used whatever ``training`` says; losses come from ``compute_losses``."""
+        return self.detect_with_proposals(inputs, return_proposals=False)
+
+    def detect_with_proposals(self, inputs, return_proposals: bool = True) -> dict:
+        """One inference pass returning the detections and, optionally, the proposals
+        (``proposals [B, P, 4]``, ``proposal_valid [B, P]``) they came from."""
+        images, image_shape, proposals = self._parse_inputs(inputs)
+        features = self.extract_features(images, training=False)
+        boxes, valid, _ = self._proposals(features, image_shape, proposals, training=False)
+        outputs = dict(self.roi_heads(
+            self._select(features, self.roi_in_features), boxes, valid, image_shape,
+            training=False,
+        ))
+        if return_proposals:
+            outputs.update(proposals=boxes, proposal_valid=valid)
+        return outputs
+
+    def propose(self, inputs) -> dict:
+        """Inference proposals: ``proposals [B, P, 4]``, ``proposal_valid [B, P]`` (the RPN's
+        test-time output, or the given proposals for a detector without an RPN)."""
+        images, image_shape, proposals = self._parse_inputs(inputs)
+        features = self.extract_features(images, training=False)
+        boxes, valid, _ = self._proposals(features, image_shape, proposals, training=False)
+        return {"proposals": boxes, "proposal_valid": valid}
+
+    def compute_losses(self, images, targets: dict, training: bool = True) -> dict:
+        """Every loss term and ``total_loss`` (means over this replica's batch)."""
+        images = tf.cast(images, tf.float32)
+        image_shape = tf.cast(targets["image_shape"], tf.int32)
+        features = self.extract_features(images, training=training)
+        proposals, valid, losses = self._proposals(
+            features, image_shape, targets.get("proposals"), targets=targets, training=training
+        )
+        roi_losses = self.roi_heads(
+            self._select(features, self.roi_in_features),
+            proposals,
+            valid,
+            image_shape,
+            targets=targets,
+            training=training,
+        )
+        losses = dict(losses)
+        losses.update(roi_losses)
+        losses["total_loss"] = tf.add_n([losses[k] for k in self.loss_names[:-1]])
+        return losses
+
+    # ----------------------------------------------------------------------------- Keras loop
+    def _update_trackers(self, losses: dict) -> dict:
+        for name, tracker in self._loss_trackers.items():
+            tracker.update_state(losses[name])
+        return {name: tracker.result() for name, tracker in self._loss_trackers.items()}
+
+    def train_step(self, data):
+        images, targets, _ = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            losses = self.compute_losses(images, targets, training=True)
+            loss = losses["total_loss"]
+            if self.losses:
+                loss = loss + tf.add_n(self.losses)
+            scaled = self.optimizer.scale_loss(loss) if hasattr(
+                self.optimizer, "scale_loss") else loss
+        variables = self.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        pairs = [(g, v) for g, v in zip(grads, variables, strict=True) if g is not None]
+        self.optimizer.apply_gradients(pairs)
+        return self._update_trackers(losses)
+
+    def test_step(self, data):
+        images, targets, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self._update_trackers(self.compute_losses(images, targets, training=False))
+
+    def predict_step(self, data):
+        inputs, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self(inputs, training=False)
+
+    # ----------------------------------------------------------------------------- config
+    def get_config(self) -> dict:
+        return {
+            "name": self.name,
+            "backbone": serialize_optional(self.backbone),
+            "neck": serialize_optional(self.neck),
+            "rpn": serialize_optional(self.rpn),
+            "roi_heads": serialize_optional(self.roi_heads),
+            "num_classes": self.num_classes,
+            "rpn_in_features": list(self.rpn_in_features),
+            "roi_in_features": list(self.roi_in_features),
+            "label_map": self.label_map,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> TwoStageDetector:
+        return cls(**deserialize_keys(config, ("backbone", "neck", "rpn", "roi_heads")))
