@@ -226,7 +226,7 @@ class InputPipeline:
         scales: shorter-side targets (one drawn per training image; max used in evaluation).
         max_size: cap on the longer side.
         scale_jitter: ``(lo, hi)`` multiplicative factor on the scale, training only.
-        random_flip: horizontal flip with probability 0.5 (default: ``training``).
+        random_flip: random horizontal flips (default: ``training``).
         size_divisor: pad images to multiples of this (the coarsest feature stride).
         max_instances: M, the fixed number of GT rows per image.
         max_crowd: Mc, the fixed number of crowd rows per image.
@@ -252,6 +252,7 @@ class InputPipeline:
         fixed_image_size: ``(H, W)`` pad every image to this static size (multiples of
             ``size_divisor``); images larger than it raise an error at run time.
         shuffle_buffer: records in the shuffle buffer (default: all of them).
+        flip_probability: probability of a flip when ``random_flip`` (1.0 flips every image).
     """
 
     def __init__(
@@ -284,6 +285,7 @@ class InputPipeline:
         skip_empty: bool | None = None,
         fixed_image_size: tuple[int, int] | None = None,
         shuffle_buffer: int | None = None,
+        flip_probability: float = 0.5,
     ) -> None:
         self.training = bool(training)
         self.batch_size = int(batch_size)
@@ -315,6 +317,7 @@ class InputPipeline:
             seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
         self.seed = int(seed)
         self.shuffle_buffer = shuffle_buffer
+        self.flip_probability = float(flip_probability)
 
         if isinstance(proposals, str):
             from tf_rcnn.data.proposals import read_proposals
@@ -511,7 +514,7 @@ class InputPipeline:
             lo, hi = self.scale_jitter
             scale *= tf.random.stateless_uniform([], seed + 1, lo, hi)
         if self.random_flip:
-            flip = tf.random.stateless_uniform([], seed + 2) < 0.5
+            flip = tf.random.stateless_uniform([], seed + 2) < self.flip_probability
         else:
             flip = tf.constant(False)
         out_shape = resized_shape(orig_h, orig_w, scale)

@@ -1,0 +1,214 @@
+"""InputPipeline: geometry to 1e-3 px, masks, batching, determinism, sharding, decoding."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from tf_rcnn.data import masks as masks_lib
+from tf_rcnn.data.coco import load_coco
+from tf_rcnn.data.pipeline import (
+    InputPipeline,
+    decode_image,
+    pixel_stats_for_backbone,
+    preprocess_image_for_inference,
+)
+from tf_rcnn.data.records import DetectionRecord, LabelMap
+from tf_rcnn.data.shapes import generate_shapes_dataset
+
+from .helpers import write_boxes_image, write_image
+
+LABELS = LabelMap.from_names(["a", "b"])
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("shapes_pipe"))
+    path = generate_shapes_dataset(out, num_images=10, image_size=64, seed=1)
+    return load_coco(path, os.path.join(out, "images"))
+
+
+def _record(tmp_path, name, h, w, boxes, classes=None, image_id=1) -> DetectionRecord:
+    int_boxes = [[int(v) for v in b] for b in boxes]
+    path = write_boxes_image(str(tmp_path / f"{name}.png"), h, w, int_boxes)
+    classes = classes if classes is not None else [1] * len(boxes)
+    return DetectionRecord(path, image_id, h, w, np.asarray(boxes, np.float32), classes)
+
+
+def _batches(pipe, n=None):
+    it = iter(pipe.dataset())
+    out = []
+    for i, batch in enumerate(it):
+        out.append(tf.nest.map_structure(lambda t: t.numpy(), batch))
+        if n is not None and i + 1 >= n:
+            break
+    return out
+
+
+def test_resize_and_flip_geometry_exact(tmp_path):
+    # 40x60 image (h x w) resized with shorter side 50, cap 100:
+    # scale = min(50/40, 100/60) = 1.25; canvas = ceil(40*1.25), ceil(60*1.25) = 50 x 75.
+    # Box [4, 6, 20, 30] -> [5, 7.5, 25, 37.5]. Flipped first in original pixels:
+    # x' = 60 - x -> [4, 30, 20, 54] -> * 1.25 = [5, 37.5, 25, 67.5].
+    rec = _record(tmp_path, "g", 40, 60, [[4, 6, 20, 30]])
+    for flip, expected in ((False, [5, 7.5, 25, 37.5]), (True, [5, 37.5, 25, 67.5])):
+        pipe = InputPipeline([rec], LABELS, training=True, batch_size=1, scales=(50,),
+                             max_size=100, random_flip=flip, flip_probability=1.0, seed=0,
+                             max_instances=3)
+        images, t = _batches(pipe, 1)[0]
+        assert t["scale"][0] == pytest.approx(1.25)
+        np.testing.assert_array_equal(t["image_shape"][0], [50, 75])
+        np.testing.assert_array_equal(t["original_shape"][0], [40, 60])
+        assert bool(t["flipped"][0]) == flip
+        np.testing.assert_allclose(t["boxes"][0, 0], expected, atol=1e-3)
+        np.testing.assert_array_equal(t["boxes"][0, 1:], -1)
+        np.testing.assert_array_equal(t["classes"][0], [1, -1, -1])
+        assert images.shape == (1, 64, 96, 3)  # padded to multiples of 32
+        # The white box lands where the transformed box says (image/box alignment).
+        y1, x1, y2, x2 = np.asarray(expected)
+        inside = images[0, int(y1) + 2:int(y2) - 2, int(x1) + 2:int(x2) - 2]
+        outside = images[0, int(y2) + 2:50, :]
+        assert inside.mean() > outside.mean() + 2.0
+        np.testing.assert_array_equal(images[0, 50:], 0.0)  # padding is 0 after normalising
+
+
+def test_max_size_caps_longer_side(tmp_path):
+    # 20x200: min(50/20, 100/200) = 0.5 -> canvas 10 x 100.
+    rec = _record(tmp_path, "long", 20, 200, [[2, 10, 18, 190]])
+    pipe = InputPipeline([rec], LABELS, training=False, batch_size=1, scales=(50,),
+                         max_size=100, size_divisor=1)
+    images, t = _batches(pipe)[0]
+    assert images.shape == (1, 10, 100, 3)
+    np.testing.assert_allclose(t["boxes"][0, 0], [1, 5, 9, 95], atol=1e-3)
+
+
+def test_eval_keeps_every_image_once(shapes):
+    records, label_map, _ = shapes
+    pipe = InputPipeline(records, label_map, training=False, batch_size=4, scales=(64,),
+                         max_size=64)
+    batches = _batches(pipe)
+    ids = np.concatenate([t["image_id"] for _, t in batches])
+    assert sorted(ids.tolist()) == sorted(r.image_id for r in records)
+    assert [len(t["image_id"]) for _, t in batches] == [4, 4, 2]
+    assert not any(t["flipped"].any() for _, t in batches)
+
+
+def test_training_batches_static_and_masks_follow_flip(shapes):
+    records, label_map, _ = shapes
+    pipe = InputPipeline(records, label_map, training=True, batch_size=4, scales=(64,),
+                         max_size=64, with_masks=True, mask_crop_size=16, seed=5,
+                         max_instances=6)
+    images_spec, t_spec = pipe.dataset().element_spec
+    assert images_spec.shape.as_list() == [4, 64, 64, 3]
+    assert t_spec["masks"].shape.as_list() == [4, 6, 16, 16]
+    by_id = {r.image_id: r for r in records}
+    seen_flip = set()
+    for _, t in _batches(pipe, 4):
+        for b in range(4):
+            rec = by_id[int(t["image_id"][b])]
+            crops = masks_lib.crop_masks_to_boxes(rec.instance_masks(), rec.boxes, 16)
+            if t["flipped"][b]:
+                crops = crops[:, :, ::-1]
+            m = rec.num_instances
+            np.testing.assert_array_equal(t["masks"][b, :m], crops)
+            np.testing.assert_array_equal(t["masks"][b, m:], 0)
+            seen_flip.add(bool(t["flipped"][b]))
+    assert seen_flip == {True, False}
+
+
+def test_deterministic_mode_repeats_batches(shapes):
+    records, label_map, _ = shapes
+    kwargs = {"training": True, "batch_size": 2, "scales": (48, 64), "max_size": 64,
+              "seed": 11, "deterministic": True, "scale_jitter": (0.8, 1.2)}
+    first = _batches(InputPipeline(records, label_map, **kwargs), 3)
+    second = _batches(InputPipeline(records, label_map, **kwargs), 3)
+    for (i1, t1), (i2, t2) in zip(first, second, strict=True):
+        np.testing.assert_array_equal(i1, i2)
+        np.testing.assert_array_equal(t1["image_id"], t2["image_id"])
+    with pytest.raises(ValueError, match="seed"):
+        InputPipeline(records, label_map, training=True, batch_size=2, deterministic=True)
+
+
+def test_input_context_shards_and_uses_per_replica_batch(shapes):
+    records, label_map, _ = shapes
+    pipe = InputPipeline(records, label_map, training=False, batch_size=4, scales=(64,),
+                         max_size=64)
+    ids = []
+    for pid in range(2):
+        ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pid,
+                                         num_replicas_in_sync=2)
+        batches = list(pipe.dataset(ctx))
+        assert max(len(t["image_id"]) for _, t in batches) == 2
+        ids.append({int(i) for _, t in batches for i in t["image_id"]})
+    assert not ids[0] & ids[1]
+    assert ids[0] | ids[1] == {r.image_id for r in records}
+
+
+def test_works_with_distribute_datasets_from_function(shapes):
+    records, label_map, _ = shapes
+    pipe = InputPipeline(records, label_map, training=True, batch_size=2, scales=(64,),
+                         max_size=64, seed=0)
+    strategy = tf.distribute.get_strategy()
+    dist = strategy.distribute_datasets_from_function(pipe.dataset)
+    images, targets = next(iter(dist))
+    assert images.shape[0] == 2 and targets["boxes"].shape == (2, 100, 4)
+
+
+def test_aspect_ratio_grouping(tmp_path):
+    records = []
+    for i in range(8):
+        h, w = (30, 50) if i % 2 else (50, 30)
+        records.append(_record(tmp_path, f"ar{i}", h, w, [[2, 2, 20, 20]], image_id=i + 1))
+    pipe = InputPipeline(records, LABELS, training=True, batch_size=2, scales=(30,),
+                         max_size=50, seed=3)
+    for _, t in _batches(pipe, 6):
+        landscape = t["original_shape"][:, 1] >= t["original_shape"][:, 0]
+        assert landscape.all() or not landscape.any()
+
+
+def test_instances_beyond_limit_keep_largest(tmp_path):
+    boxes = [[0, 0, 5, 5], [0, 0, 20, 20], [0, 0, 2, 2], [0, 0, 10, 10]]
+    rec = _record(tmp_path, "many", 30, 30, boxes, classes=[1, 2, 1, 2])
+    pipe = InputPipeline([rec], LABELS, training=True, batch_size=1, scales=(30,), max_size=30,
+                         max_instances=2, random_flip=False, seed=0)
+    assert pipe.stats == {"instances beyond max_instances=2 dropped": 2}
+    _, t = _batches(pipe, 1)[0]
+    np.testing.assert_allclose(t["boxes"][0], [[0, 0, 20, 20], [0, 0, 10, 10]])
+    np.testing.assert_array_equal(t["classes"][0], [2, 2])
+
+
+def test_decode_grayscale_rgba_and_16bit(tmp_path):
+    gray = write_image(str(tmp_path / "g.png"), 5, 7, mode="L", value=77)
+    rgba = write_image(str(tmp_path / "a.png"), 5, 7, mode="RGBA", value=200)
+    jpeg = write_image(str(tmp_path / "j.jpg"), 5, 7, value=120, fmt="JPEG")
+    arr16 = np.full((5, 7), 65535 // 3, np.uint16)  # 21845 / 257 = 85
+    path16 = str(tmp_path / "d16.png")
+    Image.fromarray(arr16).save(path16)
+    for path, value in ((gray, 77), (rgba, 200), (jpeg, 120), (path16, 85)):
+        image = decode_image(tf.io.read_file(path)).numpy()
+        assert image.shape == (5, 7, 3), path
+        assert abs(int(image[2, 3, 0]) - value) <= 2, (path, image[2, 3])
+
+
+def test_preprocess_for_inference_matches_eval_pipeline(tmp_path):
+    rec = _record(tmp_path, "inf", 40, 60, [[4, 6, 20, 30]])
+    pipe = InputPipeline([rec], LABELS, training=False, batch_size=1, scales=(50,),
+                         max_size=100)
+    images, t = _batches(pipe)[0]
+    raw = tf.io.decode_png(tf.io.read_file(rec.image_path), channels=3)
+    fn = tf.function(lambda x: preprocess_image_for_inference(x, (50,), 100, 32))
+    image, shape, scale = fn(raw)
+    np.testing.assert_allclose(image.numpy(), images[0], atol=1e-5)
+    np.testing.assert_array_equal(shape.numpy(), t["image_shape"][0])
+    assert float(scale) == pytest.approx(1.25)
+
+
+def test_pixel_stats_table():
+    assert pixel_stats_for_backbone("resnet50")[0] == (123.675, 116.28, 103.53)
+    assert pixel_stats_for_backbone("vgg16")[1] == (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="backbone"):
+        pixel_stats_for_backbone("mystery")
