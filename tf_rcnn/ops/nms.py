@@ -17,8 +17,9 @@ Implementation choice (the measurement DESIGN.md asks for):
     ``N - rank`` instead of the real scores. Rank scores are distinct integers (exact in
     float32 below 2**24 boxes), so the greedy order is unchanged and each kept position is
     read back exactly as ``N - score``; masked boxes get rank score 0 and fall under the
-    op's threshold of 0.5. Measured on this project's 2-core CPU (TF 2.21), B = 2,
-    12000 random boxes -> 2000 kept at IoU 0.7, median of 7 runs inside ``tf.function``:
+    op's threshold of 0.5. Measured with ``benchmarks/bench_nms.py`` on this project's 2-core
+    CPU (TF 2.21), B = 2, 12000 random boxes -> 2000 kept at IoU 0.7, median of 5-7 runs
+    inside ``tf.function`` on an idle machine (a busy one adds noise, not a different order):
 
     ========================================================  ========
     path                                                      time
