@@ -12,16 +12,32 @@ from typing import Any
 import keras
 
 from tf_rcnn.models.backbones.frozen_bn import FrozenBatchNormalization
+from tf_rcnn.models.backbones.resnet import ResNet, make_res5_head
 from tf_rcnn.models.backbones.tiny import TinyBackbone
 
-__all__ = ["BACKBONES", "FrozenBatchNormalization", "TinyBackbone", "build_backbone"]
+__all__ = [
+    "BACKBONES",
+    "FrozenBatchNormalization",
+    "ResNet",
+    "TinyBackbone",
+    "build_backbone",
+    "make_res5_head",
+]
 
 
 def _tiny(**kwargs: Any) -> keras.Model:
     return TinyBackbone(**kwargs)
 
 
-BACKBONES = {"tiny": _tiny}
+def _resnet50(**kwargs: Any) -> keras.Model:
+    return ResNet(depth=50, **kwargs)
+
+
+def _resnet101(**kwargs: Any) -> keras.Model:
+    return ResNet(depth=101, **kwargs)
+
+
+BACKBONES = {"resnet50": _resnet50, "resnet101": _resnet101, "tiny": _tiny}
 
 
 def build_backbone(name: str, **kwargs: Any) -> keras.Model:

@@ -193,6 +193,70 @@ def copy_keras_vgg16_fc_weights(head: VGGBoxHead, source: keras.Model | None = N
 
 
 @keras.saving.register_keras_serializable(package="tf_rcnn")
+class ResNetC4BoxHead(keras.layers.Layer):
+    """The C4 detector's RoI head: ResNet res5 on each pooled RoI, then global average pooling.
+
+    (He et al., 2016, "Deep Residual Learning", Faster R-CNN on ResNet: conv5 is applied per RoI
+    after RoI pooling on C4.)
+
+    Empty batches: TensorFlow 2.21's CPU convolution returns its *input* unchanged when the batch
+    is empty (``conv2d`` of ``[0, 14, 14, 1024]`` gives ``[0, 14, 14, 1024]``), so with R = 0 the
+    res5 convs would produce the wrong channel count. One zero RoI is appended before res5 and
+    dropped afterwards, which costs one RoI and keeps the graph branch-free.
+
+    Args:
+        res5: the res5 stage, e.g. ``make_res5_head(...)`` from ``tf_rcnn.models.backbones.resnet``
+            (maps ``[N, 14, 14, 1024]`` to ``[N, 7, 7, 2048]``).
+        **kwargs: forwarded to ``keras.layers.Layer``.
+
+    Call arguments:
+        pooled_features: ``[B, R, S, S, C]`` float32 (``S = 14``, ``C = 1024`` for ResNet C4).
+        training: forwarded to res5 (matters for ``norm="bn"``).
+
+    Returns:
+        ``[B, R, C5]`` float32 (``C5 = 2048`` for ResNet), the spatial mean of res5's output.
+    """
+
+    def __init__(self, res5: keras.layers.Layer, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(res5, keras.layers.Layer):
+            raise ValueError(
+                f"res5 must be a Keras layer (e.g. make_res5_head()), got {type(res5).__name__}."
+            )
+        self.res5 = res5
+
+    def build(self, input_shape: tuple) -> None:
+        _check_pooled_shape(self, input_shape)
+        if not self.res5.built:
+            self.res5.build((None, *input_shape[2:]))
+
+    def call(self, pooled_features: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        x, batch_rois = _fold_rois(pooled_features)
+        num = tf.shape(x)[0]
+        # [B*R, S, S, C] -> [B*R + 1, S, S, C]: one dummy RoI so the conv batch is never empty.
+        x = tf.concat([x, tf.zeros(tf.concat([[1], tf.shape(x)[1:]], axis=0), x.dtype)], axis=0)
+        x = self.res5(x, training=training)[:num]
+        # [B*R, S', S', C5] -> [B*R, C5]: global average pooling.
+        x = tf.reduce_mean(x, axis=[1, 2])
+        return _unfold_rois(x, batch_rois)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        out = self.res5.compute_output_shape((None, *input_shape[2:]))
+        return (input_shape[0], input_shape[1], out[-1])
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({"res5": keras.saving.serialize_keras_object(self.res5)})
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ResNetC4BoxHead:
+        config = dict(config)
+        config["res5"] = keras.saving.deserialize_keras_object(config["res5"])
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="tf_rcnn")
 class BoxPredictor(keras.layers.Layer):
     """Sibling classification and box regression layers over per-RoI features.
 
