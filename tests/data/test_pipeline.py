@@ -212,3 +212,15 @@ def test_pixel_stats_table():
     assert pixel_stats_for_backbone("vgg16")[1] == (1.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="backbone"):
         pixel_stats_for_backbone("mystery")
+
+
+def test_corrupt_file_at_run_time_is_skipped_not_fatal(tmp_path):
+    # A file that passed the load-time check but is corrupt when read (e.g. replaced later).
+    good = _record(tmp_path, "fine", 20, 20, [[2, 2, 10, 10]], image_id=1)
+    bad_path = tmp_path / "bad.png"
+    bad_path.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    bad = DetectionRecord(str(bad_path), 2, 20, 20, np.asarray([[2, 2, 10, 10]]), [1])
+    pipe = InputPipeline([bad, good], LABELS, training=False, batch_size=2, scales=(20,),
+                         max_size=20)
+    batches = _batches(pipe)
+    assert [int(i) for _, t in batches for i in t["image_id"]] == [1]

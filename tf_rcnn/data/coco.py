@@ -77,6 +77,22 @@ def _valid_segmentation(segm: Any, height: int, width: int) -> bool:
     return False
 
 
+def _checked_segmentation(
+    ann: dict[str, Any], height: int, width: int, report: LoadReport, path: str
+) -> Any:
+    """The annotation's segmentation, or None (filled box) with a counted repair."""
+    if "segmentation" not in ann:
+        report.repair("missing segmentation (filled box used as mask)", path,
+                      f"annotation {ann.get('id')}")
+        return None
+    segm = ann["segmentation"]
+    if not _valid_segmentation(segm, height, width):
+        report.repair("bad segmentation (filled box used as mask)", path,
+                      f"annotation {ann.get('id')}: {str(segm)[:60]}")
+        return None
+    return segm
+
+
 def load_coco(
     annotation_file: str,
     image_dir: str,
@@ -185,13 +201,11 @@ def _record_from_annotations(
             continue
         boxes.append([y, x, y + h, x + w])
         classes.append(category)
-        segm = ann.get("segmentation") if has_segm else None
-        if has_segm and not _valid_segmentation(segm, height, width):
-            report.repair("bad segmentation (filled box used as mask)", path,
-                          f"annotation {ann.get('id')}")
-            segm = None
-        segms.append(segm)
+        segms.append(ann)
     boxes_arr, keep = sanitize_boxes(np.asarray(boxes, np.float32), height, width, report, path)
+    if has_segm:
+        segms = [_checked_segmentation(a, height, width, report, path)
+                 for a, k in zip(segms, keep, strict=True) if k]
     crowd_arr, keep_crowd = sanitize_boxes(np.asarray(crowd, np.float32), height, width, report,
                                            path, what="crowd box")
     return DetectionRecord(
@@ -202,6 +216,6 @@ def _record_from_annotations(
         boxes=boxes_arr[keep],
         classes=np.asarray(classes, np.int32)[keep] if classes else np.zeros(0, np.int32),
         crowd_boxes=crowd_arr[keep_crowd],
-        segmentations=[s for s, k in zip(segms, keep, strict=True) if k] if has_segm else None,
+        segmentations=segms if has_segm else None,
         source_name=os.path.basename(path),
     )
