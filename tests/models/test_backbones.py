@@ -9,6 +9,14 @@ import tensorflow as tf
 
 from tests.layer_contract import check_layer_contract
 from tf_rcnn.models.backbones import FrozenBatchNormalization, TinyBackbone, build_backbone
+from tf_rcnn.models.backbones.resnet import (
+    ResNet,
+    ResNetStage,
+    copy_keras_resnet_weights,
+    make_res5_head,
+)
+from tf_rcnn.models.backbones.vgg import VGG16, copy_keras_vgg16_weights
+from tf_rcnn.models.heads.box import ResNetC4BoxHead
 
 
 def _check_outputs(model, outputs, image_hw):
@@ -78,14 +86,6 @@ def test_tiny_backbone_serialises():
 
 
 # ---------------------------------------------------------------- ResNet
-
-from tf_rcnn.models.backbones.resnet import (  # noqa: E402
-    ResNet,
-    ResNetStage,
-    copy_keras_resnet_weights,
-    make_res5_head,
-)
-from tf_rcnn.models.heads.box import ResNetC4BoxHead  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -243,6 +243,18 @@ def test_c4_box_head_contract_small():
         ResNetC4BoxHead(res5={"class_name": "ResNetStage"})
 
 
+def test_resnet_saves_and_loads_as_keras_file(tmp_path):
+    model = ResNet(50, freeze_at=1, stages=("C2",), name="r50_small")
+    for w in model.weights:
+        w.assign(tf.random.normal(w.shape))
+    x = tf.random.normal((1, 32, 32, 3))
+    path = str(tmp_path / "r50_small.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, ResNet) and loaded.get_config() == model.get_config()
+    np.testing.assert_allclose(loaded(x)["C2"].numpy(), model(x)["C2"].numpy(), rtol=1e-5)
+
+
 def test_resnet_parameter_counts():
     # keras.applications ResNet50/101 (include_top=False) have 23,587,712 / 42,658,176
     # parameters; ours equal them minus the conv biases (folded into the norms' means):
@@ -255,3 +267,39 @@ def test_resnet_parameter_counts():
 
     assert ResNet(50).count_params() == 23_587_712 - biases((3, 4, 6, 3))
     assert ResNet(101).count_params() == 42_658_176 - biases((3, 4, 23, 3))
+
+
+# ---------------------------------------------------------------- VGG16
+
+
+def test_vgg16_outputs_freeze_and_imagenet_mapping():
+    model = build_backbone("vgg16")
+    assert isinstance(model, VGG16)
+    assert model.output_strides == {"C4": 16} and model.output_channels == {"C4": 512}
+    _check_outputs(model, model(tf.zeros((1, 64, 64, 3))), (64, 64))
+    fn = tf.function(model, input_signature=[tf.TensorSpec((None, None, None, 3))])
+    _check_outputs(model, fn(tf.zeros((1, 72, 88, 3))), (72, 88))
+    # freeze_at=2: conv1_x and conv2_x frozen, conv3_1 onwards trainable (Fast R-CNN Sec. 4.5).
+    trainable = _kernel_names(model.trainable_weights)
+    assert trainable == {f"block{b}_conv{i}" for b, n in ((3, 3), (4, 3), (5, 3))
+                         for i in range(1, n + 1)}
+    assert _kernel_names(VGG16(freeze_at=0).trainable_weights) >= {"block1_conv1"}
+
+    # Imagenet path: copy a randomly initialised keras VGG16 (random biases too) and compare
+    # conv5_3 with keras' block5_conv3 output on the same input.
+    source = keras.applications.VGG16(include_top=False, weights=None, input_shape=(64, 64, 3))
+    rng = np.random.default_rng(0)
+    for layer in source.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            kernel, bias = layer.get_weights()
+            layer.set_weights([kernel, rng.normal(0, 0.1, bias.shape).astype("float32")])
+    assert copy_keras_vgg16_weights(model, source) == 13
+    reference = keras.Model(source.input, source.get_layer("block5_conv3").output)
+    x = tf.random.normal((2, 64, 64, 3))
+    expected = reference(x).numpy()
+    np.testing.assert_allclose(model(x)["C4"].numpy(), expected,
+                               atol=1e-4 * np.abs(expected).max(), rtol=1e-4)
+    with pytest.raises(ValueError, match="weights"):
+        VGG16(weights="vgg.npz")
+    config = model.get_config()
+    assert VGG16.from_config(config).get_config() == config

@@ -14,12 +14,14 @@ import keras
 from tf_rcnn.models.backbones.frozen_bn import FrozenBatchNormalization
 from tf_rcnn.models.backbones.resnet import ResNet, make_res5_head
 from tf_rcnn.models.backbones.tiny import TinyBackbone
+from tf_rcnn.models.backbones.vgg import VGG16
 
 __all__ = [
     "BACKBONES",
     "FrozenBatchNormalization",
     "ResNet",
     "TinyBackbone",
+    "VGG16",
     "build_backbone",
     "make_res5_head",
 ]
@@ -37,7 +39,11 @@ def _resnet101(**kwargs: Any) -> keras.Model:
     return ResNet(depth=101, **kwargs)
 
 
-BACKBONES = {"resnet50": _resnet50, "resnet101": _resnet101, "tiny": _tiny}
+def _vgg16(**kwargs: Any) -> keras.Model:
+    return VGG16(**kwargs)
+
+
+BACKBONES = {"resnet50": _resnet50, "resnet101": _resnet101, "vgg16": _vgg16, "tiny": _tiny}
 
 
 def build_backbone(name: str, **kwargs: Any) -> keras.Model:
