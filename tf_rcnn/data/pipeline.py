@@ -431,9 +431,13 @@ class InputPipeline:
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
         scores = (np.zeros(len(boxes), np.float32) if scores is None
                   else np.asarray(scores, np.float32).reshape(-1))
-        boxes = np.clip(boxes, 0, [rec.height, rec.width, rec.height, rec.width]).astype(
-            np.float32)
-        if scores is not None and len(boxes) > self.max_proposals:
+        finite = np.all(np.isfinite(boxes), axis=1) & np.isfinite(scores)
+        boxes = np.clip(np.where(finite[:, None], boxes, 0), 0,
+                        [rec.height, rec.width, rec.height, rec.width]).astype(np.float32)
+        keep = finite & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        self._count("NaN or empty proposals dropped", int((~keep).sum()))
+        boxes, scores = boxes[keep], scores[keep]
+        if entry[1] is not None and len(boxes) > self.max_proposals:
             order = np.argsort(-scores, kind="stable")[: self.max_proposals]
             boxes, scores = boxes[order], scores[order]
         return boxes[: self.max_proposals], scores[: self.max_proposals]
