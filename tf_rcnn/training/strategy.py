@@ -89,7 +89,9 @@ def get_strategy(
     if name not in STRATEGY_NAMES:
         raise ValueError(f"Unknown strategy name {name!r}; use one of {STRATEGY_NAMES}.")
     cpu_devices = configure_cpu_devices(num_cpu_devices) if num_cpu_devices else None
-    gpus = tf.config.list_logical_devices("GPU")
+    # Physical, not logical, device listing: it does not initialise the runtime, which
+    # MultiWorkerMirroredStrategy must configure itself at start-up.
+    gpus = tf.config.list_physical_devices("GPU")
 
     if name == "default":
         strategy = tf.distribute.get_strategy()
