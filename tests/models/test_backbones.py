@@ -131,6 +131,21 @@ def test_resnet_freeze_at_levels(freeze_at, frozen_prefixes):
     bn_trainable = {v.path.split("/")[-2] for v in model.trainable_weights if "gamma" in v.path}
     assert ("conv3_block1_1_bn" in bn_trainable) == (freeze_at < 3)
     assert ("conv1_bn" in bn_trainable) == (freeze_at < 1)
+    # A training-mode call updates BN statistics only in trainable stages.
+    before = {n: model.get_layer(n.split("_block")[0]).blocks[0].norm_a.moving_mean.numpy()
+              for n in ("conv2_block1_1_bn", "conv3_block1_1_bn")}
+    model(tf.random.normal((2, 32, 32, 3)), training=True)
+    for name, old in before.items():
+        stage = name.split("_block")[0]
+        new = model.get_layer(stage).blocks[0].norm_a.moving_mean.numpy()
+        assert np.array_equal(old, new) == name.startswith(frozen_prefixes), name
+
+
+def test_resnet_sync_bn_builds():
+    model = ResNet(50, norm="sync_bn", stages=("C2",))
+    bn = model.res_stages[0].blocks[0].norm_a
+    assert isinstance(bn, keras.layers.BatchNormalization) and bn.synchronized
+    assert model(tf.zeros((1, 32, 32, 3)), training=True)["C2"].shape == (1, 8, 8, 256)
 
 
 def test_resnet_stride_in_1x1():

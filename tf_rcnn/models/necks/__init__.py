@@ -1,1 +1,5 @@
-"""tf_rcnn.models.necks."""
+"""tf_rcnn.models.necks: feature pyramid necks (``FPN``)."""
+
+from tf_rcnn.models.necks.fpn import FPN
+
+__all__ = ["FPN"]
