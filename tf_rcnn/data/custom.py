@@ -68,6 +68,7 @@ def records_from_list(
     items: Iterable[dict[str, Any]],
     class_names: Sequence[str] | None = None,
     *,
+    label_map: LabelMap | None = None,
     box_format: str = "xyxy",
     verify_images: str = "header",
     source: str = "records_from_list",
@@ -79,6 +80,7 @@ def records_from_list(
             ``"classes"`` (M names), optional ``"image_id"`` (int, default: position + 1),
             ``"masks"`` (M ``[H, W]`` arrays or PNG paths), ``"crowd_boxes"``, ``"difficult"``.
         class_names: class order (``1..K``); default: sorted names found in ``items``.
+        label_map: use this map instead (e.g. the training set's map for a validation set).
         box_format: ``"xyxy"`` (default), ``"yxyx"`` or ``"xywh"`` (COCO).
         verify_images: ``"none"``, ``"header"`` or ``"decode"``.
         source: name used in the report.
@@ -96,9 +98,10 @@ def records_from_list(
             raise ValueError(f"{source}: item {i} ({item['image']}) has "
                              f"{len(item.get('boxes', []))} boxes but "
                              f"{len(item.get('classes', []))} classes; give one class per box.")
-    if class_names is None:
-        class_names = sorted({str(c) for item in items for c in item.get("classes", [])})
-    label_map = LabelMap.from_names(class_names)
+    if label_map is None:
+        if class_names is None:
+            class_names = sorted({str(c) for item in items for c in item.get("classes", [])})
+        label_map = LabelMap.from_names(class_names)
     report = LoadReport(source)
     any_masks = any("masks" in item for item in items)
     records, seen = [], set()
@@ -149,10 +152,10 @@ def records_from_list(
 
 
 def load_custom(
-    folder_or_file: str, *, verify_images: str = "header"
+    folder_or_file: str, *, label_map: LabelMap | None = None, verify_images: str = "header"
 ) -> tuple[list[DetectionRecord], LabelMap, LoadReport]:
     """Read the CSV format of the module docstring (a folder with ``annotations.csv``, or the
-    CSV path itself)."""
+    CSV path itself); ``label_map`` fixes the classes (e.g. the training set's map)."""
     csv_path = folder_or_file
     if os.path.isdir(folder_or_file):
         csv_path = os.path.join(folder_or_file, "annotations.csv")
@@ -202,8 +205,8 @@ def load_custom(
                 item["masks"].append(
                     (mask if os.path.isabs(mask) else os.path.join(base, mask)) if mask else None)
     records, label_map, report = records_from_list(
-        list(items.values()), class_names, box_format="xyxy", verify_images=verify_images,
-        source=f"custom {csv_path}",
+        list(items.values()), class_names, label_map=label_map, box_format="xyxy",
+        verify_images=verify_images, source=f"custom {csv_path}",
     )
     for reason, n in pre_report.skipped.items():
         report.skipped[reason] += n

@@ -107,3 +107,8 @@ def read_proposals(path: str) -> Proposals:
     for image_id, (b, s) in out.items():
         _check(b, s, image_id, path)
     return out
+
+
+def load_proposals(path: str) -> Proposals:
+    """Alias of :func:`read_proposals` (the name the model builder uses)."""
+    return read_proposals(path)

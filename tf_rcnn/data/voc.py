@@ -70,6 +70,7 @@ def load_voc(
     *,
     class_names: Sequence[str] = VOC_CLASSES,
     verify_images: str = "header",
+    training: bool | None = None,
 ) -> tuple[list[DetectionRecord], LabelMap, LoadReport]:
     """Read one or several VOC image sets (e.g. 07+12 trainval) into records.
 
@@ -79,10 +80,13 @@ def load_voc(
         class_names: class order (default: the 20 VOC classes).
         verify_images: ``"none"``, ``"header"`` or ``"decode"``
             (see :func:`tf_rcnn.data.records.check_image_file`).
+        training: accepted for symmetry with the builder and unused: records are the same for
+            both splits (``difficult`` stays a flag; the pipeline and evaluator act on it).
 
     Returns:
         ``(records, label_map, report)`` in image-set order.
     """
+    del training
     label_map = LabelMap.from_names(class_names)
     sets = ", ".join(f"{y} {s}" for y, s in image_sets)
     report = LoadReport(f"VOC {root} [{sets}]")
