@@ -309,3 +309,23 @@ def test_multilevel_gradient_reaches_every_used_level():
                                            canonical_size=56.0)
     grads = tape.gradient(out, features)
     assert all(g is not None and np.abs(g.numpy()).sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("output_size", [3, 7])
+def test_quantised_bins_round_like_float32_in_graph_and_eager(output_size):
+    # Bin bounds are fl32(p * fl32(size / S)): e.g. 3 * fl32(7 / 3) is exactly 7.0 in float32,
+    # whereas a reciprocal-multiply (what TF's graph optimiser may emit) gives 7.0000005 and an
+    # extra cell. Integer RoIs of every size 1..40 at stride 1 hit these cases for S = 3 and 7.
+    rng = np.random.default_rng(11)
+    features = rng.normal(size=(1, 48, 48, 2)).astype(np.float32)
+    sizes = np.arange(1, 41, dtype=np.float32)
+    rois = np.stack([np.zeros_like(sizes), sizes / 4, sizes, sizes + sizes / 4], -1)[None]
+    want_pool = ref.roi_pool(features, rois, output_size, 1.0)
+    graph_pool = tf.function(lambda f, r: roi_ops.roi_pool(f, r, output_size, 1.0))
+    np.testing.assert_array_equal(roi_ops.roi_pool(features, rois, output_size, 1.0).numpy(),
+                                  want_pool)
+    np.testing.assert_array_equal(graph_pool(features, rois).numpy(), want_pool)
+    maps = rng.normal(size=(1, 48, 48, output_size**2)).astype(np.float32)
+    want_ps = ref.ps_roi_pool(maps, rois, output_size, 1.0)
+    graph_ps = tf.function(lambda f, r: roi_ops.ps_roi_pool(f, r, output_size, 1.0))
+    np.testing.assert_allclose(graph_ps(maps, rois).numpy(), want_ps, atol=ATOL)

@@ -219,12 +219,20 @@ def _quantized_bins(
     end_q = _round_half_away(end)
     size = end_q - start_q + (1.0 if plus_one else 0.0)
     size = tf.maximum(size, 1.0)
-    # Float32 arithmetic on purpose: the reference kernels compute bin bounds in float32.
-    bin_size = size / float(num_bins)
-    index = tf.range(num_bins, dtype=tf.float32)
-    lo = tf.floor(index * bin_size[..., None]) + start_q[..., None]
-    hi = tf.math.ceil((index + 1.0) * bin_size[..., None]) + start_q[..., None]
-    limit_f = tf.cast(limit, tf.float32)
+    # The reference kernels compute bin bounds in IEEE float32: bin = fl(size / S) and the bound
+    # fl(p * bin), e.g. 3 * fl(7 / 3) rounds to exactly 7.0. TF's graph optimiser may turn a
+    # float32 division into a multiplication by the reciprocal (giving 7.0000005 and one extra
+    # cell), so emulate the float32 rounding explicitly: both operations are exact in float64
+    # for these small integers and are then rounded once to float32 by a cast.
+    def to_f32(x: tf.Tensor) -> tf.Tensor:
+        return tf.cast(tf.cast(x, tf.float32), tf.float64)
+
+    bin_size = to_f32(tf.cast(size, tf.float64) / float(num_bins))[..., None]
+    index = tf.range(num_bins, dtype=tf.float64)
+    offset = tf.cast(start_q, tf.float64)[..., None]
+    lo = tf.floor(to_f32(index * bin_size)) + offset
+    hi = tf.math.ceil(to_f32((index + 1.0) * bin_size)) + offset
+    limit_f = tf.cast(limit, tf.float64)
     lo = tf.clip_by_value(lo, 0.0, limit_f)
     hi = tf.clip_by_value(hi, 0.0, limit_f)
     return tf.cast(lo, tf.int32), tf.cast(hi, tf.int32)
