@@ -20,7 +20,7 @@ def _trainer(model_dir, lr=0.05, **kwargs) -> Trainer:
         "step", lr, total_steps=100, warmup_steps=5, warmup_factor=0.1, steps=(80,)
     )
     optimizer = build_optimizer("sgd", learning_rate=schedule, weight_decay=1e-4)
-    return Trainer(model, optimizer, model_dir=str(model_dir), **kwargs)
+    return Trainer(model, optimizer, None, model_dir=str(model_dir), **kwargs)
 
 
 def test_loss_decreases_and_progress_is_logged(tmp_path, capsys):
@@ -90,7 +90,7 @@ def test_nan_stops_with_step_terms_and_checkpoint(tmp_path, steps_per_loop):
     model(tf.zeros([1, standin.IMAGE_SIZE, standin.IMAGE_SIZE, 3]))
     optimizer = build_optimizer("sgd", learning_rate=0.01)
     trainer = Trainer(
-        model, optimizer, model_dir=str(tmp_path), checkpoint_every=2, steps_per_loop=steps_per_loop
+        model, optimizer, None, str(tmp_path), checkpoint_every=2, steps_per_loop=steps_per_loop
     )
     with pytest.raises(NonFiniteLossError) as info:
         trainer.train(standin.make_dataset_fn(4), total_steps=20, per_replica_batch=4)
@@ -123,7 +123,7 @@ def test_global_norm_clip_limits_the_update(tmp_path):
     # exactly c when the raw gradient norm exceeds c.
     model = standin.build_model()
     optimizer = keras.optimizers.SGD(learning_rate=1.0)
-    trainer = Trainer(model, optimizer, model_dir=str(tmp_path), clip_norm=1e-3)
+    trainer = Trainer(model, optimizer, None, model_dir=str(tmp_path), clip_norm=1e-3)
     before = [v.numpy().copy() for v in model.trainable_variables]
     trainer.train(standin.make_dataset_fn(4), total_steps=1, per_replica_batch=4)
     moved = np.sqrt(
@@ -158,4 +158,17 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="nan_policy"):
         _trainer(tmp_path, nan_policy="explode")
     with pytest.raises(ValueError, match="compute_losses"):
-        Trainer(keras.Sequential([keras.layers.Dense(1)]), keras.optimizers.SGD(), model_dir="x")
+        Trainer(keras.Sequential([keras.layers.Dense(1)]), keras.optimizers.SGD(), None, "x")
+
+
+def test_unbuilt_model_is_built_on_the_first_batch(tmp_path):
+    model = standin.StandInModel()  # no variables yet
+    optimizer = build_optimizer("sgd", learning_rate=0.01)
+    trainer = Trainer(model, optimizer, None, model_dir=str(tmp_path), checkpoint_every=2)
+    metrics = trainer.train(standin.make_dataset_fn(4), total_steps=2, per_replica_batch=4)
+    assert metrics["step"] == 2 and len(model.trainable_variables) == 6
+    # Nothing left to do on a finished run.
+    again = Trainer(
+        standin.build_model(), build_optimizer("sgd", learning_rate=0.01), None, str(tmp_path)
+    )
+    assert again.train(standin.make_dataset_fn(4), total_steps=2, per_replica_batch=4) == {}
