@@ -70,6 +70,10 @@ def test_rpn_head_init_and_errors():
         kernel, bias = layer.get_weights()
         assert np.all(bias == 0)
         assert 0.005 < kernel.std() < 0.02  # normal std 0.01
+    # Each conv draws its own numbers (a shared unseeded initializer would repeat them).
+    first = [layer.kernel.numpy().ravel()[:8]
+             for layer in (head.conv, head.objectness_conv, head.deltas_conv)]
+    assert not np.allclose(first[0], first[1]) and not np.allclose(first[1], first[2])
     with pytest.raises(ValueError, match="num_anchors"):
         RPNHead(num_anchors=0)
     with pytest.raises(ValueError, match="same"):
@@ -152,6 +156,7 @@ def test_box_predictor_init_and_layout():
     box_kernel, box_bias = pred.box_dense.get_weights()
     assert np.all(cls_bias == 0) and np.all(box_bias == 0)
     assert 0.008 < cls_kernel.std() < 0.012 and 0.0008 < box_kernel.std() < 0.0012
+    assert not np.allclose(cls_kernel.ravel()[:8] / 10, box_kernel.ravel()[:8] / 1)
     # Channel g*4 + j of the dense output is coordinate j of class g.
     pred.box_dense.set_weights([np.zeros_like(box_kernel), np.arange(51 * 4, dtype="float32")])
     _, deltas = pred(tf.zeros((1, 2, 256)))

@@ -24,6 +24,16 @@ import keras
 import tensorflow as tf
 
 
+def _init() -> dict[str, Any]:
+    """Normal(0, 0.01) weights and zero bias (Faster R-CNN, Sec. 3.1.3).
+
+    A fresh initializer per layer: one unseeded Keras initializer instance reused across layers
+    returns the same numbers every call, which would make the three convs start correlated.
+    """
+    return {"kernel_initializer": keras.initializers.RandomNormal(stddev=0.01),
+            "bias_initializer": "zeros"}
+
+
 @keras.saving.register_keras_serializable(package="tf_rcnn")
 class RPNHead(keras.layers.Layer):
     """A 3x3 conv + ReLU and two sibling 1x1 convs, shared by every pyramid level.
@@ -50,14 +60,10 @@ class RPNHead(keras.layers.Layer):
             raise ValueError(f"channels must be a positive int or None, got {channels}.")
         self.num_anchors = int(num_anchors)
         self.channels = None if channels is None else int(channels)
-        self._init = {
-            "kernel_initializer": keras.initializers.RandomNormal(stddev=0.01),
-            "bias_initializer": "zeros",
-        }
         self.objectness_conv = keras.layers.Conv2D(self.num_anchors, 1, name="objectness",
-                                                   **self._init)
+                                                   **_init())
         self.deltas_conv = keras.layers.Conv2D(self.num_anchors * 4, 1, name="deltas",
-                                               **self._init)
+                                               **_init())
         self.conv = None
 
     def build(self, input_shape: Sequence[tuple]) -> None:
@@ -77,7 +83,7 @@ class RPNHead(keras.layers.Layer):
         in_ch = in_channels.pop()
         width = self.channels or in_ch
         self.conv = keras.layers.Conv2D(width, 3, padding="same", activation="relu",
-                                        name="conv", **self._init)
+                                        name="conv", **_init())
         self.conv.build((None, None, None, in_ch))
         self.objectness_conv.build((None, None, None, width))
         self.deltas_conv.build((None, None, None, width))
