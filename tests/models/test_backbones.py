@@ -10,6 +10,7 @@ import tensorflow as tf
 from tests.layer_contract import check_layer_contract
 from tf_rcnn.models.backbones import FrozenBatchNormalization, TinyBackbone, build_backbone
 from tf_rcnn.models.backbones.resnet import (
+    Bottleneck,
     ResNet,
     ResNetStage,
     copy_keras_resnet_weights,
@@ -318,3 +319,28 @@ def test_vgg16_outputs_freeze_and_imagenet_mapping():
         VGG16(weights="vgg.npz")
     config = model.get_config()
     assert VGG16.from_config(config).get_config() == config
+
+
+# ---------------------------------------------------------------- layer contracts
+
+
+@pytest.mark.parametrize("stride_in_1x1", [True, False])
+def test_bottleneck_and_stage_contracts(stride_in_1x1):
+    x = tf.random.normal((2, 9, 7, 8))
+    block = Bottleneck(4, stride=2, projection=True, stride_in_1x1=stride_in_1x1, norm="bn",
+                       name="conv3_block1")
+    out = check_layer_contract(block, x)
+    assert out.shape == (2, 5, 4, 16)  # ceil(9 / 2), ceil(7 / 2), 4 * filters
+    assert block.conv_a.name == "conv3_block1_1_conv"  # keras.applications naming
+    stage = ResNetStage(2, 4, stride=1, dilation=2, stride_in_1x1=stride_in_1x1, name="conv5")
+    out = check_layer_contract(stage, x)
+    assert out.shape == (2, 9, 7, 16)
+    assert [b.name for b in stage.blocks] == ["conv5_block1", "conv5_block2"]
+    with pytest.raises(ValueError, match="projection"):
+        Bottleneck(4, stride=2)
+
+
+def test_backbone_models_satisfy_layer_contract():
+    x = tf.random.normal((1, 32, 32, 3))
+    check_layer_contract(TinyBackbone(widths=(8, 8, 8, 8)), x)
+    check_layer_contract(ResNet(50, stages=("C2",), name="r50_c2"), x)
