@@ -85,3 +85,13 @@ def test_sgd_serialisation_round_trip_and_errors():
         build_optimizer("lamb")
     with pytest.raises(ValueError, match="l2_weight_decay"):
         CoupledWeightDecaySGD(weight_decay=0.1)
+
+
+def test_coupled_sgd_works_with_model_fit():
+    # compile/fit path: Keras calls optimizer.apply with the model's trainable variables.
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer=build_optimizer("sgd", learning_rate=0.01), loss="mse")
+    x = np.ones((4, 3), np.float32)
+    kernel = model.layers[0].kernel.numpy().copy()
+    model.fit(x, np.zeros((4, 1), np.float32), epochs=1, batch_size=4, verbose=0)
+    assert not np.allclose(model.layers[0].kernel.numpy(), kernel)

@@ -299,10 +299,9 @@ class Trainer:
             raise NonFiniteLossError(message)
         logging.warning(message)
 
-    def _maybe_evaluate(self, step: int, total_steps: int) -> None:
-        if self.eval_fn is None or not self.checkpoints.is_chief:
-            return
-        if step % self.eval_every and step < total_steps:
+    def _evaluate(self, step: int) -> None:
+        """Runs ``eval_fn`` on the chief and exports the best checkpoint (already saved)."""
+        if not self.checkpoints.is_chief:
             return
         metrics = {name: float(value) for name, value in self.eval_fn(step).items()}
         self.eval_history.append({"step": step, **metrics})
@@ -321,7 +320,7 @@ class Trainer:
         )
         if better:
             self.best_value = value
-            path = self.checkpoints.maybe_save(step, force=True)
+            path = os.path.join(self.model_dir, f"ckpt-{step}")
             export_best(path, os.path.join(self.model_dir, "best"), metrics)
             logging.info("New best %s=%.4f at step %d.", self.best_metric, value, step)
 
@@ -393,8 +392,13 @@ class Trainer:
                 if not bool(finite) or not math.isfinite(values["total_loss"]):
                     self._raise_non_finite(values, step)
                 progress.update(step, previous, values, self._current_learning_rate())
-                self.checkpoints.maybe_save(step, force=step >= total_steps)
-                self._maybe_evaluate(step, total_steps)
+                eval_due = self.eval_fn is not None and (
+                    step % self.eval_every == 0 or step >= total_steps
+                )
+                # Every worker takes part in saving (collectives); evaluation is chief-only.
+                self.checkpoints.maybe_save(step, force=eval_due or step >= total_steps)
+                if eval_due:
+                    self._evaluate(step)
         finally:
             progress.close()
         if not values:
