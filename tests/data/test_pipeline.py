@@ -224,3 +224,34 @@ def test_corrupt_file_at_run_time_is_skipped_not_fatal(tmp_path):
                          max_size=20)
     batches = _batches(pipe)
     assert [int(i) for _, t in batches for i in t["image_id"]] == [1]
+
+
+def _reference_resize(image: np.ndarray, scale: float, out_h: int, out_w: int) -> np.ndarray:
+    """NumPy bilinear resize by exactly ``scale``: output pixel c samples the input at
+    (c + 0.5) / scale - 0.5, clamped to the image (edge values), loops for clarity."""
+    h, w, _ = image.shape
+    out = np.zeros((out_h, out_w, image.shape[2]), np.float64)
+    for i in range(out_h):
+        y = min(max((i + 0.5) / scale - 0.5, 0.0), h - 1)
+        y0 = int(np.floor(y))
+        y1 = min(y0 + 1, h - 1)
+        fy = y - y0
+        for j in range(out_w):
+            x = min(max((j + 0.5) / scale - 0.5, 0.0), w - 1)
+            x0 = int(np.floor(x))
+            x1 = min(x0 + 1, w - 1)
+            fx = x - x0
+            out[i, j] = ((1 - fy) * ((1 - fx) * image[y0, x0] + fx * image[y0, x1])
+                         + fy * ((1 - fx) * image[y1, x0] + fx * image[y1, x1]))
+    return out
+
+
+@pytest.mark.parametrize("scale", [1.7, 1.0, 0.6])
+def test_resize_image_matches_reference(rng, scale):
+    from tf_rcnn.data.pipeline import resize_image, resized_shape
+
+    image = rng.uniform(0, 255, (7, 9, 3)).astype(np.float32)
+    shape = resized_shape(7, 9, scale).numpy()
+    # e.g. scale 1.7: ceil(7 * 1.7) = ceil(11.9) = 12, ceil(9 * 1.7) = ceil(15.3) = 16.
+    out = resize_image(tf.constant(image), scale, shape).numpy()
+    np.testing.assert_allclose(out, _reference_resize(image, scale, *shape), atol=1e-2)
