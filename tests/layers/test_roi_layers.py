@@ -120,3 +120,12 @@ def test_layer_argument_errors():
         MultiLevelRoIAlign(7, strides=[4, 6])
     with pytest.raises(ValueError, match="output_size"):
         RoIAlign(0, 1 / 16)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from tf_rcnn.layers import roi_align as module
+
+    result = doctest.testmod(module, extraglobs={"tf": tf}, verbose=False)
+    assert result.attempted > 0 and result.failed == 0
