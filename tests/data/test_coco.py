@@ -145,6 +145,11 @@ def test_every_kind_of_bad_data_is_counted_with_its_file(tmp_path):
     for name in ("missing.png", "corrupt.png", "truncated.png", "bigger.png"):
         assert name in details
     assert "bad.json" in "".join(report.examples["annotation of unknown image id"])
+    # report.items lists every skip/repair with its file (an image or the json itself).
+    assert len(report.items) == 16  # 12 skips + 4 repairs
+    named = {os.path.basename(file) for _, _, file, _ in report.items}
+    assert named == {"ok.png", "missing.png", "corrupt.png", "truncated.png", "bigger.png",
+                     "bad.json"}
     summary = report.summary()
     assert "2 images, 3 boxes" in summary and "skipped 12" in summary
     assert "\n" not in summary

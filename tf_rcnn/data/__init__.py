@@ -8,13 +8,16 @@ See docs/data.md.
 """
 
 from tf_rcnn.data.coco import load_coco
+from tf_rcnn.data.custom import load_custom, records_from_list
 from tf_rcnn.data.pipeline import (
     InputPipeline,
     pixel_stats_for_backbone,
     preprocess_image_for_inference,
 )
+from tf_rcnn.data.proposals import read_proposals, write_proposals
 from tf_rcnn.data.records import DetectionRecord, LabelMap, LoadReport
 from tf_rcnn.data.shapes import generate_shapes_dataset
+from tf_rcnn.data.voc import load_voc
 
 __all__ = [
     "DetectionRecord",
@@ -23,6 +26,11 @@ __all__ = [
     "LoadReport",
     "generate_shapes_dataset",
     "load_coco",
+    "load_custom",
+    "load_voc",
     "pixel_stats_for_backbone",
     "preprocess_image_for_inference",
+    "read_proposals",
+    "records_from_list",
+    "write_proposals",
 ]

@@ -72,6 +72,7 @@ def records_from_list(
     box_format: str = "xyxy",
     verify_images: str = "header",
     source: str = "records_from_list",
+    report: LoadReport | None = None,
 ) -> tuple[list[DetectionRecord], LabelMap, LoadReport]:
     """Build records from dicts (see module docstring).
 
@@ -84,6 +85,7 @@ def records_from_list(
         box_format: ``"xyxy"`` (default), ``"yxyx"`` or ``"xywh"`` (COCO).
         verify_images: ``"none"``, ``"header"`` or ``"decode"``.
         source: name used in the report.
+        report: add to this report instead of a new one.
 
     Returns:
         ``(records, label_map, report)``.
@@ -102,7 +104,7 @@ def records_from_list(
         if class_names is None:
             class_names = sorted({str(c) for item in items for c in item.get("classes", [])})
         label_map = LabelMap.from_names(class_names)
-    report = LoadReport(source)
+    report = report if report is not None else LoadReport(source)
     any_masks = any("masks" in item for item in items)
     records, seen = [], set()
     for i, item in enumerate(items):
@@ -168,7 +170,7 @@ def load_custom(
     if os.path.isfile(classes_file):
         with open(classes_file) as f:
             class_names = [line.strip() for line in f if line.strip()]
-    pre_report = LoadReport(f"custom {csv_path}")
+    pre_report = LoadReport(f"custom {csv_path}")  # also collects CSV-row problems
     items: dict[str, dict[str, Any]] = {}
     with open(csv_path, newline="") as f:
         reader = csv.DictReader(f)
@@ -204,13 +206,7 @@ def load_custom(
                 mask = (row.get("mask") or "").strip()
                 item["masks"].append(
                     (mask if os.path.isabs(mask) else os.path.join(base, mask)) if mask else None)
-    records, label_map, report = records_from_list(
+    return records_from_list(
         list(items.values()), class_names, label_map=label_map, box_format="xyxy",
-        verify_images=verify_images, source=f"custom {csv_path}",
+        verify_images=verify_images, source=f"custom {csv_path}", report=pre_report,
     )
-    for reason, n in pre_report.skipped.items():
-        report.skipped[reason] += n
-        report.examples[reason].extend(pre_report.examples[reason])
-    if pre_report.skipped:
-        report.finish(records)
-    return records, label_map, report

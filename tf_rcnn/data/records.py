@@ -246,8 +246,11 @@ class LoadReport:
         self.skipped: collections.Counter[str] = collections.Counter()
         self.repaired: collections.Counter[str] = collections.Counter()
         self.examples: dict[str, list[str]] = collections.defaultdict(list)
+        # Every skip/repair: (kind "skip"|"repair", reason, file, detail).
+        self.items: list[tuple[str, str, str, str]] = []
 
-    def _note(self, reason: str, file: str, detail: str) -> None:
+    def _note(self, kind: str, reason: str, file: str, detail: str) -> None:
+        self.items.append((kind, reason, file, detail))
         if len(self.examples[reason]) < _MAX_EXAMPLES:
             self.examples[reason].append(f"{file}: {detail}" if detail else file)
         logging.log_first_n(logging.WARNING, "%s: %s %s (%s)", 20, self.source, reason, file,
@@ -256,12 +259,12 @@ class LoadReport:
     def skip(self, reason: str, file: str, detail: str = "", count: int = 1) -> None:
         """Count ``count`` dropped items (images or annotations) for ``reason`` in ``file``."""
         self.skipped[reason] += count
-        self._note(reason, file, detail)
+        self._note("skip", reason, file, detail)
 
     def repair(self, reason: str, file: str, detail: str = "", count: int = 1) -> None:
         """Count ``count`` items that were kept after a documented change."""
         self.repaired[reason] += count
-        self._note(reason, file, detail)
+        self._note("repair", reason, file, detail)
 
     @property
     def num_skipped(self) -> int:
@@ -280,13 +283,28 @@ class LoadReport:
             text += f"; repaired {sum(self.repaired.values())}: {fixes}"
         return text
 
-    def details(self) -> str:
-        """Multi-line text with example files for every reason."""
+    def details(self, max_per_reason: int | None = _MAX_EXAMPLES) -> str:
+        """Multi-line text listing the files of every reason (``max_per_reason`` each;
+        ``None`` lists all of them; ``items`` holds the full list)."""
         lines = [self.summary()]
-        for reason, items in sorted(self.examples.items()):
+        by_reason: dict[str, list[str]] = collections.defaultdict(list)
+        for _, reason, file, detail in self.items:
+            by_reason[reason].append(f"{file}: {detail}" if detail else file)
+        for reason, entries in sorted(by_reason.items()):
             lines.append(f"  {reason}:")
-            lines.extend(f"    {item}" for item in items)
+            shown = entries if max_per_reason is None else entries[:max_per_reason]
+            lines.extend(f"    {entry}" for entry in shown)
+            if len(shown) < len(entries):
+                lines.append(f"    ... and {len(entries) - len(shown)} more")
         return "\n".join(lines)
+
+    def merge(self, other: LoadReport) -> None:
+        """Add the skips and repairs counted by ``other``."""
+        self.skipped.update(other.skipped)
+        self.repaired.update(other.repaired)
+        self.items.extend(other.items)
+        for reason, entries in other.examples.items():
+            self.examples[reason].extend(entries[: _MAX_EXAMPLES - len(self.examples[reason])])
 
     def finish(self, records: Sequence[DetectionRecord]) -> LoadReport:
         """Fill the totals from the final records and log the summary once."""
