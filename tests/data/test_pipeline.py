@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -255,3 +256,15 @@ def test_resize_image_matches_reference(rng, scale):
     # e.g. scale 1.7: ceil(7 * 1.7) = ceil(11.9) = 12, ceil(9 * 1.7) = ceil(15.3) = 16.
     out = resize_image(tf.constant(image), scale, shape).numpy()
     np.testing.assert_allclose(out, _reference_resize(image, scale, *shape), atol=1e-2)
+
+
+def test_run_time_guard_names_truncated_files(tmp_path):
+    from tf_rcnn.data.pipeline import check_image_bytes
+
+    jpeg = Path(write_image(str(tmp_path / "t.jpg"), 16, 16, fmt="JPEG")).read_bytes()
+    png = Path(write_image(str(tmp_path / "t.png"), 16, 16)).read_bytes()
+    check_image_bytes(tf.constant(jpeg), tf.constant("good.jpg"))
+    check_image_bytes(tf.constant(png), tf.constant("good.png"))
+    for data in (jpeg[: len(jpeg) // 2], png[: len(png) // 2], b"", b"not an image"):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="broken_file.xyz"):
+            check_image_bytes(tf.constant(data), tf.constant("broken_file.xyz"))

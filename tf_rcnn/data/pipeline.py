@@ -258,6 +258,34 @@ def decode_image(data: tf.Tensor) -> tf.Tensor:
     return image
 
 
+def _contains(haystack: tf.Tensor, needle: bytes) -> tf.Tensor:
+    """Whether the uint8 vector ``haystack`` contains the byte string ``needle``."""
+    n = len(needle)
+    length = tf.shape(haystack)[0] - n + 1
+    if_found = tf.ones([tf.maximum(length, 0)], tf.bool)
+    for k, byte in enumerate(needle):
+        if_found = tf.logical_and(if_found, tf.equal(haystack[k:k + tf.maximum(length, 0)], byte))
+    return tf.reduce_any(if_found)
+
+
+def check_image_bytes(data: tf.Tensor, path: tf.Tensor) -> tf.Operation:
+    """In-graph guard run before decoding: fails with a message NAMING THE FILE when the bytes
+    are not a JPEG/PNG/GIF/BMP or a JPEG/PNG lacks its end marker in the last KB (truncated).
+    Such failures are then skipped and logged by ``ignore_errors`` rather than surfacing as an
+    anonymous decode error."""
+    head = tf.strings.substr(data, 0, 8)
+    is_jpeg = tf.strings.substr(head, 0, 2) == b"\xff\xd8"
+    is_png = head == b"\x89PNG\r\n\x1a\n"
+    is_other = tf.logical_or(tf.strings.substr(head, 0, 3) == b"GIF",
+                             tf.strings.substr(head, 0, 2) == b"BM")
+    size = tf.strings.length(data)
+    tail = tf.io.decode_raw(tf.strings.substr(data, tf.maximum(size - 1024, 0), 1024), tf.uint8)
+    jpeg_ok = tf.logical_and(is_jpeg, _contains(tail, b"\xff\xd9"))
+    png_ok = tf.logical_and(is_png, _contains(tail, b"IEND"))
+    ok = tf.reduce_any(tf.stack([jpeg_ok, png_ok, is_other]))
+    return tf.debugging.Assert(ok, ["Unreadable or truncated image file (skipped):", path])
+
+
 class InputPipeline:
     """Build the training or evaluation ``tf.data.Dataset`` from :class:`DetectionRecord` s.
 
@@ -549,7 +577,10 @@ class InputPipeline:
             return values[splits[index]:splits[index + 1]]
 
         hw = t["hw"][index]
-        image = decode_image(tf.io.read_file(t["path"][index]))
+        path = t["path"][index]
+        data = tf.io.read_file(path)
+        with tf.control_dependencies([check_image_bytes(data, path)]):
+            image = decode_image(data)
         shape = tf.shape(image)
         orig_h, orig_w = shape[0], shape[1]
         if self.training and len(self.scales) > 1:
@@ -581,9 +612,10 @@ class InputPipeline:
         }
         # The decoded size must agree with the record (checked at load time; this guards
         # against a file replaced after loading).
-        check = tf.debugging.assert_equal(
-            tf.stack([orig_h, orig_w]), hw,
-            message="decoded image size differs from its record; reload the dataset")
+        check = tf.debugging.Assert(
+            tf.reduce_all(tf.equal(tf.stack([orig_h, orig_w]), hw)),
+            ["Decoded image size differs from its record (reload the dataset):", path,
+             tf.stack([orig_h, orig_w]), hw])
         with tf.control_dependencies([check]):
             image = tf.identity(image)
         if self.with_masks:
