@@ -8,6 +8,14 @@ Conventions:
     path found names the variable, exactly as TensorFlow's saver does), which lets us compare
     names and shapes *before* restoring and report every mismatch by name.
 
+    The model enters the checkpoint through :func:`model_weights_trackable`: every variable of
+    ``model.weights`` keyed by its Keras path without the model's own name (``rpn/rpn_head/conv/
+    kernel``). Keras 3 keeps lists of sub-layers in its own ``TrackedList``, which TensorFlow's
+    object graph does not follow, so checkpointing the model object itself silently drops every
+    layer held in a list (an FPN's lateral convs, a backbone's stages). Keras paths are made of
+    layer names, so layers must have stable names (the builder names every part); a name Keras
+    generated (``fpn_1`` for a second FPN in one process) shows up as a named mismatch.
+
     Multi-worker: every worker must call ``save`` (saving runs collective ops), but only the
     chief writes into ``model_dir``; the others write into a temporary directory that is
     deleted right after, the pattern from the TensorFlow multi-worker tutorial.
@@ -70,6 +78,40 @@ def checkpoint_keys(root: Any, prefix: str = "") -> dict[str, Any]:
             paths[id(child)] = f"{parent}/{_escape(name)}" if parent else _escape(name)
             queue.append(child)
     return keys
+
+
+def weight_key(variable: Any) -> str:
+    """A model variable's checkpoint name: its Keras path without the root model's name."""
+    path = getattr(variable, "path", None) or variable.name
+    return path.split("/", 1)[1] if "/" in path else path
+
+
+def model_weights_trackable(model: keras.Model) -> tf.train.Checkpoint:
+    """A trackable holding every variable of ``model`` keyed by :func:`weight_key`.
+
+    Raises:
+        ValueError: the model has no variables yet, or two variables share a path (give the
+            layers distinct names).
+    """
+    weights = list(model.weights)
+    if not weights:
+        raise ValueError(
+            f"{type(model).__name__} has no variables yet; build it (call it once on an input) "
+            "before checkpointing."
+        )
+    keyed: dict[str, Any] = {}
+    for variable in weights:
+        key = weight_key(variable)
+        if key in keyed:
+            raise ValueError(
+                f"Two variables of {type(model).__name__} share the path {key!r}; give the "
+                "layers that own them distinct names so checkpoints can tell them apart."
+            )
+        keyed[key] = variable
+    root = tf.train.Checkpoint()
+    for key, variable in keyed.items():
+        setattr(root, key, variable)
+    return root
 
 
 def resolve_checkpoint_path(path: str) -> str:
@@ -185,16 +227,32 @@ class CheckpointManager:
         self.checkpoint_every = checkpoint_every
         self.strategy = strategy
         self.is_chief = is_chief(strategy)
-        self.objects = {"model": model, "optimizer": optimizer, "step": step}
-        self.checkpoint = tf.train.Checkpoint(**self.objects)
         if self.is_chief:
             self._write_dir = self.model_dir
         else:
             task_id = getattr(getattr(strategy, "cluster_resolver", None), "task_id", 0)
             self._write_dir = os.path.join(self.model_dir, f".workertemp_{task_id}")
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, self._write_dir, max_to_keep=keep, checkpoint_name="ckpt"
-        )
+        self._checkpoint: tf.train.Checkpoint | None = None
+        self._manager: tf.train.CheckpointManager | None = None
+
+    @property
+    def checkpoint(self) -> tf.train.Checkpoint:
+        """The root checkpoint object, made on first use (the model must have variables by
+        then; a trainer may build it from the first batch)."""
+        if self._checkpoint is None:
+            self._checkpoint = tf.train.Checkpoint(
+                model=model_weights_trackable(self.model), optimizer=self.optimizer,
+                step=self.step,
+            )
+        return self._checkpoint
+
+    @property
+    def manager(self) -> tf.train.CheckpointManager:
+        if self._manager is None:
+            self._manager = tf.train.CheckpointManager(
+                self.checkpoint, self._write_dir, max_to_keep=self.keep, checkpoint_name="ckpt"
+            )
+        return self._manager
 
     @property
     def latest_checkpoint(self) -> str | None:
@@ -289,7 +347,8 @@ def load_weights_partial(
     saved = reader.get_variable_to_shape_map()
     loaded, skipped = [], []
     assignments = []
-    for key, variable in checkpoint_keys(model, root_name).items():
+    root = model_weights_trackable(model)
+    for key, variable in checkpoint_keys(root, root_name).items():
         label = _variable_label(key, variable)
         if key not in saved:
             skipped.append(f"{label}: not in checkpoint")
