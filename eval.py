@@ -72,7 +72,10 @@ def evaluate(config, checkpoint: str, output_dir: str, num_images: int | None = 
     if "voc" in config.eval.metrics:
         from tf_rcnn.evaluation.voc_evaluator import VOCEvaluator
 
-        voc = VOCEvaluator([label_map.name(i) for i in range(1, label_map.num_classes + 1)])
+        # The VOC reader stores continuous boxes [ymin - 1, xmin - 1, ymax, xmax], whose plain
+        # width equals the devkit's inclusive "+1" width: no further +1 here.
+        voc = VOCEvaluator([label_map.name(i) for i in range(1, label_map.num_classes + 1)],
+                           use_plus_one=False)
         for record in records:
             voc.add_ground_truth(record.image_id, record.boxes, record.classes,
                                  getattr(record, "difficult", None))

@@ -67,8 +67,8 @@ def main(argv):
             f"The training data has {label_map.num_classes} classes but model.num_classes is "
             f"{config.model.num_classes}; set --config.model.num_classes="
             f"{label_map.num_classes}.")
-    pipeline = builder.build_input_pipeline(config, records, label_map, training=True,
-                                            batch_size=per_replica)
+    # The pipeline takes the global batch and gives each replica its share.
+    pipeline = builder.build_input_pipeline(config, records, label_map, training=True)
 
     with strategy.scope():
         model = builder.build_model(config, label_map=label_map.to_dict())

@@ -7,11 +7,11 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import pytest
+import tensorflow as tf
 
-import tf_rcnn  # noqa: E402,F401
+import tf_rcnn  # noqa: F401
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""One contract every tf_rcnn Keras layer satisfies, used by each layer's test with no special cases.
+"""One contract every tf_rcnn Keras layer satisfies, checked by every layer test alike.
 
 ``check_layer_contract(layer, inputs)`` verifies:
   1. config round trip: ``from_config(get_config())`` rebuilds an equal config, and the layer

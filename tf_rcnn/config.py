@@ -33,6 +33,7 @@ def default_config() -> ml_collections.ConfigDict:
             freeze_at=2,  # Detectron: stem and res2 frozen
             norm="frozen_bn",  # frozen_bn | bn | sync_bn
             stride_in_1x1=True,  # MSRA/Caffe-style bottlenecks (keras.applications layout)
+            dilate_c5=False,  # R-FCN: res5 at stride 16 with dilation 2
             widths=(16, 32, 64, 128),  # tiny backbone only
         ),
         neck=_cd(type="fpn", out_channels=256),  # type: fpn | none

@@ -26,7 +26,9 @@ from tf_rcnn.models.roi_heads import RoIHeads
 from tf_rcnn.models.rpn import RegionProposalNetwork
 
 
-def _backbone(cfg: ml_collections.ConfigDict):
+def _backbone(cfg: ml_collections.ConfigDict, include_c5: bool = True):
+    """Backbone from ``config.model.backbone``; ``include_c5=False`` stops a ResNet trunk at C4
+    (the C4 detector applies res5 per RoI instead)."""
     name = cfg.name
     if name == "tiny":
         kwargs = {"widths": tuple(cfg.widths)}
@@ -35,7 +37,9 @@ def _backbone(cfg: ml_collections.ConfigDict):
             "freeze_at": cfg.freeze_at,
             "norm": cfg.norm,
             "stride_in_1x1": cfg.stride_in_1x1,
+            "dilate_c5": cfg.dilate_c5,
             "weights": cfg.weights,
+            "include_c5": include_c5,
         }
     elif name == "vgg16":
         kwargs = {"freeze_at": cfg.freeze_at, "weights": cfg.weights}
@@ -76,7 +80,7 @@ def build_rpn(cfg: ml_collections.ConfigDict, strides: list[int]) -> RegionPropo
         offset=cfg.anchor_offset,
     )
     head = RPNHead(num_anchors=anchor_generator.num_anchors_per_location,
-                   channels=cfg.head_channels)
+                   channels=cfg.head_channels, name="rpn_head")
     proposal_layer = ProposalLayer(
         pre_nms_topk_train=cfg.pre_nms_topk_train,
         post_nms_topk_train=cfg.post_nms_topk_train,
@@ -99,11 +103,15 @@ def build_rpn(cfg: ml_collections.ConfigDict, strides: list[int]) -> RegionPropo
         target_assigner=assigner,
         box_loss_beta=cfg.box_loss_beta,
         focal_gamma=cfg.focal_gamma,
+        name="rpn",
     )
 
 
 def build_pooler(cfg: ml_collections.ConfigDict, strides: list[int]):
     """``config.model.roi_head`` pooler -> a RoI feature extractor layer."""
+    if cfg.pooler not in ("roi_align", "roi_pool", "spp"):
+        raise ValueError(f"Unknown model.roi_head.pooler {cfg.pooler!r}; "
+                         "choose roi_align, roi_pool or spp.")
     size = cfg.pooler_resolution
     if cfg.pooler == "roi_align":
         if len(strides) > 1:
@@ -116,27 +124,26 @@ def build_pooler(cfg: ml_collections.ConfigDict, strides: list[int]):
                          "levels in model.roi_head.in_features (use roi_align for FPN).")
     if cfg.pooler == "roi_pool":
         return RoIPool(output_size=size, spatial_scale=1.0 / strides[0])
-    if cfg.pooler == "spp":
-        return SpatialPyramidPooling(pyramid_levels=tuple(cfg.spp_levels),
-                                     spatial_scale=1.0 / strides[0])
-    raise ValueError(f"Unknown model.roi_head.pooler {cfg.pooler!r}; "
-                     "choose roi_align, roi_pool or spp.")
+    return SpatialPyramidPooling(pyramid_levels=tuple(cfg.spp_levels),
+                                 spatial_scale=1.0 / strides[0])
 
 
 def build_box_head(cfg: ml_collections.ConfigDict, backbone_cfg: ml_collections.ConfigDict):
     """``config.model.roi_head.box_head`` -> a box head layer."""
     if cfg.box_head == "fpn_fc":
-        return FPNBoxHead(fc_dims=tuple(cfg.fc_dims))
+        return FPNBoxHead(fc_dims=tuple(cfg.fc_dims), name="box_head")
     if cfg.box_head == "vgg_fc":
-        return VGGBoxHead(fc_dims=tuple(cfg.fc_dims))
+        return VGGBoxHead(fc_dims=tuple(cfg.fc_dims), name="box_head")
     if cfg.box_head == "res5":
         from tf_rcnn.models.backbones.resnet import make_res5_head
         from tf_rcnn.models.heads.box import ResNetC4BoxHead
 
         depth = 101 if backbone_cfg.name == "resnet101" else 50
+        # The per-RoI res5 takes ImageNet weights exactly when the trunk does.
+        weights = backbone_cfg.weights if backbone_cfg.weights == "imagenet" else None
         res5 = make_res5_head(depth=depth, norm=backbone_cfg.norm,
-                              stride_in_1x1=backbone_cfg.stride_in_1x1)
-        return ResNetC4BoxHead(res5)
+                              stride_in_1x1=backbone_cfg.stride_in_1x1, weights=weights)
+        return ResNetC4BoxHead(res5, name="box_head")
     raise ValueError(f"Unknown model.roi_head.box_head {cfg.box_head!r}; "
                      "choose fpn_fc, res5 or vgg_fc.")
 
@@ -158,11 +165,13 @@ def build_roi_heads(cfg: ml_collections.ConfigDict, backbone_cfg, num_classes: i
     return RoIHeads(
         pooler=build_pooler(cfg, strides),
         box_head=build_box_head(cfg, backbone_cfg),
-        box_predictor=BoxPredictor(num_classes, class_agnostic=cfg.class_agnostic_box),
+        box_predictor=BoxPredictor(num_classes, class_agnostic=cfg.class_agnostic_box,
+                                   name="box_predictor"),
         sampler=sampler,
         decoder=decoder,
         box_loss_beta=cfg.box_loss_beta,
         focal_gamma=cfg.focal_gamma,
+        name="roi_heads",
     )
 
 
@@ -175,7 +184,8 @@ def build_model(config: ml_collections.ConfigDict, label_map: dict | None = None
         label_map: optional JSON-able class description stored with the model.
     """
     m = config.model if "model" in config else config
-    backbone = _backbone(m.backbone)
+    uses_c5 = m.neck.type == "fpn" or "C5" in (*m.rpn.in_features, *m.roi_head.in_features)
+    backbone = _backbone(m.backbone, include_c5=uses_c5)
     neck = None
     if m.neck.type == "fpn":
         in_features = tuple(sorted(backbone.output_strides, key=backbone.output_strides.get))
@@ -183,6 +193,7 @@ def build_model(config: ml_collections.ConfigDict, label_map: dict | None = None
             in_features=in_features,
             in_strides=tuple(backbone.output_strides[n] for n in in_features),
             out_channels=m.neck.out_channels,
+            name="fpn",
         )
     elif m.neck.type not in ("none", None, ""):
         raise ValueError(f"Unknown model.neck.type {m.neck.type!r}; choose fpn or none.")
@@ -276,7 +287,8 @@ def build_input_pipeline(config: ml_collections.ConfigDict, records, label_map, 
     """``config.data`` -> ``InputPipeline`` for the given records.
 
     Args:
-        batch_size: per-replica batch; defaults to the recipe's global train / eval batch.
+        batch_size: GLOBAL batch (each replica gets its share through the input context);
+            defaults to the recipe's train / eval batch.
     """
     from tf_rcnn.data.pipeline import InputPipeline
 

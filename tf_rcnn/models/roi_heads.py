@@ -126,6 +126,10 @@ class RoIHeads(keras.layers.Layer):
             return losses
         return self.detect(features, proposals, proposal_valid, image_shape)
 
+    def build(self, *args, **kwargs):
+        # Children build lazily on their first call, when their input shapes are known.
+        self.built = True
+
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(

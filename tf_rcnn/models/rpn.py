@@ -102,6 +102,10 @@ class RegionProposalNetwork(keras.layers.Layer):
             )
         return outputs
 
+    def build(self, *args, **kwargs):
+        # Children build lazily on their first call, when their input shapes are known.
+        self.built = True
+
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(
