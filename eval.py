@@ -11,15 +11,19 @@ VOC data; ``rpn/AR@100`` and ``rpn/AR@1000`` with ``--proposal_recall``), ``OUT/
 
 from __future__ import annotations
 
-import json
 import os
+
+# TensorFlow's C++ warnings (e.g. the graph cost estimator on CropAndResize) drown the progress
+# lines; set TF_CPP_MIN_LOG_LEVEL=0 to see them.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 import tf_rcnn  # noqa: F401  (selects the TensorFlow backend before Keras loads)
-from tf_rcnn.config import check_config_overrides
+from tf_rcnn.config import ConfigError, check_config_overrides
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file (configs/NAME.py).")
 _CHECKPOINT = flags.DEFINE_string(
@@ -32,99 +36,16 @@ _VISUALIZE = flags.DEFINE_integer("visualize", None, "Images drawn into detectio
 flags.mark_flags_as_required(["config", "checkpoint", "output_dir"])
 
 
-def evaluate(config, checkpoint: str, output_dir: str, num_images: int | None = None,
-             proposal_recall: bool = False, visualize: int | None = None) -> dict:
-    """Restores ``checkpoint`` into the recipe's model and evaluates it; returns the metrics."""
-    import numpy as np
-
-    from tf_rcnn.data.records import LabelMap
-    from tf_rcnn.evaluation.coco_evaluator import COCOEvaluator
-    from tf_rcnn.evaluation.proposal_recall import ProposalRecallEvaluator
-    from tf_rcnn.evaluation.runner import run_evaluation
-    from tf_rcnn.models import builder
-    from tf_rcnn.training.checkpoints import load_weights_partial, resolve_checkpoint_path
-
-    checkpoint = resolve_checkpoint_path(checkpoint)
-    run_dir = os.path.dirname(checkpoint)
-    label_map = None
-    label_map_file = os.path.join(run_dir, "label_map.json")
-    if os.path.exists(label_map_file):
-        label_map = LabelMap.from_json(label_map_file)
-    records, label_map, annotation_file = builder.load_split(config, "val", label_map=label_map)
-    if num_images is not None:
-        records = records[:num_images]
-    pipeline = builder.build_input_pipeline(config, records, label_map, training=False)
-
-    model = builder.build_model(config, label_map=label_map.to_dict())
-    builder.initialize_model(model, config)
-    load_weights_partial(model, checkpoint, skip_mismatch=False)
-    logging.info("Restored %s", checkpoint)
-
-    evaluators = []
-    coco = None
-    if "coco" in config.eval.metrics:
-        if annotation_file is None:
-            raise app.UsageError("COCO metrics need a COCO annotation file; this dataset has "
-                                 "none (use --config.eval.metrics=voc).")
-        coco = COCOEvaluator(annotation_file, iou_types=("bbox",), label_map=label_map)
-        evaluators.append(coco)
-    voc = None
-    if "voc" in config.eval.metrics:
-        from tf_rcnn.evaluation.voc_evaluator import VOCEvaluator
-
-        # The VOC reader stores continuous boxes [ymin - 1, xmin - 1, ymax, xmax], whose plain
-        # width equals the devkit's inclusive "+1" width: no further +1 here.
-        voc = VOCEvaluator([label_map.name(i) for i in range(1, label_map.num_classes + 1)],
-                           use_plus_one=False)
-        for record in records:
-            voc.add_ground_truth(record.image_id, record.boxes, record.classes,
-                                 getattr(record, "difficult", None))
-        evaluators.append(voc)
-    recall = ProposalRecallEvaluator() if proposal_recall else None
-
-    per_image = run_evaluation(model, pipeline.dataset(), evaluators, recall)
-    metrics: dict[str, float] = {}
-    for evaluator in evaluators:
-        metrics.update(evaluator.evaluate())
-    if recall is not None:
-        metrics.update(recall.evaluate())
-    metrics["num_images"] = float(len(per_image))
-
-    os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "metrics.json"), "w") as f:
-        json.dump({k: float(v) for k, v in metrics.items()}, f, indent=2, sort_keys=True)
-    if coco is not None:
-        coco.write_detections(os.path.join(output_dir, "detections.json"))
-
-    count = config.eval.visualize if visualize is None else visualize
-    if count:
-        from PIL import Image
-
-        from tf_rcnn import visualize as vis
-
-        names = {i: label_map.name(i) for i in range(1, label_map.num_classes + 1)}
-        drawn = []
-        for record in records[:count]:
-            det = per_image.get(int(record.image_id))
-            if det is None:
-                continue
-            image = np.asarray(Image.open(record.image_path).convert("RGB"))
-            drawn.append(vis.draw_detections(
-                image, det["boxes"], det["classes"], det["scores"], names,
-                score_threshold=config.eval.score_threshold_visualize))
-        if drawn:
-            path = os.path.join(output_dir, "detections.png")
-            vis.save_image(path, vis.draw_grid(drawn))
-            logging.info("Wrote %s", path)
-    logging.info("Metrics: %s", json.dumps(metrics, sort_keys=True))
-    return metrics
-
-
 def main(argv):
     del argv
-    metrics = evaluate(_CONFIG.value, _CHECKPOINT.value, _OUTPUT_DIR.value,
-                       num_images=_NUM_IMAGES.value, proposal_recall=_PROPOSAL_RECALL.value,
-                       visualize=_VISUALIZE.value)
+    from tf_rcnn.evaluation.evaluate import evaluate_checkpoint
+
+    try:
+        metrics = evaluate_checkpoint(
+            _CONFIG.value, _CHECKPOINT.value, _OUTPUT_DIR.value, num_images=_NUM_IMAGES.value,
+            proposal_recall=_PROPOSAL_RECALL.value, visualize=_VISUALIZE.value)
+    except ConfigError as error:
+        raise app.UsageError(str(error)) from error
     out = _OUTPUT_DIR.value
     print(f"Metrics written to {os.path.join(out, 'metrics.json')}")
     for key in ("bbox/AP", "bbox/AP50", "bbox/AP75", "voc/mAP", "rpn/AR@100", "rpn/AR@1000"):

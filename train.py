@@ -11,15 +11,20 @@ read back.
 
 from __future__ import annotations
 
-import json
 import os
+
+# TensorFlow's C++ warnings (e.g. the graph cost estimator on CropAndResize) drown the progress
+# lines; set TF_CPP_MIN_LOG_LEVEL=0 to see them.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import json
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 import tf_rcnn  # noqa: F401  (selects the TensorFlow backend before Keras loads)
-from tf_rcnn.config import check_config_overrides
+from tf_rcnn.config import ConfigError, check_config_overrides
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file (configs/NAME.py).")
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Run directory (checkpoints, summaries).")
@@ -34,75 +39,17 @@ flags.mark_flags_as_required(["config", "model_dir"])
 
 def main(argv):
     del argv
-    import keras
-    import tensorflow as tf
-
-    from tf_rcnn.models import builder
-    from tf_rcnn.training.checkpoints import load_weights_partial
+    from tf_rcnn.training.run import run_training
     from tf_rcnn.training.strategy import get_strategy
-    from tf_rcnn.training.trainer import Trainer
 
-    config = _CONFIG.value
-    model_dir = _MODEL_DIR.value
     strategy = get_strategy(_STRATEGY.value, tpu_address=_TPU.value,
                             num_cpu_devices=_NUM_CPU_DEVICES.value)
-    if config.train.mixed_precision:
-        keras.mixed_precision.set_global_policy(config.train.mixed_precision)
-        logging.info("Mixed precision policy: %s", config.train.mixed_precision)
-    if config.data.seed is not None:
-        keras.utils.set_random_seed(config.data.seed)
-
-    replicas = strategy.num_replicas_in_sync
-    global_batch = config.data.train_batch_size
-    if global_batch % replicas:
-        raise app.UsageError(
-            f"data.train_batch_size={global_batch} is not divisible by the {replicas} replicas; "
-            f"use a multiple of {replicas}.")
-    per_replica = global_batch // replicas
-    logging.info("Global batch %d = %d replicas x %d images", global_batch, replicas, per_replica)
-
-    records, label_map, _ = builder.load_split(config, "train")
-    if label_map.num_classes != config.model.num_classes:
-        raise app.UsageError(
-            f"The training data has {label_map.num_classes} classes but model.num_classes is "
-            f"{config.model.num_classes}; set --config.model.num_classes="
-            f"{label_map.num_classes}.")
-    # The pipeline takes the global batch and gives each replica its share.
-    pipeline = builder.build_input_pipeline(config, records, label_map, training=True)
-
-    with strategy.scope():
-        model = builder.build_model(config, label_map=label_map.to_dict())
-        builder.initialize_model(model, config)
-        optimizer = builder.build_optimizer_from_config(config, global_batch)
-
-    if tf.io.gfile.exists(model_dir) is False:
-        tf.io.gfile.makedirs(model_dir)
-    if strategy.cluster_resolver is None or strategy.cluster_resolver.task_id in (0, None):
-        with tf.io.gfile.GFile(os.path.join(model_dir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-        label_map.to_json(os.path.join(model_dir, "label_map.json"))
-
-    t = config.train
-    trainer = Trainer(
-        model,
-        optimizer,
-        strategy,
-        model_dir=model_dir,
-        checkpoint_every=t.checkpoint_every,
-        keep=t.keep_checkpoints,
-        log_every=t.log_every,
-        summary_every=t.log_every,
-        clip_norm=t.clip_norm,
-        steps_per_loop=t.steps_per_loop,
-    )
-    if t.init_checkpoint and trainer.checkpoints.latest_checkpoint is None:
-        loaded, skipped = load_weights_partial(model, t.init_checkpoint,
-                                               skip_mismatch=t.init_skip_mismatch)
-        logging.info("Initialised %d variables from %s (%d skipped).", len(loaded),
-                     t.init_checkpoint, len(skipped))
-    metrics = trainer.train(pipeline.dataset, total_steps=t.total_steps,
-                            global_batch=global_batch)
-    logging.info("Training finished: %s", json.dumps({k: float(v) for k, v in metrics.items()}))
+    try:
+        metrics = run_training(_CONFIG.value, _MODEL_DIR.value, strategy)
+    except ConfigError as error:
+        raise app.UsageError(str(error)) from error
+    logging.info("Training finished: %s", json.dumps(metrics))
+    print(f"Checkpoints, summaries, config.json and label_map.json are in {_MODEL_DIR.value}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,10 @@ import ml_collections
 from ml_collections import config_dict
 
 
+class ConfigError(ValueError):
+    """A recipe value that cannot work with the data or machine (the message says the fix)."""
+
+
 def _cd(**kwargs) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(kwargs)
 

@@ -175,6 +175,47 @@ def build_roi_heads(cfg: ml_collections.ConfigDict, backbone_cfg, num_classes: i
     )
 
 
+def build_trunk(m: ml_collections.ConfigDict):
+    """``(backbone, neck)`` from ``config.model`` (neck is None without FPN)."""
+    uses_c5 = m.neck.type == "fpn" or "C5" in (*m.rpn.in_features, *m.roi_head.in_features)
+    backbone = _backbone(m.backbone, include_c5=uses_c5)
+    if m.neck.type == "fpn":
+        in_features = tuple(sorted(backbone.output_strides, key=backbone.output_strides.get))
+        neck = FPN(
+            in_features=in_features,
+            in_strides=tuple(backbone.output_strides[n] for n in in_features),
+            out_channels=m.neck.out_channels,
+            name="fpn",
+        )
+    elif m.neck.type in ("none", None, ""):
+        neck = None
+    else:
+        raise ValueError(f"Unknown model.neck.type {m.neck.type!r}; choose fpn or none.")
+    return backbone, neck
+
+
+def _build_faster_rcnn(m: ml_collections.ConfigDict, label_map: dict | None) -> FasterRCNN:
+    backbone, neck = build_trunk(m)
+    rpn_strides = _strides(backbone, neck, m.rpn.in_features)
+    roi_strides = _strides(backbone, neck, m.roi_head.in_features)
+    return FasterRCNN(
+        backbone=backbone,
+        neck=neck,
+        rpn=build_rpn(m.rpn, rpn_strides),
+        roi_heads=build_roi_heads(m.roi_head, m.backbone, m.num_classes, roi_strides),
+        num_classes=m.num_classes,
+        rpn_in_features=tuple(m.rpn.in_features),
+        roi_in_features=tuple(m.roi_head.in_features),
+        label_map=label_map,
+    )
+
+
+# model.type -> function(config.model, label_map) -> detector. One entry per detector family.
+MODEL_BUILDERS = {
+    "faster_rcnn": _build_faster_rcnn,
+}
+
+
 def build_model(config: ml_collections.ConfigDict, label_map: dict | None = None
                 ) -> TwoStageDetector:
     """Builds the detector a recipe describes (weights random unless the backbone loads some).
@@ -184,35 +225,9 @@ def build_model(config: ml_collections.ConfigDict, label_map: dict | None = None
         label_map: optional JSON-able class description stored with the model.
     """
     m = config.model if "model" in config else config
-    uses_c5 = m.neck.type == "fpn" or "C5" in (*m.rpn.in_features, *m.roi_head.in_features)
-    backbone = _backbone(m.backbone, include_c5=uses_c5)
-    neck = None
-    if m.neck.type == "fpn":
-        in_features = tuple(sorted(backbone.output_strides, key=backbone.output_strides.get))
-        neck = FPN(
-            in_features=in_features,
-            in_strides=tuple(backbone.output_strides[n] for n in in_features),
-            out_channels=m.neck.out_channels,
-            name="fpn",
-        )
-    elif m.neck.type not in ("none", None, ""):
-        raise ValueError(f"Unknown model.neck.type {m.neck.type!r}; choose fpn or none.")
-    rpn_strides = _strides(backbone, neck, m.rpn.in_features)
-    roi_strides = _strides(backbone, neck, m.roi_head.in_features)
-    roi_heads = build_roi_heads(m.roi_head, m.backbone, m.num_classes, roi_strides)
-    if m.type == "faster_rcnn":
-        model = FasterRCNN(
-            backbone=backbone,
-            neck=neck,
-            rpn=build_rpn(m.rpn, rpn_strides),
-            roi_heads=roi_heads,
-            num_classes=m.num_classes,
-            rpn_in_features=tuple(m.rpn.in_features),
-            roi_in_features=tuple(m.roi_head.in_features),
-            label_map=label_map,
-        )
-    else:
-        raise ValueError(f"Unknown model.type {m.type!r}; available: faster_rcnn.")
+    if m.type not in MODEL_BUILDERS:
+        raise ValueError(f"Unknown model.type {m.type!r}; available: {sorted(MODEL_BUILDERS)}.")
+    model = MODEL_BUILDERS[m.type](m, label_map)
     logging.info("Built %s: backbone %s, neck %s, %d classes.", type(model).__name__,
                  m.backbone.name, m.neck.type, m.num_classes)
     return model
