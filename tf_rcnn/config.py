@@ -103,6 +103,9 @@ def default_config() -> ml_collections.ConfigDict:
         max_size=1333,
         scale_jitter=placeholder(float),
         random_flip=True,
+        # None: the backbone family's statistics (tf_rcnn.data.pipeline.PIXEL_STATS).
+        pixel_mean=placeholder(tuple),
+        pixel_std=placeholder(tuple),
         size_divisor=32,
         max_instances=100,
         train_batch_size=16,  # global batch (Detectron: 2 images x 8 GPUs)

@@ -209,7 +209,9 @@ def test_preprocess_for_inference_matches_eval_pipeline(tmp_path):
 
 
 def test_pixel_stats_table():
-    assert pixel_stats_for_backbone("resnet50")[0] == (123.675, 116.28, 103.53)
+    # keras.applications ResNet weights are Caffe-trained: Caffe mean, no scaling.
+    assert pixel_stats_for_backbone("resnet50") == ((123.68, 116.779, 103.939), (1.0, 1.0, 1.0))
+    assert pixel_stats_for_backbone("tiny")[0] == (123.675, 116.28, 103.53)
     assert pixel_stats_for_backbone("vgg16")[1] == (1.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="backbone"):
         pixel_stats_for_backbone("mystery")

@@ -221,7 +221,7 @@ def test_resnet50_imagenet_mapping_reproduces_keras(resnet50):
     reference = keras.Model(source.input, {k: source.get_layer(v).output
                                            for k, v in taps.items()})
     x = tf.random.normal((2, 64, 64, 3))
-    expected = reference(x)
+    expected = reference(x[..., ::-1])  # keras takes BGR; the copied stem takes RGB
     got = resnet50(x)
     for name in taps:
         scale = float(np.abs(expected[name]).max())
@@ -312,7 +312,7 @@ def test_vgg16_outputs_freeze_and_imagenet_mapping():
     assert copy_keras_vgg16_weights(model, source) == 13
     reference = keras.Model(source.input, source.get_layer("block5_conv3").output)
     x = tf.random.normal((2, 64, 64, 3))
-    expected = reference(x).numpy()
+    expected = reference(x[..., ::-1]).numpy()  # keras takes BGR; the copy takes RGB
     np.testing.assert_allclose(model(x)["C4"].numpy(), expected,
                                atol=1e-4 * np.abs(expected).max(), rtol=1e-4)
     with pytest.raises(ValueError, match="weights"):

@@ -63,11 +63,13 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 CAFFE_MEAN = (123.68, 116.779, 103.939)
 
 # Pixel statistics per backbone family, RGB order, for 0-255 inputs.
-#   resnet*, tiny: ImageNet mean/std (the statistics torchvision-style ResNets are trained with;
-#                  the tiny test backbone trains from scratch and uses the same numbers);
-#   vgg*:          the Caffe VGG16 convention, mean subtraction only (std 1).
+#   resnet*, vgg*: the Caffe convention of the built-in ImageNet weights (keras.applications
+#                  ResNet50/101 and VGG16): mean subtraction only, std 1. Their BGR stems are
+#                  turned to RGB when the weights are copied. Weights trained with other
+#                  statistics (e.g. torchvision's mean/std) need data.pixel_mean/pixel_std.
+#   tiny:          trains from scratch; ImageNet mean/std keep its inputs near unit scale.
 PIXEL_STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
-    "resnet": (IMAGENET_MEAN, IMAGENET_STD),
+    "resnet": (CAFFE_MEAN, (1.0, 1.0, 1.0)),
     "tiny": (IMAGENET_MEAN, IMAGENET_STD),
     "vgg": (CAFFE_MEAN, (1.0, 1.0, 1.0)),
 }

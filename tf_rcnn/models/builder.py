@@ -17,6 +17,7 @@ from tf_rcnn.layers.roi_pool import RoIPool
 from tf_rcnn.layers.spp import SpatialPyramidPooling
 from tf_rcnn.layers.target_assigners import RoISampler, RPNTargetAssigner
 from tf_rcnn.models.backbones import build_backbone
+from tf_rcnn.models.detectors.fast_rcnn import FastRCNN
 from tf_rcnn.models.detectors.faster_rcnn import FasterRCNN
 from tf_rcnn.models.detectors.two_stage import TwoStageDetector
 from tf_rcnn.models.heads.box import BoxPredictor, FPNBoxHead, VGGBoxHead
@@ -210,9 +211,24 @@ def _build_faster_rcnn(m: ml_collections.ConfigDict, label_map: dict | None) -> 
     )
 
 
+def _build_fast_rcnn(m: ml_collections.ConfigDict, label_map: dict | None) -> FastRCNN:
+    """Fast R-CNN: no RPN, proposals come with the inputs; ``model.rpn`` is not read."""
+    backbone, neck = build_trunk(m)
+    roi_strides = _strides(backbone, neck, m.roi_head.in_features)
+    return FastRCNN(
+        backbone=backbone,
+        neck=neck,
+        roi_heads=build_roi_heads(m.roi_head, m.backbone, m.num_classes, roi_strides),
+        num_classes=m.num_classes,
+        roi_in_features=tuple(m.roi_head.in_features),
+        label_map=label_map,
+    )
+
+
 # model.type -> function(config.model, label_map) -> detector. One entry per detector family.
 MODEL_BUILDERS = {
     "faster_rcnn": _build_faster_rcnn,
+    "fast_rcnn": _build_fast_rcnn,
 }
 
 
@@ -297,6 +313,17 @@ def load_split(config: ml_collections.ConfigDict, split: str, label_map=None):
     return records, label_map, annotation_file
 
 
+def pixel_stats(config: ml_collections.ConfigDict) -> tuple[tuple, tuple]:
+    """``(pixel_mean, pixel_std)`` (RGB, 0-255 inputs): ``data.pixel_mean/pixel_std`` when set,
+    else the backbone family's statistics. Training, evaluation and export all use this."""
+    from tf_rcnn.data.pipeline import pixel_stats_for_backbone
+
+    mean, std = pixel_stats_for_backbone(config.model.backbone.name)
+    d = config.data
+    return (tuple(d.pixel_mean) if d.pixel_mean is not None else mean,
+            tuple(d.pixel_std) if d.pixel_std is not None else std)
+
+
 def build_input_pipeline(config: ml_collections.ConfigDict, records, label_map, training: bool,
                          batch_size: int | None = None):
     """``config.data`` -> ``InputPipeline`` for the given records.
@@ -308,6 +335,7 @@ def build_input_pipeline(config: ml_collections.ConfigDict, records, label_map, 
     from tf_rcnn.data.pipeline import InputPipeline
 
     d = config.data
+    mean, std = pixel_stats(config)
     if batch_size is None:
         batch_size = d.train_batch_size if training else d.eval_batch_size
     proposals = None
@@ -327,6 +355,8 @@ def build_input_pipeline(config: ml_collections.ConfigDict, records, label_map, 
         random_flip=bool(d.random_flip) and training,
         size_divisor=d.size_divisor,
         max_instances=d.max_instances,
+        pixel_mean=mean,
+        pixel_std=std,
         with_masks=config.model.type == "mask_rcnn",
         mask_crop_size=d.mask_crop_size,
         proposals=proposals,

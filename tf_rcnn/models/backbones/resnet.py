@@ -242,6 +242,10 @@ class ResNetStage(keras.layers.Layer):
         return config
 
 
+# The stem conv: the one whose input channels are image colours.
+RGB_INPUT_CONV = "conv1_conv"
+
+
 def copy_keras_resnet_weights(
     target: keras.layers.Layer, source: keras.Model
 ) -> int:
@@ -249,6 +253,9 @@ def copy_keras_resnet_weights(
 
     Layers are matched by name (``conv1_conv``, ``conv4_block2_3_bn``...). Each Keras conv bias
     is folded into the following norm's moving mean, since our convs have no bias.
+    ``keras.applications`` ResNets take Caffe-style BGR input; the stem kernel's input channels
+    are reversed here, so tf_rcnn backbones always take RGB (minus the Caffe mean, std 1: see
+    ``tf_rcnn.data.pipeline.PIXEL_STATS``).
 
     Args:
         target: a built ``ResNet`` or ``ResNetStage`` with ``stride_in_1x1=True``.
@@ -277,6 +284,8 @@ def copy_keras_resnet_weights(
         gamma, beta, mean, var = src_norm.get_weights()
         if bias:
             mean = mean - bias[0]
+        if conv.name == RGB_INPUT_CONV:
+            kernel = kernel[:, :, ::-1, :]  # BGR -> RGB input channels
         conv.set_weights([kernel])
         norm.set_weights([gamma, beta, mean, var])
         count += 1

@@ -30,6 +30,9 @@ _BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))  # (channels, convs)
 def copy_keras_vgg16_weights(target: VGG16, source: keras.Model) -> int:
     """Copy ``keras.applications.VGG16`` conv weights into ``target`` by layer name.
 
+    Keras' VGG16 takes Caffe-style BGR input; ``block1_conv1``'s input channels are reversed
+    here so the backbone takes RGB (minus the Caffe mean, std 1).
+
     Args:
         target: a built ``VGG16``.
         source: e.g. ``keras.applications.VGG16(include_top=False, weights="imagenet")``.
@@ -50,6 +53,8 @@ def copy_keras_vgg16_weights(target: VGG16, source: keras.Model) -> int:
         weights = src.get_weights()
         if [w.shape for w in weights] != [tuple(w.shape) for w in conv.weights]:
             raise ValueError(f"Shape mismatch copying {conv.name}.")
+        if conv.name == "block1_conv1":
+            weights = [weights[0][:, :, ::-1, :], *weights[1:]]  # BGR -> RGB input channels
         conv.set_weights(weights)
         count += 1
     return count
