@@ -1,0 +1,97 @@
+"""Turning Mask R-CNN's box-relative masks into full original-image masks for evaluators.
+
+The model returns ``detection_masks [B, D, Sm, Sm]`` probabilities inside each detection box;
+the evaluation runner maps ``detection_boxes`` to ORIGINAL-image pixels. ``MaskPastingEvaluator``
+wraps an evaluator that wants full-image masks (``COCOEvaluator`` with ``"segm"``): each image's
+valid detections are pasted into its original ``(H, W)`` with ``tf_rcnn.ops.masks.paste_masks``
+(the exact inverse of the training target crop, binarised at 0.5) before being forwarded. The
+pasted masks of a few chosen images are kept for drawing.
+
+Shape shorthand: B batch, D detections per image, Sm mask resolution, H/W original image size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from tf_rcnn.ops import masks as mask_ops
+
+
+def paste_image_masks(masks: np.ndarray, boxes: np.ndarray, image_size: tuple[int, int],
+                      threshold: float = 0.5) -> np.ndarray:
+    """One image's box-relative masks -> binary full-image masks.
+
+    Args:
+        masks: ``[D, Sm, Sm]`` float probabilities (the model's ``detection_masks`` rows).
+        boxes: ``[D, 4]`` float ``[y1, x1, y2, x2]`` in the pixels of the target image.
+        image_size: ``(H, W)`` of the target image.
+        threshold: probability at or above which a pixel is foreground.
+
+    Returns:
+        ``[D, H, W]`` uint8 in {0, 1}.
+    """
+    masks = np.asarray(masks, np.float32)
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    if masks.ndim != 3 or masks.shape[0] != boxes.shape[0]:
+        raise ValueError(
+            f"masks must be [D, Sm, Sm] with D = {boxes.shape[0]} (rows of boxes); got "
+            f"{masks.shape}."
+        )
+    height, width = int(image_size[0]), int(image_size[1])
+    if boxes.shape[0] == 0:
+        return np.zeros([0, height, width], np.uint8)
+    pasted = mask_ops.paste_masks(masks[np.newaxis], boxes[np.newaxis], (height, width),
+                                  threshold=threshold)
+    return pasted.numpy()[0]
+
+
+class MaskPastingEvaluator:
+    """Pastes ``detection_masks`` into original-image size, then forwards to ``evaluator``.
+
+    Args:
+        evaluator: object with ``update(detections)`` expecting full-image masks
+            (``COCOEvaluator(iou_types=("bbox", "segm"))``); ``evaluate``, ``results`` and any
+            other attribute are delegated to it.
+        image_sizes: ``{image_id: (H, W)}`` original size of every image that may be seen.
+        keep_masks_for: image ids whose pasted masks are kept in ``kept_masks`` (for drawing).
+    """
+
+    def __init__(self, evaluator: Any, image_sizes: Mapping[int, tuple[int, int]],
+                 keep_masks_for: Iterable[int] = ()):
+        self.evaluator = evaluator
+        self.image_sizes = {int(k): (int(v[0]), int(v[1])) for k, v in image_sizes.items()}
+        self.keep_masks_for = {int(i) for i in keep_masks_for}
+        self.kept_masks: dict[int, np.ndarray] = {}
+
+    def update(self, detections: Mapping[str, Any]) -> None:
+        """``detections`` as for ``COCOEvaluator.update`` but with box-relative
+        ``detection_masks [B, D, Sm, Sm]`` and boxes in original-image pixels."""
+        if "detection_masks" not in detections:
+            raise ValueError(
+                "MaskPastingEvaluator needs detection_masks [B, D, Sm, Sm]; the model has no "
+                "mask branch (use model.type 'mask_rcnn' or drop 'segm')."
+            )
+        image_ids = np.asarray(detections["image_id"]).reshape(-1).astype(np.int64)
+        boxes = np.asarray(detections["detection_boxes"], np.float32)
+        masks = np.asarray(detections["detection_masks"], np.float32)
+        num = detections.get("num_detections")
+        num = np.full([len(image_ids)], boxes.shape[1]) if num is None else np.asarray(num)
+        pasted = []
+        for b, image_id in enumerate(image_ids):
+            if int(image_id) not in self.image_sizes:
+                raise ValueError(f"image_id {int(image_id)} has no known original size.")
+            n = int(num[b])
+            full = paste_image_masks(masks[b, :n], boxes[b, :n], self.image_sizes[int(image_id)])
+            pasted.append(full)
+            if int(image_id) in self.keep_masks_for:
+                self.kept_masks[int(image_id)] = full
+        forwarded = dict(detections)
+        forwarded["detection_masks"] = pasted  # B arrays [n_b, H_b, W_b]
+        self.evaluator.update(forwarded)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for attributes not found on the wrapper itself.
+        return getattr(self.__dict__["evaluator"], name)
