@@ -52,12 +52,18 @@ def to_original_pixels(
 
 
 def make_predict_fn(model: Any, with_proposals: bool = False):
-    """A ``tf.function`` running the model on ``(images, image_shape)``; traced once per
-    input signature (batch and image size are left dynamic)."""
+    """A ``tf.function`` running the model on ``(images, image_shape[, proposals])``; traced
+    once per input signature (batch and image size are left dynamic).
+
+    ``proposals [B, P, 4]`` (network-input pixels, -1 padded) are given to detectors without an
+    RPN (Fast R-CNN); ``with_proposals`` also returns the proposals the detections came from.
+    """
 
     @tf.function(reduce_retracing=True)
-    def predict(images, image_shape):
+    def predict(images, image_shape, proposals=None):
         inputs = {"images": images, "image_shape": image_shape}
+        if proposals is not None:
+            inputs["proposals"] = proposals
         if with_proposals:
             return model.detect_with_proposals(inputs)
         return dict(model(inputs, training=False))
@@ -93,7 +99,9 @@ def run_evaluation(
     per_image: dict[int, dict[str, np.ndarray]] = {}
     start = time.time()
     for batch_index, (images, targets) in enumerate(dataset):
-        outputs = predict(images, targets["image_shape"])
+        # External proposals (Fast R-CNN) travel with the batch; RPN models ignore them.
+        given = targets.get("proposals") if getattr(model, "rpn", None) is None else None
+        outputs = predict(images, targets["image_shape"], given)
         outputs = {k: v.numpy() for k, v in outputs.items()}
         image_ids = targets["image_id"].numpy().astype(np.int64)
         keep = np.array([int(i) >= 0 and int(i) not in seen for i in image_ids], dtype=bool)

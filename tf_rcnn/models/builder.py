@@ -18,6 +18,7 @@ from tf_rcnn.layers.spp import SpatialPyramidPooling
 from tf_rcnn.layers.target_assigners import RoISampler, RPNTargetAssigner
 from tf_rcnn.models.backbones import build_backbone
 from tf_rcnn.models.detectors.fast_rcnn import FastRCNN
+from tf_rcnn.models.detectors.fast_rcnn import FastRCNN
 from tf_rcnn.models.detectors.faster_rcnn import FasterRCNN
 from tf_rcnn.models.detectors.two_stage import TwoStageDetector
 from tf_rcnn.models.heads.box import BoxPredictor, FPNBoxHead, VGGBoxHead
@@ -225,9 +226,24 @@ def _build_fast_rcnn(m: ml_collections.ConfigDict, label_map: dict | None) -> Fa
     )
 
 
+def _build_fast_rcnn(m: ml_collections.ConfigDict, label_map: dict | None) -> FastRCNN:
+    """Fast R-CNN: no RPN, proposals come with the inputs; ``model.rpn`` is not read."""
+    backbone, neck = build_trunk(m)
+    roi_strides = _strides(backbone, neck, m.roi_head.in_features)
+    return FastRCNN(
+        backbone=backbone,
+        neck=neck,
+        roi_heads=build_roi_heads(m.roi_head, m.backbone, m.num_classes, roi_strides),
+        num_classes=m.num_classes,
+        roi_in_features=tuple(m.roi_head.in_features),
+        label_map=label_map,
+    )
+
+
 # model.type -> function(config.model, label_map) -> detector. One entry per detector family.
 MODEL_BUILDERS = {
     "faster_rcnn": _build_faster_rcnn,
+    "fast_rcnn": _build_fast_rcnn,
     "fast_rcnn": _build_fast_rcnn,
 }
 

@@ -165,9 +165,14 @@ class TwoStageDetector(keras.Model):
 
     def propose(self, inputs) -> dict:
         """Inference proposals: ``proposals [B, P, 4]``, ``proposal_valid [B, P]`` (the RPN's
-        test-time output, or the given proposals for a detector without an RPN)."""
+        test-time output, or the given proposals for a detector without an RPN) and, with an
+        RPN, ``proposal_scores [B, P]`` (objectness, highest first)."""
         images, image_shape, proposals = self._parse_inputs(inputs)
         features = self.extract_features(images, training=False)
+        if self.rpn is not None:
+            out = self.rpn(self._select(features, self.rpn_in_features), image_shape,
+                           training=False)
+            return {k: out[k] for k in ("proposals", "proposal_scores", "proposal_valid")}
         boxes, valid, _ = self._proposals(features, image_shape, proposals, training=False)
         return {"proposals": boxes, "proposal_valid": valid}
 

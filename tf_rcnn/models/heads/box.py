@@ -36,12 +36,25 @@ def _unfold_rois(x: tf.Tensor, batch_rois: tf.Tensor) -> tf.Tensor:
     return tf.reshape(x, tf.concat([batch_rois, tf.shape(x)[1:]], axis=0))
 
 
-def _check_pooled_shape(layer: keras.layers.Layer, input_shape: tuple) -> None:
+def _check_pooled_shape(layer: keras.layers.Layer, input_shape: tuple,
+                        allow_flat: bool = False) -> None:
+    flat_ok = allow_flat and len(input_shape) == 3 and input_shape[2] is not None
+    if flat_ok:
+        return
     if len(input_shape) != 5 or any(d is None for d in input_shape[2:]):
+        flat = " or already flat [B, R, D] (SpatialPyramidPooling)" if allow_flat else ""
         raise ValueError(
-            f"{layer.name} expects pooled RoI features [B, R, S, S, C] with known S and C, got "
-            f"shape {input_shape}."
+            f"{layer.name} expects pooled RoI features [B, R, S, S, C] with known S and C{flat}, "
+            f"got shape {input_shape}."
         )
+
+
+def _flat_size(input_shape: tuple) -> int:
+    """Per-RoI feature size: ``S*S*C`` for ``[B, R, S, S, C]``, ``D`` for ``[B, R, D]``."""
+    size = 1
+    for d in input_shape[2:]:
+        size *= int(d)
+    return size
 
 
 def _dense_stack(fc_dims: Sequence[int], prefix: str) -> list[keras.layers.Dense]:
@@ -69,7 +82,8 @@ class FPNBoxHead(keras.layers.Layer):
         **kwargs: forwarded to ``keras.layers.Layer``.
 
     Call arguments:
-        pooled_features: ``[B, R, S, S, C]`` float32 RoI features.
+        pooled_features: ``[B, R, S, S, C]`` float32 RoI features, or already flat
+            ``[B, R, D]`` (``SpatialPyramidPooling``).
 
     Returns:
         ``[B, R, fc_dims[-1]]`` float32 box features.
@@ -81,15 +95,16 @@ class FPNBoxHead(keras.layers.Layer):
         self.fcs = _dense_stack(self.fc_dims, "fc")
 
     def build(self, input_shape: tuple) -> None:
-        _check_pooled_shape(self, input_shape)
-        size = input_shape[2] * input_shape[3] * input_shape[4]
+        _check_pooled_shape(self, input_shape, allow_flat=True)
+        size = _flat_size(input_shape)
         for fc in self.fcs:
             fc.build((None, size))
             size = fc.units
 
     def call(self, pooled_features: tf.Tensor) -> tf.Tensor:
         x, batch_rois = _fold_rois(pooled_features)
-        # [B*R, S, S, C] -> [B*R, S*S*C] (row-major y, x, c). Static size so that R = 0 works.
+        # [B*R, S, S, C] -> [B*R, S*S*C] (row-major y, x, c; a no-op for flat [B*R, D] input).
+        # Static size so that R = 0 works.
         x = tf.reshape(x, [tf.shape(x)[0], self.fcs[0].kernel.shape[0]])
         for fc in self.fcs:
             x = fc(x)
@@ -119,7 +134,8 @@ class VGGBoxHead(keras.layers.Layer):
         **kwargs: forwarded to ``keras.layers.Layer``.
 
     Call arguments:
-        pooled_features: ``[B, R, S, S, C]`` float32 RoI features (7x7x512 for VGG16).
+        pooled_features: ``[B, R, S, S, C]`` float32 RoI features (7x7x512 for VGG16), or
+            already flat ``[B, R, D]`` (``SpatialPyramidPooling``).
         training: applies dropout when True.
 
     Returns:
@@ -138,15 +154,16 @@ class VGGBoxHead(keras.layers.Layer):
         self.dropouts = [keras.layers.Dropout(self.dropout) for _ in self.fc_dims]
 
     def build(self, input_shape: tuple) -> None:
-        _check_pooled_shape(self, input_shape)
-        size = input_shape[2] * input_shape[3] * input_shape[4]
+        _check_pooled_shape(self, input_shape, allow_flat=True)
+        size = _flat_size(input_shape)
         for fc in self.fcs:
             fc.build((None, size))
             size = fc.units
 
     def call(self, pooled_features: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         x, batch_rois = _fold_rois(pooled_features)
-        # [B*R, S, S, C] -> [B*R, S*S*C] (row-major y, x, c like keras' Flatten).
+        # [B*R, S, S, C] -> [B*R, S*S*C] (row-major y, x, c like keras' Flatten; a no-op for
+        # flat [B*R, D] input).
         x = tf.reshape(x, [tf.shape(x)[0], self.fcs[0].kernel.shape[0]])
         for fc, drop in zip(self.fcs, self.dropouts, strict=True):
             x = drop(fc(x), training=training)

@@ -1,0 +1,1 @@
+"""Command-line tools run as ``python -m tf_rcnn.tools.<name>`` (e.g. ``dump_proposals``)."""
