@@ -6,7 +6,7 @@ Conventions:
     (``C_l`` has stride ``2**l``). H and W are dynamic; the data pipeline pads images to a multiple
     of the coarsest stride (32) so that every stride divides the input exactly. Other sizes work
     ("same" padding gives ``ceil(H / stride)`` rows) but the maps then cover a little more than
-    the image.
+    the image. With ``dilate_c5=True`` C5 keeps stride 16 (R-FCN's dilated conv5, see below).
 
 Shape shorthand:
     B batch, H/W input height/width, C channels.
@@ -43,6 +43,10 @@ class TinyBackbone(keras.Model):
 
     Args:
         widths: channels of C2, C3, C4, C5 (four positive ints).
+        dilate_c5: C5's first conv has stride 1 and both its 3x3 convs dilation 2, so C5 has
+            stride 16 like C4 (the R-FCN change to ResNet's conv5, Dai et al. 2016 Sec. 2.2;
+            the same option as ``ResNet(dilate_c5=True)``), giving the R-FCN demo a stride-16
+            map with C5's depth and receptive field.
         **kwargs: forwarded to ``keras.Model`` (``name``, ``trainable``, ...).
 
     Call arguments:
@@ -50,10 +54,12 @@ class TinyBackbone(keras.Model):
         training: unused by GroupNorm; accepted for the Keras API.
 
     Returns:
-        dict ``{"C2": [B, H/4, W/4, widths[0]], ..., "C5": [B, H/32, W/32, widths[3]]}``.
+        dict ``{"C2": [B, H/4, W/4, widths[0]], ..., "C5": [B, H/32, W/32, widths[3]]}``
+        (C5 ``[B, H/16, W/16, widths[3]]`` with ``dilate_c5``).
     """
 
-    def __init__(self, widths: Sequence[int] = (16, 32, 64, 128), **kwargs: Any) -> None:
+    def __init__(self, widths: Sequence[int] = (16, 32, 64, 128), dilate_c5: bool = False,
+                 **kwargs: Any) -> None:
         kwargs.setdefault("name", "tiny_backbone")
         super().__init__(**kwargs)
         widths = tuple(int(w) for w in widths)
@@ -62,26 +68,31 @@ class TinyBackbone(keras.Model):
                 f"widths must be four positive channel counts for C2..C5, got {widths}."
             )
         self.widths = widths
+        self.dilate_c5 = bool(dilate_c5)
         self.stem = self._conv_block(widths[0], 2, "stem")
         self.stages = []
         for level, width in zip(range(2, 6), widths, strict=True):
+            dilated = self.dilate_c5 and level == 5
             self.stages.append(
-                [self._conv_block(width, 2, f"c{level}_down"),
-                 self._conv_block(width, 1, f"c{level}_conv")]
+                [self._conv_block(width, 1 if dilated else 2, f"c{level}_down",
+                                  dilation=2 if dilated else 1),
+                 self._conv_block(width, 1, f"c{level}_conv", dilation=2 if dilated else 1)]
             )
 
     @staticmethod
-    def _conv_block(width: int, stride: int, name: str) -> list[keras.layers.Layer]:
+    def _conv_block(width: int, stride: int, name: str, dilation: int = 1
+                    ) -> list[keras.layers.Layer]:
         return [
             keras.layers.Conv2D(width, 3, strides=stride, padding="same", use_bias=False,
-                                kernel_initializer="he_normal", name=f"{name}_conv"),
+                                dilation_rate=dilation, kernel_initializer="he_normal",
+                                name=f"{name}_conv"),
             keras.layers.GroupNormalization(groups=_num_groups(width), name=f"{name}_gn"),
         ]
 
     @property
     def output_strides(self) -> dict[str, int]:
         """Stride of each output relative to the input image."""
-        return {"C2": 4, "C3": 8, "C4": 16, "C5": 32}
+        return {"C2": 4, "C3": 8, "C4": 16, "C5": 16 if self.dilate_c5 else 32}
 
     @property
     def output_channels(self) -> dict[str, int]:
@@ -101,4 +112,5 @@ class TinyBackbone(keras.Model):
         return outputs
 
     def get_config(self) -> dict[str, Any]:
-        return {"name": self.name, "trainable": self.trainable, "widths": list(self.widths)}
+        return {"name": self.name, "trainable": self.trainable, "widths": list(self.widths),
+                "dilate_c5": self.dilate_c5}
