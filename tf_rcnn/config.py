@@ -83,6 +83,16 @@ def default_config() -> ml_collections.ConfigDict:
             nms_threshold=0.5,
             detections_per_image=100,
         ),
+        # R-FCN only (model.type == "rfcn"); the head reads the ONE map in roi_head.in_features
+        # (dilated C5), roi_head gives the IoU rules, plain-sampling batch and decoder.
+        rfcn=_cd(
+            k=7,  # R-FCN Sec. 2: k x k = 7 x 7 position-sensitive grid (3 in its figures)
+            channels=1024,  # R-FCN Sec. 2.2: random 1x1 conv reducing res5 2048 -> 1024
+            pool_mode="pool",  # pool: average over quantised bins (Eq. 1) | align: bilinear
+            ohem=True,  # R-FCN Sec. 2.2 "Training": OHEM over all proposals
+            ohem_batch_size=128,  # R-FCN: B = 128 RoIs back-propagated per image
+            ohem_nms_threshold=0.7,  # OHEM paper (Shrivastava et al. 2016) Sec. 4: NMS 0.7
+        ),
     )
     config.data = _cd(
         dataset="coco",  # coco | voc | shapes | custom

@@ -20,10 +20,13 @@ from tf_rcnn.models.backbones import build_backbone
 from tf_rcnn.models.detectors.fast_rcnn import FastRCNN
 from tf_rcnn.models.detectors.fast_rcnn import FastRCNN
 from tf_rcnn.models.detectors.faster_rcnn import FasterRCNN
+from tf_rcnn.models.detectors.rfcn import RFCN
 from tf_rcnn.models.detectors.two_stage import TwoStageDetector
 from tf_rcnn.models.heads.box import BoxPredictor, FPNBoxHead, VGGBoxHead
+from tf_rcnn.models.heads.rfcn import RFCNHead
 from tf_rcnn.models.heads.rpn import RPNHead
 from tf_rcnn.models.necks.fpn import FPN
+from tf_rcnn.models.rfcn_heads import RFCNRoIHeads
 from tf_rcnn.models.roi_heads import RoIHeads
 from tf_rcnn.models.rpn import RegionProposalNetwork
 
@@ -33,7 +36,7 @@ def _backbone(cfg: ml_collections.ConfigDict, include_c5: bool = True):
     (the C4 detector applies res5 per RoI instead)."""
     name = cfg.name
     if name == "tiny":
-        kwargs = {"widths": tuple(cfg.widths)}
+        kwargs = {"widths": tuple(cfg.widths), "dilate_c5": cfg.dilate_c5}
     elif name.startswith("resnet"):
         kwargs = {
             "freeze_at": cfg.freeze_at,
@@ -240,9 +243,55 @@ def _build_fast_rcnn(m: ml_collections.ConfigDict, label_map: dict | None) -> Fa
     )
 
 
+def _build_rfcn(m: ml_collections.ConfigDict, label_map: dict | None) -> RFCN:
+    """R-FCN: RPN on ``model.rpn.in_features`` (C4), ``RFCNHead`` on the one map of
+    ``model.roi_head.in_features`` (dilated C5); ``model.rfcn`` holds the head and OHEM values,
+    ``model.roi_head`` the IoU rules, plain-sampling batch and decoder."""
+    backbone, neck = build_trunk(m)
+    rpn_strides = _strides(backbone, neck, m.rpn.in_features)
+    roi_strides = _strides(backbone, neck, m.roi_head.in_features)
+    if len(roi_strides) != 1:
+        raise ValueError(
+            f"R-FCN reads one feature map; model.roi_head.in_features is "
+            f"{tuple(m.roi_head.in_features)}. Use ('C5',) with model.backbone.dilate_c5=True."
+        )
+    r, h = m.rfcn, m.roi_head
+    if r.pool_mode not in ("pool", "align"):
+        raise ValueError(f"Unknown model.rfcn.pool_mode {r.pool_mode!r}; choose pool or align.")
+    head = RFCNHead(
+        m.num_classes, k=r.k, channels=r.channels, spatial_scale=1.0 / roi_strides[0],
+        mode=r.pool_mode, sampling_ratio=h.sampling_ratio, name="rfcn_head",
+    )
+    roi_heads = RFCNRoIHeads(
+        head,
+        sampler=RoISampler(batch_size_per_image=h.batch_size_per_image,
+                           positive_fraction=h.positive_fraction, fg_iou=h.fg_iou,
+                           bg_iou_low=h.bg_iou_low),
+        decoder=DetectionDecoder(score_threshold=h.score_threshold,
+                                 nms_threshold=h.nms_threshold,
+                                 max_detections=h.detections_per_image),
+        box_loss_beta=h.box_loss_beta,
+        ohem=r.ohem,
+        ohem_batch_size=r.ohem_batch_size,
+        ohem_nms_threshold=r.ohem_nms_threshold,
+        name="roi_heads",
+    )
+    return RFCN(
+        backbone=backbone,
+        neck=neck,
+        rpn=build_rpn(m.rpn, rpn_strides),
+        roi_heads=roi_heads,
+        num_classes=m.num_classes,
+        rpn_in_features=tuple(m.rpn.in_features),
+        roi_in_features=tuple(m.roi_head.in_features),
+        label_map=label_map,
+    )
+
+
 # model.type -> function(config.model, label_map) -> detector. One entry per detector family.
 MODEL_BUILDERS = {
     "faster_rcnn": _build_faster_rcnn,
+    "rfcn": _build_rfcn,
     "fast_rcnn": _build_fast_rcnn,
     "fast_rcnn": _build_fast_rcnn,
 }
