@@ -1,0 +1,232 @@
+"""SavedModel export: run the exported graph in a process that never imports tf_rcnn and compare
+it with ``model.predict`` on the same preprocessed tensors.
+
+The reference is computed here: ``preprocess_batch`` (the eager twin of the in-graph
+preprocessing) -> ``model.predict`` -> boxes divided by the resize scale, clipped and normalised
+by the original size, classes mapped to dataset ids. Tolerances from issue 9: boxes 1e-3 of the
+image size (normalised units), scores 1e-4.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from tf_rcnn import export as export_lib
+from tf_rcnn.models import builder
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests", "models"))
+from test_faster_rcnn import tiny_config  # noqa: E402
+
+DATASET_IDS = (10, 20, 30)
+LABEL_MAP = {"format": "tf_rcnn.label_map.v1", "classes": [
+    {"id": i + 1, "dataset_id": d, "name": n}
+    for i, (d, n) in enumerate(zip(DATASET_IDS, ("square", "circle", "triangle"), strict=True))]}
+
+# Runs in a fresh interpreter: only TensorFlow, never tf_rcnn.
+RUNNER = textwrap.dedent("""
+    import pickle, sys
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    export_dir, requests_file, out_file = sys.argv[1:4]
+    with open(requests_file, "rb") as f:
+        requests = pickle.load(f)
+    # The ops saved_model_cli scan refuses, plus Python callbacks.
+    banned = {"ReadFile", "WriteFile", "PrintV2", "PyFunc", "PyFuncStateless", "EagerPyFunc"}
+    proto = saved_model_pb2.SavedModel()
+    with open(export_dir + "/saved_model.pb", "rb") as f:
+        proto.ParseFromString(f.read())
+    ops = set()
+    for meta in proto.meta_graphs:
+        ops.update(n.op for n in meta.graph_def.node)
+        for fn in meta.graph_def.library.function:
+            ops.update(n.op for n in fn.node_def)
+    loaded = tf.saved_model.load(export_dir)
+    results = {"banned_ops": sorted(ops & banned), "signatures": sorted(loaded.signatures)}
+    for name, (signature, inputs) in requests.items():
+        fn = loaded.signatures[signature]
+        try:
+            out = fn(**{k: tf.constant(v) for k, v in inputs.items()})
+            results[name] = {k: v.numpy() for k, v in out.items()}
+        except tf.errors.InvalidArgumentError as e:
+            results[name] = {"error": "InvalidArgumentError", "message": e.message[:200]}
+    results["tf_rcnn_imported"] = "tf_rcnn" in sys.modules
+    with open(out_file, "wb") as f:
+        pickle.dump(results, f)
+""")
+
+
+def _encode(image: np.ndarray, fmt: str = "PNG", mode: str | None = None) -> bytes:
+    pil = Image.fromarray(image)
+    if mode is not None:
+        pil = pil.convert(mode)
+    buffer = io.BytesIO()
+    pil.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _example(data: bytes) -> bytes:
+    feature = {"image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[data]))}
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def _decoded(data: bytes) -> np.ndarray:
+    """What TF decodes (RGB, alpha dropped, gray replicated) - the reference's input."""
+    return tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
+
+
+def reference(model, images: list[np.ndarray], pre: export_lib.PreprocessConfig,
+              proposals: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    batch = export_lib.preprocess_batch(images, pre)
+    inputs = {"images": batch["images"], "image_shape": batch["image_shape"]}
+    scale = batch["scale"].numpy()
+    if proposals is not None:
+        inputs["proposals"] = tf.constant(proposals * scale[:, None, None], tf.float32)
+    out = model.predict(inputs, verbose=0)
+    hw = batch["original_shape"].numpy().astype(np.float32)
+    size = np.concatenate([hw, hw], axis=1)[:, None, :]
+    boxes = np.clip(out["detection_boxes"] / scale[:, None, None], 0, size) / size
+    table = np.array([0, *DATASET_IDS])
+    num = out["num_detections"]
+    valid = np.arange(boxes.shape[1])[None] < num[:, None]
+    return {"num_detections": num, "detection_boxes": np.where(valid[..., None], boxes, 0),
+            "detection_scores": np.where(valid, out["detection_scores"], 0),
+            "detection_classes": np.where(valid, table[out["detection_classes"]], 0)}
+
+
+def assert_same(got: dict, want: dict) -> None:
+    np.testing.assert_array_equal(got["num_detections"], want["num_detections"])
+    np.testing.assert_array_equal(got["detection_classes"], want["detection_classes"])
+    np.testing.assert_allclose(got["detection_boxes"], want["detection_boxes"], atol=1e-3)
+    np.testing.assert_allclose(got["detection_scores"], want["detection_scores"], atol=1e-4)
+
+
+def decisive_model(config):
+    """A random-init model whose class scores are spread out (scaled logits), so detections are
+    not a tie of near-equal scores and at least some survive NMS in every image."""
+    model = builder.build_model(config, label_map=LABEL_MAP)
+    builder.initialize_model(model, config)
+    dense = model.roi_heads.box_predictor.class_dense
+    dense.kernel.assign(dense.kernel * 30.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    config = tiny_config()
+    config.data.scales = (64,)
+    config.data.max_size = 96
+    model = decisive_model(config)
+    pre = export_lib.PreprocessConfig.from_recipe(config)
+    export_dir = export_lib.export_saved_model(model, str(root / "saved_model"), pre)
+
+    rng = np.random.default_rng(1)
+    rgb = [rng.integers(0, 256, (333, 517, 3), dtype=np.uint8),
+           rng.integers(0, 256, (90, 60, 3), dtype=np.uint8),
+           rng.integers(0, 256, (41, 77, 3), dtype=np.uint8)]
+    uint8_batch = rng.integers(0, 256, (2, 50, 70, 3), dtype=np.uint8)
+    gray_png = _encode(rgb[0], mode="L")
+    rgba_png = _encode(rgb[1], mode="RGBA")
+    jpeg = _encode(rgb[2], "JPEG")
+    png_odd = _encode(rgb[0])
+    requests = {
+        "uint8": ("serving_default", {"images": uint8_batch}),
+        "png_333x517": ("image_bytes", {"images": np.array([png_odd], object)}),
+        "gray_png": ("image_bytes", {"images": np.array([gray_png], object)}),
+        "rgba_png": ("image_bytes", {"images": np.array([rgba_png], object)}),
+        "mixed": ("image_bytes", {"images": np.array([png_odd, rgba_png, jpeg], object)}),
+        "example": ("tf_example", {"examples": np.array([_example(jpeg), _example(gray_png)],
+                                                        object)}),
+        "malformed": ("image_bytes", {"images": np.array([b"not an image at all"], object)}),
+        "after_malformed": ("image_bytes", {"images": np.array([jpeg], object)}),
+    }
+    inputs_for = {
+        "uint8": list(uint8_batch),
+        "png_333x517": [_decoded(png_odd)],
+        "gray_png": [_decoded(gray_png)],
+        "rgba_png": [_decoded(rgba_png)],
+        "mixed": [_decoded(png_odd), _decoded(rgba_png), _decoded(jpeg)],
+        "example": [_decoded(jpeg), _decoded(gray_png)],
+        "after_malformed": [_decoded(jpeg)],
+    }
+    requests_file = root / "requests.pkl"
+    with open(requests_file, "wb") as f:
+        pickle.dump(requests, f)
+    runner = root / "runner.py"
+    runner.write_text(RUNNER)
+    out_file = root / "results.pkl"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, str(runner), export_dir, str(requests_file), str(out_file)],
+        capture_output=True, text=True, cwd=str(root), env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(out_file, "rb") as f:
+        served = pickle.load(f)
+    return model, pre, export_dir, served, inputs_for
+
+
+def test_saved_model_is_clean_and_standalone(exported):
+    _, _, export_dir, served, _ = exported
+    assert served["banned_ops"] == []
+    assert not served["tf_rcnn_imported"]
+    assert set(served["signatures"]) == {"serving_default", "image_bytes", "tf_example"}
+    with open(os.path.join(export_dir, "label_map.json")) as f:
+        label_map = json.load(f)
+    assert [c["dataset_id"] for c in label_map["classes"]] == list(DATASET_IDS)
+    assert [c["name"] for c in label_map["classes"]] == ["square", "circle", "triangle"]
+
+
+@pytest.mark.parametrize("request_name", ["uint8", "png_333x517", "gray_png", "rgba_png",
+                                          "mixed", "example", "after_malformed"])
+def test_served_detections_match_model_predict(exported, request_name):
+    model, pre, _, served, inputs_for = exported
+    got = served[request_name]
+    assert "error" not in got, got
+    want = reference(model, inputs_for[request_name], pre)
+    assert want["num_detections"].min() > 0  # the comparison is not vacuous
+    assert got["detection_classes"].dtype == np.int32
+    assert got["num_detections"].dtype == np.int32
+    assert set(np.unique(got["detection_classes"])) <= {0, *DATASET_IDS}
+    assert got["detection_boxes"].min() >= 0 and got["detection_boxes"].max() <= 1
+    assert_same(got, want)
+
+
+def test_malformed_bytes_fail_that_request_only(exported):
+    served = exported[3]
+    assert served["malformed"]["error"] == "InvalidArgumentError"
+    assert "after_malformed" in served and "error" not in served["after_malformed"]
+
+
+def test_gray_and_rgba_are_converted_like_pil(exported):
+    # Grayscale replicated to 3 channels, alpha dropped: the decoded arrays equal PIL's RGB.
+    inputs_for = exported[4]
+    gray = inputs_for["gray_png"][0]
+    np.testing.assert_array_equal(gray[..., 0], gray[..., 2])
+    assert inputs_for["rgba_png"][0].shape == (90, 60, 3)
+
+
+def test_label_map_entries_reject_a_label_map_of_another_class_count():
+    config = tiny_config()
+    model = builder.build_model(config, label_map={"classes": [
+        {"id": 1, "dataset_id": 5, "name": "a"}]})
+    with pytest.raises(ValueError, match="has 3 classes"):
+        export_lib.label_map_entries(model)
+
+
+def test_export_refuses_an_unbuilt_model(tmp_path):
+    model = builder.build_model(tiny_config())
+    with pytest.raises(ValueError, match="build it first"):
+        export_lib.export_saved_model(model, str(tmp_path), export_lib.PreprocessConfig())
