@@ -87,6 +87,21 @@ class TwoStageDetector(keras.Model):
     def metrics(self):
         return list(self._loss_trackers.values())
 
+    def compile(self, optimizer=None, jit_compile=False, **kwargs):
+        """Keras ``compile`` with detection defaults; no ``loss`` is needed (the model computes
+        its own losses in ``train_step``).
+
+        Args:
+            optimizer: default ``SGD(learning_rate=0.01, momentum=0.9, global_clipnorm=10)``,
+                a fine-tuning rate for batches of about 8 images (Detectron uses 0.02 at 16).
+            jit_compile: default False: XLA cannot compile the dynamic-size NMS and top-k ops.
+            **kwargs: forwarded to ``keras.Model.compile``.
+        """
+        if optimizer is None:
+            optimizer = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9,
+                                             global_clipnorm=10.0)
+        super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
+
     @staticmethod
     def _parse_inputs(inputs):
         if isinstance(inputs, dict):
