@@ -26,8 +26,8 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import tf_rcnn  # noqa: E402,F401  (selects the TensorFlow backend before Keras loads)
-from tf_rcnn.config import check_config_overrides  # noqa: E402
+import tf_rcnn  # noqa: F401  (selects the TensorFlow backend before Keras loads)
+from tf_rcnn.config import check_config_overrides
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file (configs/NAME.py).")
 _CHECKPOINT = flags.DEFINE_string(

@@ -95,25 +95,44 @@ def _build_like(source: keras.Model, num_classes: int, label_map: dict | None) -
     return model
 
 
+def _short(variable: Any) -> str:
+    """``layer/variable`` - the part of a weight path that does not depend on how the model was
+    built (a model deserialised from a config builds sub-layers outside its name scope, so the
+    full paths of two identical models can differ)."""
+    path = getattr(variable, "path", None) or variable.name
+    return "/".join(path.split("/")[-2:])
+
+
+def paired_weights(a: keras.Model, b: keras.Model) -> list[tuple[Any, Any]]:
+    """Pairs the weights of two models of the same architecture (creation order).
+
+    Raises:
+        ValueError: the models are not the same architecture (weight count or names differ).
+    """
+    wa, wb = list(a.weights), list(b.weights)
+    if len(wa) != len(wb) or any(_short(x) != _short(y) for x, y in zip(wa, wb, strict=True)):
+        raise ValueError(f"{a.name} and {b.name} are not the same architecture: "
+                         f"{len(wa)} vs {len(wb)} weights; build the target from the source's "
+                         "config (finetune_model does).")
+    return list(zip(wa, wb, strict=True))
+
+
 def transfer_weights(source: keras.Model, target: keras.Model,
-                     class_dependent: set[str]) -> tuple[list[str], list[str]]:
-    """Copies every weight of ``source`` into ``target`` with the same path and shape, except
-    the paths in ``class_dependent``.
+                     class_dependent: Sequence[bool]) -> tuple[list[str], list[str]]:
+    """Copies every weight of ``source`` into ``target`` (same architecture) whose shape fits,
+    except those flagged in ``class_dependent`` (one flag per weight, creation order).
 
     Returns:
-        ``(kept, reinitialized)`` weight paths of ``target``.
+        ``(kept, reinitialized)`` weight names of ``target``.
     """
-    by_key = {weight_key(v): v for v in source.weights}
     kept, fresh = [], []
-    for variable in target.weights:
-        key = weight_key(variable)
-        other = by_key.get(key)
-        if other is None or key in class_dependent or tuple(other.shape) != tuple(
-                variable.shape):
-            fresh.append(key)
+    for (src, dst), is_class in zip(paired_weights(source, target), class_dependent,
+                                    strict=True):
+        if is_class or tuple(src.shape) != tuple(dst.shape):
+            fresh.append(weight_key(dst))
             continue
-        variable.assign(other)
-        kept.append(key)
+        dst.assign(src)
+        kept.append(weight_key(dst))
     return kept, fresh
 
 
@@ -135,7 +154,7 @@ def freeze_backbone(model: keras.Model, stages: Sequence[str] | None = None) -> 
     if stages is None:
         backbone.trainable = False
         return [backbone.name]
-    layers = [layer for layer in backbone._flatten_layers(include_self=False)]
+    layers = list(backbone._flatten_layers(include_self=False))
     frozen = []
     for prefix in stages:
         hits = [layer for layer in layers if layer.name.startswith(prefix)]
@@ -179,9 +198,8 @@ def finetune_model(
     # Weights whose shape depends on K: compare with a build for another class count.
     other_k = source.num_classes if source.num_classes != num_classes else num_classes + 1
     probe = source if other_k == source.num_classes else _build_like(source, other_k, None)
-    probe_shapes = {weight_key(v): tuple(v.shape) for v in probe.weights}
-    class_dependent = {weight_key(v) for v in target.weights
-                       if probe_shapes.get(weight_key(v)) != tuple(v.shape)}
+    class_dependent = [tuple(p.shape) != tuple(t.shape)
+                       for p, t in paired_weights(probe, target)]
     kept, fresh = transfer_weights(source, target, class_dependent)
     logging.info("finetune_model: kept %d weights, re-initialised %d: %s", len(kept), len(fresh),
                  ", ".join(fresh))
