@@ -54,6 +54,8 @@ class AnchorGenerator(keras.layers.Layer):
         offset: float = 0.5,
         **kwargs,
     ) -> None:
+        # Mixed precision: anchors stay float32 (float16: ~0.5 px steps at 1000 px).
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         sizes = [[float(s) for s in level] for level in sizes]
         aspect_ratios = [float(r) for r in aspect_ratios]

@@ -52,6 +52,9 @@ class RegionProposalNetwork(keras.layers.Layer):
         focal_gamma: float | None = None,
         **kwargs,
     ):
+        # Mixed precision: pass boxes through uncast (float32); the sub-layers cast their
+        # own inputs, so only the convolutions run in the low-precision dtype.
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         self.head = head
         self.anchor_generator = anchor_generator

@@ -63,6 +63,9 @@ class TwoStageDetector(keras.Model):
         label_map: dict | None = None,
         **kwargs,
     ):
+        # Mixed precision: pass boxes through uncast (float32); the sub-layers cast their
+        # own inputs, so only the convolutions run in the low-precision dtype.
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1 (background excluded), got {num_classes}.")
