@@ -1,0 +1,107 @@
+"""Fast R-CNN on shapes, end to end: RPN -> dumped proposals -> Fast R-CNN with RoIPool,
+RoIAlign and SPP; prints bbox AP / AP50 on the held-out split and the training time of each.
+
+    python benchmarks/fast_rcnn_shapes.py [--root=runs/bench_fast_rcnn] [--faster_steps=2000]
+        [--fast_steps=2000] [--poolers=roi_pool,roi_align,spp]
+
+Chain (the same functions as the documented commands, see configs/shapes_fast_rcnn.py):
+1. ``run_training`` of configs/shapes_faster_rcnn.py (the shapes RPN) into ROOT/faster;
+2. ``dump_proposals`` of its RPN over the train and val splits (top 100 per image, original
+   pixels) into ROOT/proposals_{train,val}.npz;
+3. per extractor, ``run_training`` of configs/shapes_fast_rcnn.py on those files and
+   ``evaluate_checkpoint`` on the 200 held-out validation images (seed 1, never trained on).
+Runs resume from their checkpoints, so a second invocation only evaluates. Results go to
+ROOT/results.json as well.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import tf_rcnn  # noqa: F401
+from tf_rcnn.config import load_config_file
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = flags.DEFINE_string("root", "runs/bench_fast_rcnn", "Working directory.")
+_FASTER_STEPS = flags.DEFINE_integer("faster_steps", 2000, "Shapes Faster R-CNN (RPN) steps.")
+_FAST_STEPS = flags.DEFINE_integer("fast_steps", 2000, "Fast R-CNN steps per extractor.")
+_POOLERS = flags.DEFINE_list("poolers", ["roi_pool", "roi_align", "spp"], "Extractors.")
+_TOP_N = flags.DEFINE_integer("top_n", 100, "Proposals per image in the dumped files.")
+
+
+def main(argv):
+    del argv
+    from tf_rcnn.evaluation.evaluate import evaluate_checkpoint
+    from tf_rcnn.tools.dump_proposals import dump_proposals
+    from tf_rcnn.training.run import run_training
+
+    root = os.path.abspath(_ROOT.value)
+    shapes_dir = os.path.join(root, "shapes")
+    results = {}
+
+    faster = load_config_file(os.path.join(REPO, "configs", "shapes_faster_rcnn.py"))
+    faster.data.shapes_dir = shapes_dir
+    faster.train.total_steps = _FASTER_STEPS.value
+    faster.train.checkpoint_every = _FASTER_STEPS.value
+    faster.train.warmup_steps = min(faster.train.warmup_steps, _FASTER_STEPS.value // 2)
+    faster_dir = os.path.join(root, "faster")
+    start = time.time()
+    run_training(faster, faster_dir)
+    faster_time = time.time() - start
+    metrics = evaluate_checkpoint(faster, faster_dir, os.path.join(faster_dir, "eval"),
+                                  proposal_recall=True, visualize=0)
+    results["faster_rcnn"] = {"bbox/AP": metrics["bbox/AP"], "bbox/AP50": metrics["bbox/AP50"],
+                              "rpn/AR@100": metrics.get("rpn/AR@100"),
+                              "train_seconds": faster_time}
+
+    files = {}
+    for split in ("train", "val"):
+        files[split] = os.path.join(root, f"proposals_{split}.npz")
+        stats = dump_proposals(faster, faster_dir, split, files[split], top_n=_TOP_N.value)
+        results[f"dump_{split}"] = stats
+
+    for pooler in _POOLERS.value:
+        config = load_config_file(os.path.join(REPO, "configs", "shapes_fast_rcnn.py"))
+        config.model.roi_head.pooler = pooler
+        config.data.shapes_dir = shapes_dir
+        config.data.proposals_train = files["train"]
+        config.data.proposals_val = files["val"]
+        config.data.max_proposals = _TOP_N.value
+        config.train.total_steps = _FAST_STEPS.value
+        config.train.checkpoint_every = _FAST_STEPS.value
+        config.train.warmup_steps = min(config.train.warmup_steps, _FAST_STEPS.value // 2)
+        run_dir = os.path.join(root, f"fast_{pooler}")
+        start = time.time()
+        losses = run_training(config, run_dir)
+        seconds = time.time() - start
+        metrics = evaluate_checkpoint(config, run_dir, os.path.join(run_dir, "eval"),
+                                      visualize=4)
+        results[pooler] = {"bbox/AP": metrics["bbox/AP"], "bbox/AP50": metrics["bbox/AP50"],
+                           "bbox/AP75": metrics["bbox/AP75"], "train_seconds": seconds,
+                           "images_per_second": _FAST_STEPS.value * 8 / seconds,
+                           "final_total_loss": losses.get("total_loss")}
+        logging.info("%s: %s", pooler, results[pooler])
+
+    with open(os.path.join(root, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    r = results["faster_rcnn"]
+    print(f"\nShapes RPN (Faster R-CNN, {_FASTER_STEPS.value} steps): AP50 {r['bbox/AP50']:.3f}, "
+          f"AR@100 {r['rpn/AR@100']:.3f}, {r['train_seconds']:.0f} s")
+    print(f"Fast R-CNN, {_FAST_STEPS.value} steps x 8 images, 200 held-out images:")
+    print("| extractor | bbox AP50 | bbox AP | bbox AP75 | train time (s) | img/s |")
+    print("|---|---|---|---|---|---|")
+    for pooler in _POOLERS.value:
+        r = results[pooler]
+        print(f"| {pooler} | {r['bbox/AP50']:.3f} | {r['bbox/AP']:.3f} | {r['bbox/AP75']:.3f} | "
+              f"{r['train_seconds']:.0f} | {r['images_per_second']:.0f} |")
+
+
+if __name__ == "__main__":
+    app.run(main)
