@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import tf_rcnn
-from tf_rcnn.config import load_config_file
+from tf_rcnn.config import ConfigError, load_config_file
 from tf_rcnn.models import builder
 from tf_rcnn.models.detectors.fast_rcnn import FastRCNN
 
@@ -211,3 +211,11 @@ def test_builder_errors_for_fast_rcnn():
     config.model.roi_head.in_features = ("C9",)
     with pytest.raises(ValueError, match="not produced"):
         builder.build_model(config)
+    # A recipe without a proposal file is refused before any data is read, saying what to do.
+    config = tiny_config()
+    config.data.proposals_val = ""
+    with pytest.raises(ConfigError, match="dump_proposals.*--config.data.proposals_val=FILE"):
+        builder.build_input_pipeline(config, [], None, training=False)
+    config.data.proposals_train = "/nonexistent/proposals.npz"
+    with pytest.raises(ConfigError, match="missing: '/nonexistent/proposals.npz'"):
+        builder.build_input_pipeline(config, [], None, training=True)

@@ -403,8 +403,20 @@ def build_input_pipeline(config: ml_collections.ConfigDict, records, label_map, 
     mean, std = pixel_stats(config)
     if batch_size is None:
         batch_size = d.train_batch_size if training else d.eval_batch_size
+    import os
+
     proposals = None
     proposal_file = d.proposals_train if training else d.proposals_val
+    key = "data.proposals_train" if training else "data.proposals_val"
+    if config.model.type == "fast_rcnn" and not (proposal_file and os.path.exists(proposal_file)):
+        from tf_rcnn.config import ConfigError
+
+        raise ConfigError(
+            f"Fast R-CNN reads its proposals from {key}, which is "
+            f"{'unset' if not proposal_file else 'missing: ' + repr(proposal_file)}; write one "
+            "with python -m tf_rcnn.tools.dump_proposals (or by hand, format in "
+            f"tf_rcnn/data/proposals.py) and pass --config.{key}=FILE."
+        )
     if proposal_file:
         from tf_rcnn.data.proposals import load_proposals
 
