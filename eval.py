@@ -3,8 +3,9 @@
     python eval.py --config=configs/shapes_faster_rcnn.py --checkpoint=runs/shapes \
         --output_dir=runs/shapes/eval
 
-Writes ``OUT/metrics.json`` (``bbox/AP``, ``bbox/AP50``, ... all 12 COCO stats; ``voc/mAP`` for
-VOC data; ``rpn/AR@100`` and ``rpn/AR@1000`` with ``--proposal_recall``), ``OUT/detections.json``
+Writes ``OUT/metrics.json`` (``bbox/AP``, ``bbox/AP50``, ... all 12 COCO stats, ``segm/...`` for
+Mask R-CNN; ``voc/mAP`` for VOC data; ``rpn/AR@100`` and ``rpn/AR@1000`` with
+``--proposal_recall``), ``OUT/detections.json``
 (COCO results format: dataset category ids, ``[x, y, w, h]`` in original-image pixels) and
 ``OUT/detections.png`` (a few validation images with their detections).
 """
@@ -48,7 +49,8 @@ def main(argv):
         raise app.UsageError(str(error)) from error
     out = _OUTPUT_DIR.value
     print(f"Metrics written to {os.path.join(out, 'metrics.json')}")
-    for key in ("bbox/AP", "bbox/AP50", "bbox/AP75", "voc/mAP", "rpn/AR@100", "rpn/AR@1000"):
+    for key in ("bbox/AP", "bbox/AP50", "bbox/AP75", "segm/AP", "segm/AP50", "segm/AP75",
+                "voc/mAP", "rpn/AR@100", "rpn/AR@1000"):
         if key in metrics:
             print(f"  {key}: {metrics[key]:.4f}")
 

@@ -83,6 +83,16 @@ def default_config() -> ml_collections.ConfigDict:
             nms_threshold=0.5,
             detections_per_image=100,
         ),
+        # Mask R-CNN only (model.type == "mask_rcnn"); reads roi_head.in_features.
+        mask_head=_cd(
+            head="fpn_conv",  # fpn_conv: 4 convs + deconv (Mask R-CNN Fig. 4 right) | res5 (C4)
+            conv_dims=(256, 256, 256, 256),  # Mask R-CNN Fig. 4: four 3x3 convs of 256
+            deconv_dim=256,  # the 2x2 stride-2 transposed conv
+            pooler_resolution=14,  # RoIAlign 14x14 -> 28x28 masks (FPN head)
+            sampling_ratio=2,  # Detectron MASK_RCNN.ROI_XFORM_SAMPLING_RATIO
+            class_agnostic=False,  # one mask per class (Sec. 4.2 "class-specific")
+            loss_weight=1.0,  # L = L_cls + L_box + L_mask (Sec. 3)
+        ),
         # R-FCN only (model.type == "rfcn"); the head reads the ONE map in roi_head.in_features
         # (dilated C5), roi_head gives the IoU rules, plain-sampling batch and decoder.
         rfcn=_cd(

@@ -2,9 +2,10 @@
 
 ``evaluate_checkpoint`` restores the checkpoint strictly (every variable must fit), runs the
 model over the validation split, and writes into ``output_dir``:
-``metrics.json`` (``bbox/AP`` ... all 12 COCO stats, ``voc/mAP`` for VOC data, ``rpn/AR@N`` when
-asked), ``detections.json`` (COCO results: dataset category ids, ``[x, y, w, h]`` in
-original-image pixels) and ``detections.png`` (a grid of drawn validation images).
+``metrics.json`` (``bbox/AP`` ... all 12 COCO stats, ``segm/AP`` ... for Mask R-CNN, ``voc/mAP``
+for VOC data, ``rpn/AR@N`` when asked), ``detections.json`` (COCO results: dataset category
+ids, ``[x, y, w, h]`` in original-image pixels, RLE ``segmentation`` for Mask R-CNN) and
+``detections.png`` (a grid of drawn validation images, masks as translucent overlays).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tf_rcnn import visualize as vis
 from tf_rcnn.config import ConfigError
 from tf_rcnn.data.records import LabelMap
 from tf_rcnn.evaluation.coco_evaluator import COCOEvaluator
+from tf_rcnn.evaluation.mask_pasting import MaskPastingEvaluator
 from tf_rcnn.evaluation.proposal_recall import ProposalRecallEvaluator
 from tf_rcnn.evaluation.runner import run_evaluation
 from tf_rcnn.evaluation.voc_evaluator import VOCEvaluator
@@ -54,13 +56,21 @@ def evaluate_checkpoint(
     logging.info("Restored %s", checkpoint)
 
     evaluators = []
-    coco = None
+    coco = masker = None
     if "coco" in config.eval.metrics:
         if annotation_file is None:
             raise ConfigError("COCO metrics need a COCO annotation file; this dataset has "
                                  "none (use --config.eval.metrics=voc).")
-        coco = COCOEvaluator(annotation_file, iou_types=("bbox",), label_map=label_map)
-        evaluators.append(coco)
+        with_masks = config.model.type == "mask_rcnn"
+        coco = COCOEvaluator(annotation_file, iou_types=("bbox", "segm") if with_masks
+                             else ("bbox",), label_map=label_map)
+        if with_masks:
+            # Box-relative 28x28 masks -> original-image masks (kept for the drawn images).
+            count = config.eval.visualize if visualize is None else visualize
+            masker = MaskPastingEvaluator(
+                coco, {r.image_id: (r.height, r.width) for r in records},
+                keep_masks_for=[r.image_id for r in records[:count or 0]])
+        evaluators.append(masker if with_masks else coco)
     voc = None
     if "voc" in config.eval.metrics:
         # The VOC reader stores continuous boxes [ymin - 1, xmin - 1, ymax, xmax], whose plain
@@ -96,8 +106,9 @@ def evaluate_checkpoint(
             if det is None:
                 continue
             image = np.asarray(Image.open(record.image_path).convert("RGB"))
+            masks = None if masker is None else masker.kept_masks.get(int(record.image_id))
             drawn.append(vis.draw_detections(
-                image, det["boxes"], det["classes"], det["scores"], names,
+                image, det["boxes"], det["classes"], det["scores"], names, masks=masks,
                 score_threshold=config.eval.score_threshold_visualize))
         if drawn:
             path = os.path.join(output_dir, "detections.png")

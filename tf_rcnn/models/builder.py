@@ -18,13 +18,15 @@ from tf_rcnn.layers.spp import SpatialPyramidPooling
 from tf_rcnn.layers.target_assigners import RoISampler, RPNTargetAssigner
 from tf_rcnn.models.backbones import build_backbone
 from tf_rcnn.models.detectors.fast_rcnn import FastRCNN
-from tf_rcnn.models.detectors.fast_rcnn import FastRCNN
 from tf_rcnn.models.detectors.faster_rcnn import FasterRCNN
+from tf_rcnn.models.detectors.mask_rcnn import MaskRCNN
 from tf_rcnn.models.detectors.rfcn import RFCN
 from tf_rcnn.models.detectors.two_stage import TwoStageDetector
 from tf_rcnn.models.heads.box import BoxPredictor, FPNBoxHead, VGGBoxHead
+from tf_rcnn.models.heads.mask import MaskHead
 from tf_rcnn.models.heads.rfcn import RFCNHead
 from tf_rcnn.models.heads.rpn import RPNHead
+from tf_rcnn.models.mask_heads import MaskRoIHeads
 from tf_rcnn.models.necks.fpn import FPN
 from tf_rcnn.models.rfcn_heads import RFCNRoIHeads
 from tf_rcnn.models.roi_heads import RoIHeads
@@ -229,15 +231,62 @@ def _build_fast_rcnn(m: ml_collections.ConfigDict, label_map: dict | None) -> Fa
     )
 
 
-def _build_fast_rcnn(m: ml_collections.ConfigDict, label_map: dict | None) -> FastRCNN:
-    """Fast R-CNN: no RPN, proposals come with the inputs; ``model.rpn`` is not read."""
+def build_mask_branch(cfg: ml_collections.ConfigDict, backbone_cfg: ml_collections.ConfigDict,
+                      num_classes: int, strides: list[int]):
+    """``config.model.mask_head`` -> ``(mask_pooler, MaskHead)`` reading the RoI head's features."""
+    size = cfg.pooler_resolution
+    if len(strides) > 1:
+        pooler = MultiLevelRoIAlign(output_size=size, strides=strides,
+                                    sampling_ratio=cfg.sampling_ratio, aligned=True)
+    else:
+        pooler = RoIAlign(output_size=size, spatial_scale=1.0 / strides[0],
+                          sampling_ratio=cfg.sampling_ratio, aligned=True)
+    res5 = None
+    if cfg.head == "res5":
+        if not backbone_cfg.name.startswith("resnet"):
+            raise ValueError(f"model.mask_head.head='res5' needs a ResNet backbone, got "
+                             f"{backbone_cfg.name!r}; use head='fpn_conv'.")
+        from tf_rcnn.models.backbones.resnet import make_res5_head
+
+        depth = 101 if backbone_cfg.name == "resnet101" else 50
+        weights = backbone_cfg.weights if backbone_cfg.weights == "imagenet" else None
+        res5 = make_res5_head(depth=depth, norm=backbone_cfg.norm,
+                              stride_in_1x1=backbone_cfg.stride_in_1x1, weights=weights,
+                              name="mask_res5")
+    elif cfg.head != "fpn_conv":
+        raise ValueError(f"Unknown model.mask_head.head {cfg.head!r}; choose fpn_conv or res5.")
+    head = MaskHead(num_classes, conv_dims=tuple(cfg.conv_dims), deconv_dim=cfg.deconv_dim,
+                    class_agnostic=cfg.class_agnostic, res5=res5, name="mask_head")
+    return pooler, head
+
+
+def _build_mask_rcnn(m: ml_collections.ConfigDict, label_map: dict | None) -> MaskRCNN:
     backbone, neck = build_trunk(m)
+    rpn_strides = _strides(backbone, neck, m.rpn.in_features)
     roi_strides = _strides(backbone, neck, m.roi_head.in_features)
-    return FastRCNN(
+    box = build_roi_heads(m.roi_head, m.backbone, m.num_classes, roi_strides)
+    mask_pooler, mask_head = build_mask_branch(m.mask_head, m.backbone, m.num_classes,
+                                               roi_strides)
+    roi_heads = MaskRoIHeads(
+        pooler=box.pooler,
+        box_head=box.box_head,
+        box_predictor=box.box_predictor,
+        mask_pooler=mask_pooler,
+        mask_head=mask_head,
+        sampler=box.sampler,
+        decoder=box.decoder,
+        box_loss_beta=box.box_loss_beta,
+        focal_gamma=box.focal_gamma,
+        mask_loss_weight=m.mask_head.loss_weight,
+        name="roi_heads",
+    )
+    return MaskRCNN(
         backbone=backbone,
         neck=neck,
-        roi_heads=build_roi_heads(m.roi_head, m.backbone, m.num_classes, roi_strides),
+        rpn=build_rpn(m.rpn, rpn_strides),
+        roi_heads=roi_heads,
         num_classes=m.num_classes,
+        rpn_in_features=tuple(m.rpn.in_features),
         roi_in_features=tuple(m.roi_head.in_features),
         label_map=label_map,
     )
@@ -291,9 +340,9 @@ def _build_rfcn(m: ml_collections.ConfigDict, label_map: dict | None) -> RFCN:
 # model.type -> function(config.model, label_map) -> detector. One entry per detector family.
 MODEL_BUILDERS = {
     "faster_rcnn": _build_faster_rcnn,
+    "fast_rcnn": _build_fast_rcnn,
+    "mask_rcnn": _build_mask_rcnn,
     "rfcn": _build_rfcn,
-    "fast_rcnn": _build_fast_rcnn,
-    "fast_rcnn": _build_fast_rcnn,
 }
 
 

@@ -1,0 +1,283 @@
+"""Mask R-CNN: mask head contract, mask loss on positives only, train step, predict, pasting.
+
+The mask target crop itself (hand-made mask and box) and paste-inverts-crop are tested at the op
+level in ``tests/ops/test_masks.py``; here they are checked through the head (``MaskRoIHeads``)
+and the evaluation wrapper. The end-to-end segm-AP check lives in ``test_mask_rcnn_end_to_end``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.layer_contract import check_layer_contract
+from tests.models.test_faster_rcnn import tiny_batch, tiny_config
+from tf_rcnn.evaluation.mask_pasting import MaskPastingEvaluator, paste_image_masks
+from tf_rcnn.layers.roi_align import RoIAlign
+from tf_rcnn.layers.target_assigners import RoISampler
+from tf_rcnn.models import builder
+from tf_rcnn.models.detectors.mask_rcnn import MaskRCNN
+from tf_rcnn.models.heads.box import BoxPredictor, FPNBoxHead
+from tf_rcnn.models.heads.mask import MaskHead, select_class_masks
+from tf_rcnn.models.mask_heads import MaskRoIHeads, mask_rcnn_loss
+
+LOSS_KEYS = {"rpn_objectness_loss", "rpn_box_loss", "rcnn_class_loss", "rcnn_box_loss",
+             "mask_loss", "total_loss"}
+
+
+def softplus(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+def tiny_mask_config():
+    config = tiny_config()
+    config.model.type = "mask_rcnn"
+    config.model.mask_head.conv_dims = (8, 8)
+    config.model.mask_head.deconv_dim = 8
+    return config
+
+
+def tiny_mask_batch(batch: int = 2, size: int = 64):
+    images, targets = tiny_batch(batch, size)
+    # GT masks cropped to their boxes (56x56): a full square, a left half, a disc.
+    masks = np.zeros((batch, 3, 56, 56), np.float32)
+    masks[0, 0] = 1.0
+    masks[0, 1, :, :28] = 1.0
+    yy, xx = np.mgrid[:56, :56]
+    masks[1, 0] = ((yy - 27.5) ** 2 + (xx - 27.5) ** 2 <= 28**2).astype(np.float32)
+    targets["masks"] = tf.constant(masks)
+    return images, targets
+
+
+# ----------------------------------------------------------------------------- MaskHead
+
+
+@pytest.mark.parametrize("agnostic", [False, True])
+def test_mask_head_contract_and_shapes(agnostic):
+    head = MaskHead(num_classes=3, conv_dims=(8, 8), deconv_dim=4, class_agnostic=agnostic)
+    pooled = tf.random.normal([2, 5, 14, 14, 6])
+    out = check_layer_contract(head, pooled)
+    assert out.shape == (2, 5, 28, 28, 1 if agnostic else 3)
+
+
+def test_mask_head_c4_variant_runs_res5_then_deconv():
+    # A stride-2 conv stands in for res5 (14x14 -> 7x7); the deconv brings it back to 14x14.
+    res5 = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="res5_standin")
+    head = MaskHead(num_classes=2, conv_dims=(), deconv_dim=4, res5=res5)
+    out = check_layer_contract(head, tf.random.normal([1, 3, 14, 14, 6]))
+    assert out.shape == (1, 3, 14, 14, 2)
+    assert head.compute_output_shape((1, 3, 14, 14, 6)) == (1, 3, 14, 14, 2)
+
+
+def test_mask_head_empty_rois_and_bad_arguments():
+    head = MaskHead(num_classes=3, conv_dims=(8,), deconv_dim=4)
+    # R = 0: TF's CPU conv would hand back its input for an empty batch; the head must not.
+    assert head(tf.zeros([2, 0, 14, 14, 6])).shape == (2, 0, 28, 28, 3)
+    with pytest.raises(ValueError, match="num_classes"):
+        MaskHead(num_classes=0)
+    with pytest.raises(ValueError, match="conv_dims"):
+        MaskHead(num_classes=3, conv_dims=(8, 0))
+    with pytest.raises(ValueError, match="pooled RoI features"):
+        MaskHead(num_classes=3)(tf.zeros([2, 14, 14, 6]))
+
+
+def test_select_class_masks_picks_the_class_channel():
+    # logits[b, r, :, :, k] == 10 * r + k, so the selected value tells which channel was read.
+    r, k = np.meshgrid(np.arange(3), np.arange(4), indexing="ij")
+    values = np.broadcast_to((10 * r + k)[None, :, None, None, :], (1, 3, 2, 2, 4))
+    classes = tf.constant([[1, 4, 0]])  # class 1 -> channel 0, 4 -> 3, 0 (padding) -> 0
+    out = select_class_masks(tf.constant(values, tf.float32), classes).numpy()
+    np.testing.assert_array_equal(out[0, :, 0, 0], [0 + 0, 10 + 3, 20 + 0])
+    agnostic = select_class_masks(tf.constant(values[..., :1], tf.float32), classes).numpy()
+    np.testing.assert_array_equal(agnostic[0, :, 0, 0], [0, 10, 20])
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def test_mask_loss_is_mean_bce_averaged_over_positives_only():
+    # Two RoIs, 1x2 masks. RoI 0 (positive): logits [0, 2], targets [1, 0]
+    #   BCE = [softplus(0) - 0, softplus(2) - 0] -> mean (ln 2 + softplus(2)) / 2.
+    # RoI 1 has weight 0 and huge wrong logits: it must not count, nor in the denominator.
+    logits = tf.constant([[[[0.0, 2.0]], [[50.0, 50.0]]]])
+    targets = tf.constant([[[[1.0, 0.0]], [[0.0, 0.0]]]])
+    weights = tf.constant([[1.0, 0.0]])
+    expected = (math.log(2.0) + softplus(2.0)) / 2
+    assert float(mask_rcnn_loss(logits, targets, weights)) == pytest.approx(expected, rel=1e-6)
+    assert float(mask_rcnn_loss(logits, targets, tf.zeros([1, 2]))) == 0.0
+
+
+def _hand_heads(num_classes: int = 2) -> MaskRoIHeads:
+    mask_head = MaskHead(num_classes, conv_dims=(4,), deconv_dim=4, name="mask_head")
+    return MaskRoIHeads(
+        pooler=RoIAlign(output_size=7, spatial_scale=0.25),
+        box_head=FPNBoxHead(fc_dims=(16,)),
+        box_predictor=BoxPredictor(num_classes),
+        mask_pooler=RoIAlign(output_size=14, spatial_scale=0.25),
+        mask_head=mask_head,
+        sampler=RoISampler(batch_size_per_image=16, positive_fraction=0.5),
+    )
+
+
+def test_mask_loss_reads_the_matched_gt_mask_on_the_gt_class_channel():
+    # The mask predictor is set to zero weights and per-class biases: every pixel of channel
+    # "class 1" has logit +2, of channel "class 2" logit -2.
+    # GT A (class 1) has an all-ones mask, GT B (class 2) an all-zeros mask; the proposals are
+    # exactly the two GT boxes plus one background box far away. Positives are the copies of A
+    # and B (proposal + appended GT); each targets its own GT's mask inside its own box:
+    #   A: logit +2, target 1 -> BCE softplus(-2);  B: logit -2, target 0 -> BCE softplus(-2).
+    # So the loss is softplus(-2) = 0.126928. Reading the wrong channel or the wrong GT gives
+    # softplus(2) = 2.126928 on those RoIs; counting the background RoI (channel 0, logit +2,
+    # target 0) would add softplus(2) terms.
+    heads = _hand_heads()
+    features = [tf.random.normal([1, 32, 32, 8])]
+    gt_boxes = tf.constant([[[4.0, 4.0, 36.0, 36.0], [60.0, 40.0, 100.0, 100.0]]])
+    proposals = tf.concat([gt_boxes, [[[100.0, 0.0, 120.0, 20.0]]]], axis=1)
+    masks = np.zeros((1, 2, 56, 56), np.float32)
+    masks[0, 0] = 1.0
+    targets = {"boxes": gt_boxes, "classes": tf.constant([[1, 2]]), "masks": tf.constant(masks)}
+    valid = tf.ones([1, 3], tf.bool)
+    heads.compute_losses(features, proposals, valid, targets)  # builds the layers
+    predictor = heads.mask_head.predictor
+    predictor.set_weights([np.zeros_like(predictor.kernel.numpy()), np.array([2.0, -2.0])])
+    losses, sampled = heads.compute_losses(features, proposals, valid, targets)
+    assert int(tf.reduce_sum(tf.cast(sampled["labels"] >= 1, tf.int32))) == 4
+    assert float(losses["mask_loss"]) == pytest.approx(softplus(-2.0), rel=1e-5)
+
+
+def test_mask_loss_without_positives_or_gt_is_zero_and_missing_masks_is_an_error():
+    heads = _hand_heads()
+    features = [tf.random.normal([2, 32, 32, 8])]
+    targets = {"boxes": -tf.ones([2, 3, 4]), "classes": -tf.ones([2, 3], tf.int32),
+               "masks": tf.zeros([2, 3, 56, 56])}
+    proposals = tf.constant([[[0.0, 0.0, 20.0, 20.0]]] * 2)
+    losses, _ = heads.compute_losses(features, proposals, tf.ones([2, 1], tf.bool), targets)
+    assert float(losses["mask_loss"]) == 0.0
+    for value in losses.values():
+        assert np.isfinite(value.numpy())
+    del targets["masks"]
+    with pytest.raises(ValueError, match="with_masks=True"):
+        heads.compute_losses(features, proposals, tf.ones([2, 1], tf.bool), targets)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return builder.build_model(tiny_mask_config())
+
+
+def test_train_step_gives_finite_mask_loss_and_trains_the_mask_head(model):
+    assert isinstance(model, MaskRCNN) and set(model.loss_names) == LOSS_KEYS
+    images, targets = tiny_mask_batch()
+    with tf.GradientTape() as tape:
+        losses = model.compute_losses(images, targets, training=True)
+    assert set(losses) == LOSS_KEYS
+    for name, value in losses.items():
+        assert np.isfinite(value.numpy()), name
+    # Near-zero initial logits: BCE ~ ln 2 on every pixel of every positive.
+    assert float(losses["mask_loss"]) == pytest.approx(math.log(2.0), abs=0.02)
+    grads = tape.gradient(losses["total_loss"], model.trainable_variables)
+    mask_grads = [g for g, v in zip(grads, model.trainable_variables, strict=True)
+                  if "mask_head" in v.path]
+    assert mask_grads and all(g is not None and np.any(g.numpy() != 0) for g in mask_grads)
+    # The same step inside tf.function (the trainer's path).
+    graph_losses = tf.function(model.compute_losses)(images, targets)
+    assert np.isfinite(graph_losses["mask_loss"].numpy())
+
+
+def test_predict_gives_detection_masks_of_the_detections(model):
+    images, _ = tiny_mask_batch(batch=3)
+    outputs = model.predict(images, verbose=0)
+    assert outputs["detection_masks"].shape == (3, 10, 28, 28)
+    assert outputs["detection_masks"].dtype == np.float32
+    masks = outputs["detection_masks"]
+    assert np.all((masks >= 0) & (masks <= 1))
+    for i, n in enumerate(outputs["num_detections"]):
+        assert np.all(masks[i, n:] == 0)  # padding rows
+        assert np.all(masks[i, :n].reshape(n, -1).max(axis=1) > 0)
+    # Masks are those of the head on the final boxes, channel of the detected class.
+    out = model(images)
+    features = model._select(model.extract_features(images), model.roi_in_features)
+    expected = tf.sigmoid(model.roi_heads._mask_logits(
+        features, out["detection_boxes"], out["detection_classes"], training=False))
+    n = int(out["num_detections"][0])
+    np.testing.assert_allclose(out["detection_masks"][0, :n], expected[0, :n], atol=1e-5)
+
+
+def test_keras_save_and_load_round_trip(model, tmp_path):
+    images, _ = tiny_mask_batch()
+    before = model(images)
+    path = str(tmp_path / "mask_rcnn.keras")
+    model.save(path)
+    restored = keras.models.load_model(path)
+    assert type(restored) is MaskRCNN
+    after = restored(images)
+    for key in before:
+        np.testing.assert_allclose(after[key].numpy(), before[key].numpy(), atol=1e-5)
+
+
+def test_builder_mask_options():
+    config = tiny_mask_config()
+    config.model.mask_head.head = "magic"
+    with pytest.raises(ValueError, match="fpn_conv or res5"):
+        builder.build_model(config)
+    config = tiny_mask_config()
+    config.model.mask_head.head = "res5"
+    with pytest.raises(ValueError, match="ResNet backbone"):
+        builder.build_model(config)
+    config = tiny_mask_config()
+    config.model.mask_head.class_agnostic = True
+    agnostic = builder.build_model(config)
+    assert agnostic.roi_heads.mask_head.class_agnostic
+    images, _ = tiny_mask_batch()
+    assert agnostic(images)["detection_masks"].shape == (2, 10, 28, 28)
+
+
+# ----------------------------------------------------------------------------- pasting
+
+
+def test_pasting_a_full_mask_fills_exactly_its_box():
+    # Box [2, 3, 6, 8]: pixel centres 2.5..5.5 (rows 2-5) and 3.5..7.5 (cols 3-7) are inside.
+    full = paste_image_masks(np.ones((1, 28, 28)), np.array([[2.0, 3.0, 6.0, 8.0]]), (10, 12))
+    expected = np.zeros((10, 12), np.uint8)
+    expected[2:6, 3:8] = 1
+    np.testing.assert_array_equal(full[0], expected)
+    assert paste_image_masks(np.zeros((0, 28, 28)), np.zeros((0, 4)), (10, 12)).shape == (
+        0, 10, 12)
+
+
+def test_mask_pasting_evaluator_forwards_original_size_masks():
+    class Recorder:
+        def update(self, detections):
+            self.detections = detections
+
+        def evaluate(self):
+            return {"segm/AP": 1.0}
+
+    recorder = Recorder()
+    wrapper = MaskPastingEvaluator(recorder, {7: (10, 12), 9: (5, 6)}, keep_masks_for=[9])
+    masks = np.zeros((2, 2, 28, 28), np.float32)
+    masks[:, :, :, :14] = 1.0  # left half of each box
+    wrapper.update({
+        "image_id": np.array([7, 9]),
+        "detection_boxes": np.array([[[0, 0, 10, 12], [0, 0, 0, 0]],
+                                     [[1, 2, 5, 6], [0, 0, 0, 0]]], np.float32),
+        "num_detections": np.array([1, 1]),
+        "detection_masks": masks,
+    })
+    pasted = recorder.detections["detection_masks"]
+    assert [p.shape for p in pasted] == [(1, 10, 12), (1, 5, 6)]
+    np.testing.assert_array_equal(pasted[0][0, :, :6], 1)
+    np.testing.assert_array_equal(pasted[0][0, :, 6:], 0)
+    # Image 9: box rows 1-4, columns 2-5, left half = columns 2, 3.
+    expected = np.zeros((5, 6), np.uint8)
+    expected[1:5, 2:4] = 1
+    np.testing.assert_array_equal(pasted[1][0], expected)
+    assert set(wrapper.kept_masks) == {9}
+    assert wrapper.evaluate() == {"segm/AP": 1.0}  # delegated
