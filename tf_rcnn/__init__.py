@@ -7,7 +7,8 @@ class 0 = background).
 
 from tf_rcnn import backend as _backend  # noqa: F401  (must run before keras is imported)
 from tf_rcnn.models.detectors.fast_rcnn import FastRCNN
+from tf_rcnn.models.detectors.mask_rcnn import MaskRCNN
 from tf_rcnn.models.detectors.rfcn import RFCN
 
 __version__ = "0.1.0"
-__all__ = ["FastRCNN", "RFCN"]
+__all__ = ["FastRCNN", "MaskRCNN", "RFCN"]
