@@ -4,11 +4,18 @@
 optimiser under the strategy scope, writes ``config.json`` and ``label_map.json`` into the run
 directory (chief only), and trains with :class:`tf_rcnn.training.trainer.Trainer`, resuming from
 the newest checkpoint in ``model_dir``.
+
+Watching (chief only): ``train.eval_every`` evaluates COCO box metrics on the validation split
+every N steps and keeps the best checkpoint by ``train.eval_metric`` in ``model_dir/best``;
+``train.image_summary_every`` writes a TensorBoard picture of detections on the first
+``train.image_summary_count`` validation images. ``train.schedule_mode="alternating"`` runs the
+4-step schedule of :mod:`tf_rcnn.training.alternating` instead of joint training.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 
 import keras
 import ml_collections
@@ -26,8 +33,19 @@ def run_training(
     config: ml_collections.ConfigDict,
     model_dir: str,
     strategy: tf.distribute.Strategy | None = None,
+    *,
+    prepare_model: Callable[[keras.Model], None] | None = None,
+    loss_terms: Sequence[str] | None = None,
 ) -> dict[str, float]:
     """Trains the recipe's model into ``model_dir``; returns the final losses.
+
+    Args:
+        config: the full recipe.
+        model_dir: run directory (resumed when it holds checkpoints).
+        strategy: distribution strategy (default: the current one).
+        prepare_model: called with the built model (under the strategy scope, before the
+            optimizer sees its trainable variables), e.g. to load stage weights and freeze parts.
+        loss_terms: train on the sum of these loss terms only (see ``Trainer``).
 
     Raises:
         ConfigError: the batch does not split over the replicas, or the data's class count
@@ -35,6 +53,14 @@ def run_training(
     """
     strategy = strategy or tf.distribute.get_strategy()
     t = config.train
+    if t.schedule_mode not in ("joint", "alternating"):
+        raise ConfigError(
+            f"train.schedule_mode must be 'joint' or 'alternating', got {t.schedule_mode!r}."
+        )
+    if t.schedule_mode == "alternating" and prepare_model is None and loss_terms is None:
+        from tf_rcnn.training.alternating import run_alternating
+
+        return run_alternating(config, model_dir, strategy)
     if t.mixed_precision:
         keras.mixed_precision.set_global_policy(t.mixed_precision)
         logging.info("Mixed precision policy: %s", t.mixed_precision)
@@ -64,6 +90,8 @@ def run_training(
     with strategy.scope():
         model = builder.build_model(config, label_map=label_map.to_dict())
         builder.initialize_model(model, config)
+        if prepare_model is not None:
+            prepare_model(model)
         optimizer = builder.build_optimizer_from_config(config, global_batch)
 
     tf.io.gfile.makedirs(model_dir)
@@ -72,6 +100,16 @@ def run_training(
             f.write(config.to_json_best_effort(indent=2))
         label_map.to_json(os.path.join(model_dir, "label_map.json"))
 
+    eval_fn = image_fn = None
+    if is_chief(strategy) and t.eval_every:
+        from tf_rcnn.training.watch import make_eval_fn
+
+        eval_fn = make_eval_fn(config, model, label_map, num_images=t.eval_num_images)
+    if is_chief(strategy) and t.image_summary_every:
+        from tf_rcnn.training.watch import make_image_fn
+
+        image_fn = make_image_fn(config, model, label_map, count=t.image_summary_count,
+                                 score_threshold=config.eval.score_threshold_visualize)
     trainer = Trainer(
         model,
         optimizer,
@@ -83,6 +121,15 @@ def run_training(
         summary_every=t.log_every,
         clip_norm=t.clip_norm,
         steps_per_loop=t.steps_per_loop,
+        nan_policy=t.nan_policy,
+        # Every worker must take the same loop boundaries (collectives), so the intervals are
+        # set everywhere; the hooks themselves run on the chief only.
+        eval_fn=eval_fn if eval_fn is not None else ((lambda step: {}) if t.eval_every else None),
+        eval_every=t.eval_every or None,
+        best_metric=t.eval_metric if eval_fn is not None else None,
+        image_fn=image_fn,
+        image_every=t.image_summary_every or None,
+        loss_terms=loss_terms,
     )
     if t.init_checkpoint and trainer.checkpoints.latest_checkpoint is None:
         loaded, skipped = load_weights_partial(model, t.init_checkpoint,

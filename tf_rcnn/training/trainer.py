@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import keras
@@ -87,6 +87,13 @@ class Trainer:
         best_metric: key of ``eval_fn``'s result; the best checkpoint by it is copied to
             ``model_dir/best``.
         best_mode: ``"max"`` or ``"min"`` for ``best_metric``.
+        image_fn: optional ``image_fn(step) -> uint8 [H, W, 3]`` (e.g. detections drawn on
+            validation images, :func:`tf_rcnn.training.watch.make_image_fn`) written to
+            TensorBoard as ``detections`` every ``image_every`` steps, on the chief only.
+        image_every: image summary interval in steps.
+        loss_terms: optional names of the ``compute_losses`` terms to optimise; their sum then
+            replaces ``total_loss`` (differentiated, logged and NaN-checked). Alternating training
+            uses it to train the RPN on ``("rpn_objectness_loss", "rpn_box_loss")`` only.
     """
 
     def __init__(
@@ -106,6 +113,9 @@ class Trainer:
         eval_every: int | None = None,
         best_metric: str | None = None,
         best_mode: str = "max",
+        image_fn: Callable[[int], Any] | None = None,
+        image_every: int | None = None,
+        loss_terms: Sequence[str] | None = None,
     ) -> None:
         if not hasattr(model, "compute_losses"):
             raise ValueError(
@@ -122,6 +132,8 @@ class Trainer:
             raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}.")
         if eval_fn is not None and not eval_every:
             raise ValueError("eval_fn needs eval_every (steps between evaluations).")
+        if image_fn is not None and not image_every:
+            raise ValueError("image_fn needs image_every (steps between image summaries).")
         self.model = model
         self.strategy = strategy or tf.distribute.get_strategy()
         self.model_dir = str(model_dir)
@@ -136,6 +148,9 @@ class Trainer:
         self.eval_every = eval_every
         self.best_metric = best_metric
         self.best_mode = best_mode
+        self.image_fn = image_fn
+        self.image_every = image_every
+        self.loss_terms = tuple(loss_terms) if loss_terms else None
         self.best_value: float | None = None
         self.eval_history: list[dict[str, float]] = []
 
@@ -198,6 +213,13 @@ class Trainer:
                     "trainer differentiates total_loss."
                 )
             losses = {name: tf.cast(value, tf.float32) for name, value in losses.items()}
+            if self.loss_terms is not None:
+                unknown = [n for n in self.loss_terms if n not in losses]
+                if unknown:
+                    raise ValueError(
+                        f"loss_terms {unknown} are not among the model's losses {sorted(losses)}."
+                    )
+                losses["total_loss"] = tf.add_n([losses[n] for n in self.loss_terms])
             loss = losses["total_loss"] / replicas
             if self._uses_loss_scale:
                 loss = self.optimizer.scale_loss(loss)
@@ -324,6 +346,17 @@ class Trainer:
             export_best(path, os.path.join(self.model_dir, "best"), metrics)
             logging.info("New best %s=%.4f at step %d.", self.best_metric, value, step)
 
+    def _write_image(self, progress: ProgressLogger, step: int) -> None:
+        """Writes ``image_fn(step)`` as the TensorBoard image ``detections`` (chief only)."""
+        if progress.writer is None:
+            return
+        from tf_rcnn.training.watch import write_image_summary
+
+        image = self.image_fn(step)
+        with progress.writer.as_default():
+            write_image_summary("detections", image, step)
+        progress.writer.flush()
+
     def train(
         self,
         dataset: DatasetLike,
@@ -379,6 +412,7 @@ class Trainer:
                     total_steps - step,
                     _next_multiple(step, self.checkpoint_every) - step,
                     _next_multiple(step, self.eval_every) - step,
+                    _next_multiple(step, self.image_every) - step,
                 )
                 try:
                     losses, finite = self._loop_fn(iterator, tf.constant(num_steps, tf.int32))
@@ -396,9 +430,15 @@ class Trainer:
                     step % self.eval_every == 0 or step >= total_steps
                 )
                 # Every worker takes part in saving (collectives); evaluation is chief-only.
-                self.checkpoints.maybe_save(step, force=eval_due or step >= total_steps)
+                saved = self.checkpoints.maybe_save(step, force=eval_due or step >= total_steps)
                 if eval_due:
                     self._evaluate(step)
+                image_due = self.image_fn is not None and step % self.image_every == 0
+                if image_due:
+                    self._write_image(progress, step)
+                if saved or eval_due or image_due:
+                    # Saving, evaluating and drawing are not training: restart the img/s clock.
+                    progress.reset_timer(step)
         finally:
             progress.close()
         if not values:
