@@ -159,7 +159,15 @@ def default_config() -> ml_collections.ConfigDict:
         mixed_precision=placeholder(str),  # mixed_float16 | mixed_bfloat16
         init_checkpoint="",
         init_skip_mismatch=False,
-        eval_every=0,
+        eval_every=0,  # evaluate val every N steps (0: never); best kept in model_dir/best
+        eval_metric="bbox/AP50",  # metric that picks model_dir/best
+        eval_num_images=placeholder(int),  # None: the whole val split at each evaluation
+        image_summary_every=0,  # TensorBoard picture of detections every N steps (0: never)
+        image_summary_count=4,  # val images in that picture
+        nan_policy="stop",  # stop | warn (warn only makes sense with loss scaling)
+        schedule_mode="joint",  # joint (approximate joint) | alternating (4-step, Sec. 3.2)
+        # Alternating training: steps of each of the 4 stages (None: train.total_steps).
+        alternating_steps=placeholder(tuple),
     )
     config.eval = _cd(
         batch_size=8,
