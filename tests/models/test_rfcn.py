@@ -276,3 +276,12 @@ def test_recipes_build():
     assert (m.rfcn.k, m.rfcn.channels, m.rfcn.ohem_batch_size) == (7, 1024, 128)
     assert m.rpn.post_nms_topk_test == 300 and paper.data.scales == (600,)
     assert paper.train.weight_decay == 5e-4 and paper.train.momentum == 0.9
+
+
+def test_head_docstring_example_runs():
+    import doctest
+
+    from tf_rcnn.models.heads import rfcn as rfcn_module
+
+    result = doctest.testmod(rfcn_module, verbose=False)
+    assert result.attempted > 0 and result.failed == 0
