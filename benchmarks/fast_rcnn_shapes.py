@@ -10,7 +10,8 @@ Chain (the same functions as the documented commands, see configs/shapes_fast_rc
    pixels) into ROOT/proposals_{train,val}.npz;
 3. per extractor, ``run_training`` of configs/shapes_fast_rcnn.py on those files and
    ``evaluate_checkpoint`` on the 200 held-out validation images (seed 1, never trained on).
-Runs resume from their checkpoints, so a second invocation only evaluates. Results go to
+Runs resume from their checkpoints; steps 1-2 are skipped when ROOT/rpn_stage.json exists (a
+rerun with other --fast_steps or --poolers reuses the RPN and its files). Results go to
 ROOT/results.json as well.
 """
 
@@ -52,20 +53,26 @@ def main(argv):
     faster.train.checkpoint_every = _FASTER_STEPS.value
     faster.train.warmup_steps = min(faster.train.warmup_steps, _FASTER_STEPS.value // 2)
     faster_dir = os.path.join(root, "faster")
-    start = time.time()
-    run_training(faster, faster_dir)
-    faster_time = time.time() - start
-    metrics = evaluate_checkpoint(faster, faster_dir, os.path.join(faster_dir, "eval"),
-                                  proposal_recall=True, visualize=0)
-    results["faster_rcnn"] = {"bbox/AP": metrics["bbox/AP"], "bbox/AP50": metrics["bbox/AP50"],
-                              "rpn/AR@100": metrics.get("rpn/AR@100"),
-                              "train_seconds": faster_time}
-
-    files = {}
-    for split in ("train", "val"):
-        files[split] = os.path.join(root, f"proposals_{split}.npz")
-        stats = dump_proposals(faster, faster_dir, split, files[split], top_n=_TOP_N.value)
-        results[f"dump_{split}"] = stats
+    stage_file = os.path.join(root, "rpn_stage.json")
+    files = {s: os.path.join(root, f"proposals_{s}.npz") for s in ("train", "val")}
+    if os.path.exists(stage_file):  # a rerun (e.g. other --fast_steps) reuses RPN and files
+        with open(stage_file) as f:
+            results.update(json.load(f))
+    else:
+        start = time.time()
+        run_training(faster, faster_dir)
+        faster_time = time.time() - start
+        metrics = evaluate_checkpoint(faster, faster_dir, os.path.join(faster_dir, "eval"),
+                                      proposal_recall=True, visualize=0)
+        results["faster_rcnn"] = {"bbox/AP": metrics["bbox/AP"],
+                                  "bbox/AP50": metrics["bbox/AP50"],
+                                  "rpn/AR@100": metrics.get("rpn/AR@100"),
+                                  "train_seconds": faster_time}
+        for split in ("train", "val"):
+            results[f"dump_{split}"] = dump_proposals(faster, faster_dir, split, files[split],
+                                                      top_n=_TOP_N.value)
+        with open(stage_file, "w") as f:
+            json.dump(results, f, indent=2)
 
     for pooler in _POOLERS.value:
         config = load_config_file(os.path.join(REPO, "configs", "shapes_fast_rcnn.py"))

@@ -219,3 +219,32 @@ def test_builder_errors_for_fast_rcnn():
     config.data.proposals_train = "/nonexistent/proposals.npz"
     with pytest.raises(ConfigError, match="missing: '/nonexistent/proposals.npz'"):
         builder.build_input_pipeline(config, [], None, training=True)
+
+
+@pytest.mark.slow  # a SavedModel export and load: the slowest test here
+def test_exported_saved_model_takes_proposals_in_original_pixels(tmp_path):
+    from tf_rcnn import export as export_lib
+
+    config = tiny_config()
+    config.data.scales, config.data.max_size = (96,), 96  # 64 px images served at scale 1.5
+    model = built_model(config)
+    preprocess = export_lib.PreprocessConfig.from_recipe(config)
+    export_lib.export_saved_model(model, str(tmp_path / "export"), preprocess)
+    served = tf.saved_model.load(str(tmp_path / "export")).signatures["serving_default"]
+
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    proposals = np.array([[[4, 4, 30, 30], [20, 30, 50, 60], [-1, -1, -1, -1]]], np.float32)
+    out = served(images=tf.constant(image[None]), proposals=tf.constant(proposals))
+    # The Keras model on the same preprocessed image with the proposals scaled by 1.5.
+    batch = export_lib.preprocess_batch([image], preprocess)
+    np.testing.assert_allclose(batch["scale"].numpy(), [1.5])
+    want = model({"images": batch["images"], "image_shape": batch["image_shape"],
+                  "proposals": tf.constant(proposals * 1.5)})
+    n = int(want["num_detections"][0])
+    assert int(out["num_detections"][0]) == n
+    np.testing.assert_allclose(out["detection_scores"].numpy()[0, :n],
+                               want["detection_scores"].numpy()[0, :n], atol=1e-5)
+    # Served boxes are normalised by the ORIGINAL size: pixels / 1.5 / 64.
+    np.testing.assert_allclose(out["detection_boxes"].numpy()[0, :n],
+                               want["detection_boxes"].numpy()[0, :n] / 1.5 / 64, atol=1e-4)
