@@ -451,3 +451,43 @@ def filter_records(
 ) -> list[DetectionRecord]:
     """Records for which ``predicate`` holds (a helper for user code and tests)."""
     return [r for r in records if predicate(r)]
+
+
+def records_to_coco(records: Sequence[DetectionRecord], label_map: LabelMap) -> dict[str, Any]:
+    """A COCO ground-truth dict (images, annotations, categories) for any records.
+
+    Lets COCO metrics run on VOC or custom data: boxes become ``[x, y, w, h]`` in original
+    pixels, categories carry the label map's dataset ids and names, crowd regions become
+    ``iscrowd=1`` annotations and VOC ``difficult`` objects become ``ignore`` (iscrowd) too, as
+    the VOC protocol neither rewards nor penalises them. Areas are box areas.
+    """
+    images, annotations = [], []
+    next_id = 1
+
+    def add(image_id: int, box: np.ndarray, class_id: int, crowd: bool) -> None:
+        nonlocal next_id
+        y1, x1, y2, x2 = (float(v) for v in box)
+        w, h = x2 - x1, y2 - y1
+        annotations.append({
+            "id": next_id, "image_id": image_id,
+            "category_id": int(label_map.to_dataset_id(int(class_id))),
+            "bbox": [x1, y1, w, h], "area": w * h, "iscrowd": int(crowd),
+        })
+        next_id += 1
+
+    for record in records:
+        images.append({"id": int(record.image_id), "height": int(record.height),
+                       "width": int(record.width),
+                       "file_name": os.path.basename(record.image_path)})
+        difficult = (np.zeros(len(record.classes), bool) if record.difficult is None
+                     else np.asarray(record.difficult, bool))
+        for box, class_id, hard in zip(record.boxes, record.classes, difficult, strict=True):
+            add(int(record.image_id), box, int(class_id), bool(hard))
+        for box in record.crowd_boxes:
+            # Records keep no class for crowd regions; COCO ignores a detection only against a
+            # crowd region of its own class, so the region is entered once per class.
+            for class_id in range(1, label_map.num_classes + 1):
+                add(int(record.image_id), box, class_id, True)
+    categories = [{"id": int(label_map.to_dataset_id(i)), "name": label_map.name(i)}
+                  for i in range(1, label_map.num_classes + 1)]
+    return {"images": images, "annotations": annotations, "categories": categories}
