@@ -397,3 +397,12 @@ def test_exported_saved_model_masks_match_the_python_model(trained_mask_run, tmp
                                 (height, width))
         # Pasted masks agree up to pixels whose probability sits on the 0.5 threshold.
         assert np.mean(ref != got) < 1e-3
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from tf_rcnn.models.heads import mask as mask_module
+
+    result = doctest.testmod(mask_module, extraglobs={"tf": tf}, verbose=False)
+    assert result.attempted >= 2 and result.failed == 0
