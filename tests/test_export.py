@@ -9,6 +9,8 @@ image size (normalised units), scores 1e-4.
 
 from __future__ import annotations
 
+import base64
+import importlib.util
 import io
 import json
 import os
@@ -28,6 +30,11 @@ from tf_rcnn.models import builder
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests", "models"))
 from test_faster_rcnn import tiny_config  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("serving_client",
+                                               os.path.join(REPO, "export", "client.py"))
+client = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(client)
 
 DATASET_IDS = (10, 20, 30)
 LABEL_MAP = {"format": "tf_rcnn.label_map.v1", "classes": [
@@ -94,16 +101,19 @@ def reference(model, images: list[np.ndarray], pre: export_lib.PreprocessConfig,
     scale = batch["scale"].numpy()
     if proposals is not None:
         inputs["proposals"] = tf.constant(proposals * scale[:, None, None], tf.float32)
-    out = model.predict(inputs, verbose=0)
+    out = model.predict(inputs, verbose=0, batch_size=len(images))
     hw = batch["original_shape"].numpy().astype(np.float32)
     size = np.concatenate([hw, hw], axis=1)[:, None, :]
     boxes = np.clip(out["detection_boxes"] / scale[:, None, None], 0, size) / size
     table = np.array([0, *DATASET_IDS])
     num = out["num_detections"]
     valid = np.arange(boxes.shape[1])[None] < num[:, None]
-    return {"num_detections": num, "detection_boxes": np.where(valid[..., None], boxes, 0),
+    want = {"num_detections": num, "detection_boxes": np.where(valid[..., None], boxes, 0),
             "detection_scores": np.where(valid, out["detection_scores"], 0),
             "detection_classes": np.where(valid, table[out["detection_classes"]], 0)}
+    if "detection_masks" in out:
+        want["detection_masks"] = np.where(valid[..., None, None], out["detection_masks"], 0)
+    return want
 
 
 def assert_same(got: dict, want: dict) -> None:
@@ -111,6 +121,28 @@ def assert_same(got: dict, want: dict) -> None:
     np.testing.assert_array_equal(got["detection_classes"], want["detection_classes"])
     np.testing.assert_allclose(got["detection_boxes"], want["detection_boxes"], atol=1e-3)
     np.testing.assert_allclose(got["detection_scores"], want["detection_scores"], atol=1e-4)
+    assert ("detection_masks" in got) == ("detection_masks" in want)
+    if "detection_masks" in want:
+        np.testing.assert_allclose(got["detection_masks"], want["detection_masks"], atol=1e-4)
+
+
+def run_in_fresh_process(root, export_dirs: dict, requests: dict) -> dict:
+    """Runs ``requests`` against each SavedModel in a subprocess without tf_rcnn."""
+    results = {}
+    runner = root / "runner.py"
+    runner.write_text(RUNNER)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    for name, export_dir in export_dirs.items():
+        requests_file, out_file = root / f"{name}_requests.pkl", root / f"{name}_results.pkl"
+        with open(requests_file, "wb") as f:
+            pickle.dump(requests[name], f)
+        result = subprocess.run(
+            [sys.executable, str(runner), export_dir, str(requests_file), str(out_file)],
+            capture_output=True, text=True, cwd=str(root), env=env, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        with open(out_file, "rb") as f:
+            results[name] = pickle.load(f)
+    return results
 
 
 def decisive_model(config):
@@ -118,8 +150,12 @@ def decisive_model(config):
     not a tie of near-equal scores and at least some survive NMS in every image."""
     model = builder.build_model(config, label_map=LABEL_MAP)
     builder.initialize_model(model, config)
-    dense = model.roi_heads.box_predictor.class_dense
-    dense.kernel.assign(dense.kernel * 30.0)
+    scaled = 0
+    for variable in model.weights:
+        if variable.path.endswith(("class_logits/kernel", "cls_score_maps/kernel")):
+            variable.assign(variable * 30.0)
+            scaled += 1
+    assert scaled == 1, "no class-logit layer found to scale"
     return model
 
 
@@ -151,6 +187,12 @@ def exported(tmp_path_factory):
         "example": ("tf_example", {"examples": np.array([_example(jpeg), _example(gray_png)],
                                                         object)}),
         "malformed": ("image_bytes", {"images": np.array([b"not an image at all"], object)}),
+        "short_png": ("image_bytes", {"images": np.array([b"\x89PNG\r\n\x1a\n\xff"], object)}),
+        "truncated_png": ("image_bytes", {"images": np.array([png_odd[:60]], object)}),
+        "empty": ("image_bytes", {"images": np.array([b""], object)}),
+        "rest_body": ("image_bytes", {"images": np.array(
+            [base64.b64decode(item["b64"]) for item in
+             client.rest_request_body([png_odd, jpeg])["inputs"]["images"]], object)}),
         "after_malformed": ("image_bytes", {"images": np.array([jpeg], object)}),
     }
     inputs_for = {
@@ -161,6 +203,7 @@ def exported(tmp_path_factory):
         "mixed": [_decoded(png_odd), _decoded(rgba_png), _decoded(jpeg)],
         "example": [_decoded(jpeg), _decoded(gray_png)],
         "after_malformed": [_decoded(jpeg)],
+        "rest_body": [_decoded(png_odd), _decoded(jpeg)],
     }
     requests_file = root / "requests.pkl"
     with open(requests_file, "wb") as f:
@@ -190,7 +233,8 @@ def test_saved_model_is_clean_and_standalone(exported):
 
 
 @pytest.mark.parametrize("request_name", ["uint8", "png_333x517", "gray_png", "rgba_png",
-                                          "mixed", "example", "after_malformed"])
+                                          "mixed", "example", "after_malformed",
+                                          "rest_body"])
 def test_served_detections_match_model_predict(exported, request_name):
     model, pre, _, served, inputs_for = exported
     got = served[request_name]
@@ -206,7 +250,8 @@ def test_served_detections_match_model_predict(exported, request_name):
 
 def test_malformed_bytes_fail_that_request_only(exported):
     served = exported[3]
-    assert served["malformed"]["error"] == "InvalidArgumentError"
+    for name in ("malformed", "short_png", "truncated_png", "empty"):
+        assert served[name].get("error") == "InvalidArgumentError", (name, served[name])
     assert "after_malformed" in served and "error" not in served["after_malformed"]
 
 
@@ -230,3 +275,71 @@ def test_export_refuses_an_unbuilt_model(tmp_path):
     model = builder.build_model(tiny_config())
     with pytest.raises(ValueError, match="build it first"):
         export_lib.export_saved_model(model, str(tmp_path), export_lib.PreprocessConfig())
+
+
+def test_rest_body_and_grpc_message():
+    body = client.rest_request_body([b"\x00\xffabc"])
+    assert body["signature_name"] == "image_bytes"
+    assert base64.b64decode(body["inputs"]["images"][0]["b64"]) == b"\x00\xffabc"
+    json.dumps(body)  # JSON-serialisable
+    if importlib.util.find_spec("tensorflow_serving") is None:
+        with pytest.raises(ImportError, match="pip install tensorflow-serving-api"):
+            client.grpc_request([b"x"], "shapes")
+    else:
+        request = client.grpc_request([b"x", b"yz"], "shapes")
+        assert request.model_spec.signature_name == "image_bytes"
+        assert list(request.inputs["images"].string_val) == [b"x", b"yz"]
+
+
+def _other_model_configs():
+    """Tiny configs of the other detector families, from their own test modules."""
+    from tests.models import test_fast_rcnn, test_mask_rcnn, test_rfcn
+
+    configs = {"fast_rcnn": test_fast_rcnn.tiny_config(), "rfcn": test_rfcn.tiny_config(),
+               "mask_rcnn": test_mask_rcnn.tiny_mask_config()}
+    for config in configs.values():
+        config.data.scales, config.data.max_size = (64,), 96
+    return configs
+
+
+@pytest.fixture(scope="module")
+def other_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export_all")
+    rng = np.random.default_rng(2)
+    uint8_batch = rng.integers(0, 256, (2, 48, 56, 3), dtype=np.uint8)
+    big = rng.integers(0, 256, (100, 61, 3), dtype=np.uint8)
+    png, gray = _encode(big), _encode(uint8_batch[0], mode="L")
+    # Proposals in original pixels; the last row is padding.
+    proposals = np.array([[[2, 3, 30, 40], [10, 5, 45, 50], [0, 0, 20, 20], [-1, -1, -1, -1]]]
+                         * 2, np.float32)
+    models, export_dirs, requests = {}, {}, {}
+    for name, config in _other_model_configs().items():
+        model = decisive_model(config)
+        pre = export_lib.PreprocessConfig.from_recipe(config)
+        models[name] = (model, pre)
+        export_dirs[name] = export_lib.export_saved_model(model, str(root / name), pre)
+        extra = {"proposals": proposals} if model.rpn is None else {}
+        requests[name] = {
+            "uint8": ("serving_default", {"images": uint8_batch, **extra}),
+            "mixed": ("image_bytes", {"images": np.array([png, gray], object), **extra}),
+        }
+    served = run_in_fresh_process(root, export_dirs, requests)
+    inputs_for = {"uint8": list(uint8_batch), "mixed": [_decoded(png), _decoded(gray)]}
+    return models, served, inputs_for, proposals
+
+
+@pytest.mark.parametrize("model_type", ["fast_rcnn", "rfcn", "mask_rcnn"])
+def test_every_detector_family_exports_and_matches(other_models, model_type):
+    models, served, inputs_for, proposals = other_models
+    model, pre = models[model_type]
+    result = served[model_type]
+    assert result["banned_ops"] == [] and not result["tf_rcnn_imported"]
+    needs = proposals if model.rpn is None else None
+    for request in ("uint8", "mixed"):
+        got = result[request]
+        assert "error" not in got, got
+        want = reference(model, inputs_for[request], pre, needs)
+        assert want["num_detections"].min() > 0
+        assert_same(got, want)
+    if model_type == "mask_rcnn":
+        assert result["uint8"]["detection_masks"].shape[2:] == (28, 28)

@@ -46,7 +46,6 @@ import tensorflow as tf
 from tf_rcnn.data.pipeline import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    decode_image,
     pixel_stats_for_backbone,
     preprocess_image_for_inference,
 )
@@ -101,6 +100,30 @@ def label_map_entries(model: Any) -> list[dict]:
         return [{"id": int(c["id"]), "dataset_id": int(c["dataset_id"]), "name": str(c["name"])}
                 for c in classes]
     return [{"id": i, "dataset_id": i, "name": f"class_{i}"} for i in range(1, k + 1)]
+
+
+def decode_image_bytes(data: tf.Tensor) -> tf.Tensor:
+    """Encoded JPEG/PNG/GIF/BMP scalar string -> ``[H, W, 3]`` uint8 RGB, safe on any bytes.
+
+    Gray is replicated to RGB and alpha dropped (``channels=3``); 16-bit PNGs are scaled to
+    0-255 (``x // 257``). The header is read from a zero-padded copy, so bytes shorter than a
+    PNG header fail in the decoder with a plain ``InvalidArgumentError`` ("Invalid PNG", "Unknown
+    image file format") instead of an out-of-range error that quotes the raw bytes.
+    """
+    header = tf.strings.substr(tf.strings.join([data, tf.constant(b"\0" * 32)]), 0, 32)
+    is_png16 = tf.logical_and(tf.strings.substr(header, 0, 8) == b"\x89PNG\r\n\x1a\n",
+                              tf.strings.substr(header, 24, 1) == b"\x10")  # IHDR bit depth
+
+    def png16():
+        image = tf.io.decode_png(data, channels=3, dtype=tf.uint16)
+        return tf.cast(tf.cast(image, tf.int32) // 257, tf.uint8)
+
+    def other():
+        return tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+
+    image = tf.cond(is_png16, png16, other)
+    image.set_shape([None, None, 3])
+    return image
 
 
 def _decode_and_preprocess(decode: Any, items: tf.Tensor, pre: PreprocessConfig):
@@ -203,12 +226,12 @@ def make_serving_functions(model: Any, preprocess: PreprocessConfig) -> dict[str
         return image
 
     def decode_bytes(data):
-        return decode_image(data)
+        return decode_image_bytes(data)
 
     def decode_example(serialized):
         features = tf.io.parse_single_example(
             serialized, {"image/encoded": tf.io.FixedLenFeature([], tf.string)})
-        return decode_image(features["image/encoded"])
+        return decode_image_bytes(features["image/encoded"])
 
     proposal_spec = {"proposals": tf.TensorSpec([None, None, 4], tf.float32, name="proposals")}
     specs = {
