@@ -138,4 +138,9 @@ def run_training(
                      t.init_checkpoint, len(skipped))
     metrics = trainer.train(pipeline.dataset, total_steps=t.total_steps,
                             global_batch=global_batch)
-    return {k: float(v) for k, v in metrics.items()}
+    metrics = {k: float(v) for k, v in metrics.items()}
+    # Sum of |w| over every weight: equal on all workers iff they stayed in sync (logged by
+    # train.py, compared by the multi-worker test).
+    metrics["weights_l1"] = float(sum(float(tf.reduce_sum(tf.abs(tf.cast(
+        tf.convert_to_tensor(w), tf.float64)))) for w in model.weights))
+    return metrics

@@ -1,0 +1,149 @@
+"""Training at scale on the shapes recipe: throughput, resume after kill -9, precision, schedule.
+
+Each mode runs ``train.py`` / ``eval.py`` in subprocesses exactly as a user would and prints one
+``RESULT {...}`` JSON line:
+
+    python benchmarks/train_scaling.py throughput [--steps=200]
+        images/s of train.py with --strategy=default vs --strategy=mirrored --num_cpu_devices=2
+        (the speed of the last progress line, after tracing).
+    python benchmarks/train_scaling.py resume [--steps=3000]
+        an uninterrupted run vs the same command killed with SIGKILL after its first checkpoint
+        and restarted; bbox/AP50 of both on the shapes val split (acceptance: within 0.03).
+    python benchmarks/train_scaling.py precision --policy=mixed_float16 [--steps=3000]
+        train + eval under a mixed-precision policy.
+    python benchmarks/train_scaling.py alternating [--steps=1500,1500,750,750]
+        4-step alternating training, then eval of the stage-4 detector (acceptance: AP50 >= 0.85).
+
+Runs go to ``--root`` (default ``/tmp/tf_rcnn_train_scaling``); the shapes data is generated
+once under ``--root/shapes``. Numbers on the 2-core CPU machine are noisy when it is shared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(REPO, "configs", "shapes_faster_rcnn.py")
+
+_MODE = flags.DEFINE_enum("mode", None, ["throughput", "resume", "precision", "alternating"],
+                          "What to measure (or give it as the first argument).")
+_ROOT = flags.DEFINE_string("root", "/tmp/tf_rcnn_train_scaling", "Working directory.")
+_STEPS = flags.DEFINE_string("steps", None, "Training steps (alternating: 4 comma-separated).")
+_POLICY = flags.DEFINE_string("policy", "mixed_float16", "Mixed-precision policy (precision).")
+
+
+def _common(root: str) -> list[str]:
+    return [f"--config={RECIPE}", f"--config.data.shapes_dir={os.path.join(root, 'shapes')}"]
+
+
+def _train_cmd(root: str, model_dir: str, *extra: str) -> list[str]:
+    return [sys.executable, os.path.join(REPO, "train.py"), *_common(root),
+            f"--model_dir={model_dir}", *extra]
+
+
+def _eval(root: str, checkpoint: str, out: str, *extra: str) -> dict:
+    subprocess.run([sys.executable, os.path.join(REPO, "eval.py"), *_common(root),
+                    f"--checkpoint={checkpoint}", f"--output_dir={out}", *extra],
+                   check=True, cwd=REPO, capture_output=True)
+    with open(os.path.join(out, "metrics.json")) as f:
+        return json.load(f)
+
+
+def _speed(output: str) -> float:
+    speeds = re.findall(r"\| ([0-9.]+) img/s \|", output)
+    return float(speeds[-1]) if speeds else float("nan")
+
+
+def throughput(root: str, steps: int) -> dict:
+    result = {}
+    for name, extra in (("default", []),
+                        ("mirrored_2cpu", ["--strategy=mirrored", "--num_cpu_devices=2"])):
+        model_dir = os.path.join(root, f"throughput_{name}_{int(time.time())}")
+        proc = subprocess.run(
+            _train_cmd(root, model_dir, f"--config.train.total_steps={steps}",
+                       "--config.train.log_every=50", "--config.train.checkpoint_every=100000",
+                       *extra),
+            cwd=REPO, capture_output=True, text=True, check=True)
+        result[f"{name}_images_per_second"] = _speed(proc.stdout)
+    return result
+
+
+def resume(root: str, steps: int) -> dict:
+    base = os.path.join(root, f"resume_{steps}")
+    args = [f"--config.train.total_steps={steps}", f"--config.train.checkpoint_every={steps // 6}"]
+    straight, killed = os.path.join(base, "uninterrupted"), os.path.join(base, "killed")
+    if not os.path.exists(os.path.join(straight, f"ckpt-{steps}.index")):
+        subprocess.run(_train_cmd(root, straight, *args), cwd=REPO, check=True,
+                       capture_output=True)
+    kill_step = None
+    if not os.path.exists(os.path.join(killed, f"ckpt-{steps}.index")):
+        proc = subprocess.Popen(_train_cmd(root, killed, *args), cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        first = os.path.join(killed, f"ckpt-{2 * (steps // 6)}.index")
+        while not os.path.exists(first) and proc.poll() is None:
+            time.sleep(0.5)
+        time.sleep(5.0)  # a little past the checkpoint: these steps are lost
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kill_step = 2 * (steps // 6)
+        subprocess.run(_train_cmd(root, killed, *args), cwd=REPO, check=True,
+                       capture_output=True)
+    ap = {name: _eval(root, d, d + "_eval")["bbox/AP50"]
+          for name, d in (("uninterrupted", straight), ("killed_and_resumed", killed))}
+    return {"steps": steps, "killed_after_checkpoint": kill_step, **ap,
+            "ap50_difference": abs(ap["uninterrupted"] - ap["killed_and_resumed"])}
+
+
+def precision(root: str, steps: int, policy: str) -> dict:
+    model_dir = os.path.join(root, f"precision_{policy}_{steps}")
+    proc = subprocess.run(_train_cmd(root, model_dir, f"--config.train.total_steps={steps}",
+                                     f"--config.train.mixed_precision={policy}"),
+                          cwd=REPO, capture_output=True, text=True, check=True)
+    losses = [float(x) for x in re.findall(r"total_loss ([0-9.naif]+)", proc.stdout)]
+    metrics = _eval(root, model_dir, model_dir + "_eval")
+    return {"policy": policy, "steps": steps, "first_logged_loss": losses[0],
+            "last_logged_loss": losses[-1], "images_per_second": _speed(proc.stdout),
+            "bbox/AP50": metrics["bbox/AP50"], "bbox/AP": metrics["bbox/AP"]}
+
+
+def alternating(root: str, steps: tuple[int, ...]) -> dict:
+    model_dir = os.path.join(root, "alternating_" + "_".join(map(str, steps)))
+    subprocess.run(_train_cmd(root, model_dir, "--config.train.schedule_mode=alternating",
+                              f"--config.train.alternating_steps={tuple(steps)}"),
+                   cwd=REPO, check=True, capture_output=True)
+    final = os.path.join(model_dir, "stage4_detector")
+    metrics = _eval(root, final, final + "_eval")
+    return {"steps": list(steps), "bbox/AP50": metrics["bbox/AP50"],
+            "bbox/AP": metrics["bbox/AP"]}
+
+
+def main(argv):
+    mode = _MODE.value or (argv[1] if len(argv) > 1 else None)
+    root = _ROOT.value
+    os.makedirs(root, exist_ok=True)
+    start = time.time()
+    if mode == "throughput":
+        result = throughput(root, int(_STEPS.value or 200))
+    elif mode == "resume":
+        result = resume(root, int(_STEPS.value or 3000))
+    elif mode == "precision":
+        result = precision(root, int(_STEPS.value or 3000), _POLICY.value)
+    elif mode == "alternating":
+        steps = tuple(int(s) for s in (_STEPS.value or "1500,1500,750,750").split(","))
+        result = alternating(root, steps)
+    else:
+        raise app.UsageError("mode: throughput | resume | precision | alternating")
+    result["wall_seconds"] = round(time.time() - start, 1)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
