@@ -328,6 +328,7 @@ def other_models(tmp_path_factory):
     return models, served, inputs_for, proposals
 
 
+@pytest.mark.slow  # three exports and a fresh TF process per model: ~1 min of CPU
 @pytest.mark.parametrize("model_type", ["fast_rcnn", "rfcn", "mask_rcnn"])
 def test_every_detector_family_exports_and_matches(other_models, model_type):
     models, served, inputs_for, proposals = other_models

@@ -105,6 +105,7 @@ def _tiny_example(source_dir: str) -> str:
     return code
 
 
+@pytest.mark.slow  # trains a source detector, then fine-tunes it: ~40 s of CPU
 def test_readme_finetuning_example_tiny(tmp_path, monkeypatch):
     config = load_config_file(os.path.join(REPO, "configs", "shapes_faster_rcnn.py"))
     d = config.data

@@ -105,6 +105,13 @@ class TwoStageDetector(keras.Model):
                                              global_clipnorm=10.0)
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
 
+    def compile_from_config(self, config):
+        """Re-compiles a model loaded by ``keras.models.load_model`` (Keras skips models with a
+        custom ``compile`` unless they implement this)."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     @staticmethod
     def _parse_inputs(inputs):
         if isinstance(inputs, dict):
