@@ -20,7 +20,7 @@ from PIL import Image
 
 from tf_rcnn import visualize as vis
 from tf_rcnn.config import ConfigError
-from tf_rcnn.data.records import LabelMap
+from tf_rcnn.data.records import LabelMap, records_to_coco
 from tf_rcnn.evaluation.coco_evaluator import COCOEvaluator
 from tf_rcnn.evaluation.mask_pasting import MaskPastingEvaluator
 from tf_rcnn.evaluation.proposal_recall import ProposalRecallEvaluator
@@ -28,6 +28,19 @@ from tf_rcnn.evaluation.runner import run_evaluation
 from tf_rcnn.evaluation.voc_evaluator import VOCEvaluator
 from tf_rcnn.models import builder
 from tf_rcnn.training.checkpoints import load_weights_partial, resolve_checkpoint_path
+
+
+def upscale_for_drawing(image: np.ndarray, boxes: np.ndarray, masks: np.ndarray | None = None,
+                        min_side: int = 384) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Enlarges small images by an integer factor (nearest neighbour) so labels stay legible;
+    boxes ``[D, 4]`` and full-image masks ``[D, H, W]`` follow."""
+    factor = max(1, -(-min_side // max(image.shape[:2])))
+    if factor == 1:
+        return image, boxes, masks
+    image = np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+    if masks is not None:
+        masks = np.repeat(np.repeat(masks, factor, axis=1), factor, axis=2)
+    return image, np.asarray(boxes, np.float32) * factor, masks
 
 
 def evaluate_checkpoint(
@@ -58,12 +71,17 @@ def evaluate_checkpoint(
     evaluators = []
     coco = masker = None
     if "coco" in config.eval.metrics:
-        if annotation_file is None:
-            raise ConfigError("COCO metrics need a COCO annotation file; this dataset has "
-                                 "none (use --config.eval.metrics=voc).")
         with_masks = config.model.type == "mask_rcnn"
-        coco = COCOEvaluator(annotation_file, iou_types=("bbox", "segm") if with_masks
-                             else ("bbox",), label_map=label_map)
+        iou_types = ("bbox", "segm") if with_masks else ("bbox",)
+        if annotation_file is not None:
+            coco = COCOEvaluator(annotation_file, iou_types=iou_types, label_map=label_map)
+        elif with_masks:
+            raise ConfigError("Mask AP needs a COCO annotation file with segmentations; this "
+                              "dataset has none (use --config.eval.metrics='(\"voc\",)').")
+        else:
+            # VOC or custom data: the COCO ground truth is built from the records.
+            coco = COCOEvaluator(gt_dataset=records_to_coco(records, label_map),
+                                 iou_types=iou_types, label_map=label_map)
         if with_masks:
             # Box-relative 28x28 masks -> original-image masks (kept for the drawn images).
             count = config.eval.visualize if visualize is None else visualize
@@ -107,8 +125,9 @@ def evaluate_checkpoint(
                 continue
             image = np.asarray(Image.open(record.image_path).convert("RGB"))
             masks = None if masker is None else masker.kept_masks.get(int(record.image_id))
+            image, boxes, masks = upscale_for_drawing(image, det["boxes"], masks)
             drawn.append(vis.draw_detections(
-                image, det["boxes"], det["classes"], det["scores"], names, masks=masks,
+                image, boxes, det["classes"], det["scores"], names, masks=masks,
                 score_threshold=config.eval.score_threshold_visualize))
         if drawn:
             path = os.path.join(output_dir, "detections.png")
