@@ -15,8 +15,6 @@ K classes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import keras
 
 from tf_rcnn.models.detectors.two_stage import TwoStageDetector
@@ -57,31 +55,5 @@ class FastRCNN(TwoStageDetector):
         >>> outputs = model.predict({"images": images, "proposals": boxes})  # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        backbone: keras.Model,
-        roi_heads: keras.layers.Layer,
-        num_classes: int,
-        neck: keras.layers.Layer | None = None,
-        roi_in_features: Sequence[str] = ("C4",),
-        label_map: dict | None = None,
-        rpn: None = None,
-        rpn_in_features: Sequence[str] = (),
-        **kwargs,
-    ):
-        # rpn / rpn_in_features only exist so the base's get_config round-trips.
-        del rpn_in_features
-        if rpn is not None:
-            raise ValueError("FastRCNN takes no rpn (proposals come with the inputs); use "
-                             "FasterRCNN to learn proposals.")
-        super().__init__(
-            backbone=backbone,
-            roi_heads=roi_heads,
-            num_classes=num_classes,
-            neck=neck,
-            rpn=None,
-            rpn_in_features=(),  # ignored: there is no RPN to read features
-            roi_in_features=roi_in_features,
-            label_map=label_map,
-            **kwargs,
-        )
+    requires_rpn = False
+    default_roi_in_features = ("C4",)

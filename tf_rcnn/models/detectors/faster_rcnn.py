@@ -8,8 +8,6 @@ the proposal coordinates (Sec. 3.2 of the paper).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import keras
 
 from tf_rcnn.models.detectors.two_stage import TwoStageDetector
@@ -47,28 +45,6 @@ class FasterRCNN(TwoStageDetector):
         >>> outputs = model.predict(images)  # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        backbone: keras.Model,
-        rpn: keras.layers.Layer,
-        roi_heads: keras.layers.Layer,
-        num_classes: int,
-        neck: keras.layers.Layer | None = None,
-        rpn_in_features: Sequence[str] = ("C4",),
-        roi_in_features: Sequence[str] = ("C4",),
-        label_map: dict | None = None,
-        **kwargs,
-    ):
-        if rpn is None:
-            raise ValueError("FasterRCNN needs an rpn; use FastRCNN for external proposals.")
-        super().__init__(
-            backbone=backbone,
-            roi_heads=roi_heads,
-            num_classes=num_classes,
-            neck=neck,
-            rpn=rpn,
-            rpn_in_features=rpn_in_features,
-            roi_in_features=roi_in_features,
-            label_map=label_map,
-            **kwargs,
-        )
+    requires_rpn = True
+    default_rpn_in_features = ("C4",)
+    default_roi_in_features = ("C4",)

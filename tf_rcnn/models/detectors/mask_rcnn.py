@@ -7,8 +7,6 @@ runs at inference on the final detections. See ``tf_rcnn.models.mask_heads`` for
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import keras
 
 from tf_rcnn.models.detectors.two_stage import TwoStageDetector
@@ -53,33 +51,13 @@ class MaskRCNN(TwoStageDetector):
         ...                     images.shape[1:3])  # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        backbone: keras.Model,
-        rpn: keras.layers.Layer,
-        roi_heads: keras.layers.Layer,
-        num_classes: int,
-        neck: keras.layers.Layer | None = None,
-        rpn_in_features: Sequence[str] = ("P2", "P3", "P4", "P5", "P6"),
-        roi_in_features: Sequence[str] = ("P2", "P3", "P4", "P5"),
-        label_map: dict | None = None,
-        **kwargs,
-    ):
-        if rpn is None:
-            raise ValueError("MaskRCNN needs an rpn (a RegionProposalNetwork).")
-        if "mask_loss" not in getattr(roi_heads, "loss_names", ()):
+    requires_rpn = True
+    default_rpn_in_features = ("P2", "P3", "P4", "P5", "P6")
+    default_roi_in_features = ("P2", "P3", "P4", "P5")
+
+    def _check_parts(self) -> None:
+        if "mask_loss" not in getattr(self.roi_heads, "loss_names", ()):
             raise ValueError(
                 f"MaskRCNN needs roi_heads with a mask branch (MaskRoIHeads); got "
-                f"{type(roi_heads).__name__}."
+                f"{type(self.roi_heads).__name__}."
             )
-        super().__init__(
-            backbone=backbone,
-            roi_heads=roi_heads,
-            num_classes=num_classes,
-            neck=neck,
-            rpn=rpn,
-            rpn_in_features=rpn_in_features,
-            roi_in_features=roi_in_features,
-            label_map=label_map,
-            **kwargs,
-        )

@@ -10,8 +10,6 @@ mini-batch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import keras
 
 from tf_rcnn.models.detectors.two_stage import TwoStageDetector
@@ -53,33 +51,13 @@ class RFCN(TwoStageDetector):
         >>> outputs = model.predict(images)  # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        backbone: keras.Model,
-        rpn: keras.layers.Layer,
-        roi_heads: keras.layers.Layer,
-        num_classes: int,
-        neck: keras.layers.Layer | None = None,
-        rpn_in_features: Sequence[str] = ("C4",),
-        roi_in_features: Sequence[str] = ("C5",),
-        label_map: dict | None = None,
-        **kwargs,
-    ):
-        if rpn is None:
-            raise ValueError("RFCN needs an rpn (a RegionProposalNetwork on the C4 features).")
-        if len(tuple(roi_in_features)) != 1:
+    requires_rpn = True
+    default_rpn_in_features = ("C4",)
+    default_roi_in_features = ("C5",)
+
+    def _check_parts(self) -> None:
+        if len(self.roi_in_features) != 1:
             raise ValueError(
-                f"RFCN's head reads one stride-16 map; got roi_in_features={roi_in_features!r} "
-                "(use ('C5',) with a dilated C5)."
+                f"RFCN's head reads one stride-16 map; got roi_in_features="
+                f"{self.roi_in_features!r} (use ('C5',) with a dilated C5)."
             )
-        super().__init__(
-            backbone=backbone,
-            roi_heads=roi_heads,
-            num_classes=num_classes,
-            neck=neck,
-            rpn=rpn,
-            rpn_in_features=rpn_in_features,
-            roi_in_features=roi_in_features,
-            label_map=label_map,
-            **kwargs,
-        )

@@ -51,6 +51,13 @@ class TwoStageDetector(keras.Model):
             ids.
     """
 
+    # What a family requires, set by the subclasses instead of re-declaring the constructor:
+    # ``requires_rpn`` True (learned proposals), False (proposals with the inputs) or None
+    # (either); the default feature names used when the caller gives none.
+    requires_rpn: bool | None = None
+    default_rpn_in_features: tuple[str, ...] = ()
+    default_roi_in_features: tuple[str, ...] = ()
+
     def __init__(
         self,
         backbone: keras.Model,
@@ -58,11 +65,24 @@ class TwoStageDetector(keras.Model):
         num_classes: int,
         neck: keras.layers.Layer | None = None,
         rpn: keras.layers.Layer | None = None,
-        rpn_in_features: Sequence[str] = (),
-        roi_in_features: Sequence[str] = (),
+        rpn_in_features: Sequence[str] | None = None,
+        roi_in_features: Sequence[str] | None = None,
         label_map: dict | None = None,
         **kwargs,
     ):
+        name = type(self).__name__
+        if self.requires_rpn and rpn is None:
+            raise ValueError(f"{name} needs an rpn (a RegionProposalNetwork); use FastRCNN to "
+                             "detect on proposals given with the inputs.")
+        if self.requires_rpn is False and rpn is not None:
+            raise ValueError(f"{name} takes no rpn (proposals come with the inputs); use "
+                             "FasterRCNN to learn proposals.")
+        if rpn is None:
+            rpn_in_features = ()  # nothing reads them
+        elif rpn_in_features is None:
+            rpn_in_features = self.default_rpn_in_features
+        if roi_in_features is None:
+            roi_in_features = self.default_roi_in_features
         # Mixed precision: pass boxes through uncast (float32); the sub-layers cast their
         # own inputs, so only the convolutions run in the low-precision dtype.
         kwargs.setdefault("autocast", False)
@@ -83,7 +103,11 @@ class TwoStageDetector(keras.Model):
         self.label_map = label_map
         names = (RPN_LOSS_NAMES if rpn is not None else ()) + tuple(roi_heads.loss_names)
         self.loss_names = (*names, "total_loss")
+        self._check_parts()
         self._loss_trackers = {n: keras.metrics.Mean(name=n) for n in self.loss_names}
+
+    def _check_parts(self) -> None:
+        """Family-specific checks of the parts (raise ValueError with the fix); none here."""
 
     # ----------------------------------------------------------------------------- plumbing
     @property
