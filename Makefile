@@ -18,7 +18,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 # The demo: synthetic shapes -> train Faster R-CNN (tiny FPN backbone) -> evaluate on held-out
-# images -> detections.png. Re-running resumes or reuses what is already there.
+# images -> detections.png -> SavedModel for TF Serving. Re-running resumes or reuses what is
+# already there.
 DEMO_CONFIG ?= configs/shapes_faster_rcnn.py
 DEMO_DIR ?= runs/demo
 
@@ -26,6 +27,9 @@ demo: install
 	$(BIN)/python train.py --config=$(DEMO_CONFIG) --model_dir=$(DEMO_DIR)
 	$(BIN)/python eval.py --config=$(DEMO_CONFIG) --checkpoint=$(DEMO_DIR) \
 		--output_dir=$(DEMO_DIR)/eval
+	rm -rf $(DEMO_DIR)/saved_model/1
+	$(BIN)/python export/export_saved_model.py --config=$(DEMO_CONFIG) \
+		--checkpoint=$(DEMO_DIR) --output_dir=$(DEMO_DIR)/saved_model/1
 	@echo
 	@echo "Demo finished:"
 	@echo "  training data and held-out data:  data_cache/shapes/{train,val}"
@@ -33,6 +37,7 @@ demo: install
 	@echo "  metrics:                          $(DEMO_DIR)/eval/metrics.json"
 	@echo "  detections (COCO results):        $(DEMO_DIR)/eval/detections.json"
 	@echo "  picture of detections:            $(DEMO_DIR)/eval/detections.png"
+	@echo "  SavedModel for TF Serving:        $(DEMO_DIR)/saved_model/1"
 
 lint: install
 	$(BIN)/ruff check .
