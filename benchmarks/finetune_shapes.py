@@ -1,6 +1,6 @@
 """Fine-tune the demo detector to a two-class subset of shapes and print the validation AP50.
 
-    .venv/bin/python benchmarks/finetune_shapes.py [--source_dir=runs/shapes] [--train_steps=N]
+    .venv/bin/python benchmarks/finetune_shapes.py [--source_dir=runs/demo] [--train_steps=N]
 
 ``EXAMPLE`` below is the README's fine-tuning example, verbatim; this script runs it (training the
 demo detector first into ``--source_dir`` when no checkpoint is there, with
@@ -36,7 +36,7 @@ for split, num_images, seed in (("train", 500, 10), ("val", 100, 11)):
     data[split] = (annotations, pipeline.dataset())
 
 # The demo detector (make demo); keep every weight that fits, freeze the backbone.
-source = load_detector("runs/shapes", config="configs/shapes_faster_rcnn.py")
+source = load_detector("runs/demo", config="configs/shapes_faster_rcnn.py")
 model = finetune_model(source, subset, freeze="backbone")
 model.compile()  # SGD(0.01, momentum 0.9), losses computed by the model
 coco = COCOEvalCallback(data["val"][1], data["val"][0], subset)
@@ -49,7 +49,7 @@ model.save("shapes2.keras")
 restored = keras.models.load_model("shapes2.keras")
 '''
 
-_SOURCE_DIR = flags.DEFINE_string("source_dir", "runs/shapes",
+_SOURCE_DIR = flags.DEFINE_string("source_dir", "runs/demo",
                                   "Run directory of the demo detector (trained if empty).")
 _SOURCE_STEPS = flags.DEFINE_integer("source_steps", 3000,
                                      "Demo training steps when the source has to be trained.")
@@ -73,7 +73,7 @@ def main(argv):
         run_training(config, source_dir)
         print(f"trained the demo detector in {time.time() - start:.0f} s")
     os.chdir(_WORK_DIR.value)
-    code = EXAMPLE.replace('"runs/shapes"', repr(source_dir)).replace(
+    code = EXAMPLE.replace('"runs/demo"', repr(source_dir)).replace(
         '"configs/shapes_faster_rcnn.py"',
         repr(os.path.join(REPO, "configs", "shapes_faster_rcnn.py")))
     start = time.time()
