@@ -7,8 +7,10 @@ class 0 = background).
 
 from tf_rcnn import backend as _backend  # noqa: F401  (must run before keras is imported)
 from tf_rcnn.models.detectors.fast_rcnn import FastRCNN
+from tf_rcnn.models.detectors.faster_rcnn import FasterRCNN
 from tf_rcnn.models.detectors.mask_rcnn import MaskRCNN
 from tf_rcnn.models.detectors.rfcn import RFCN
+from tf_rcnn.models.detectors.two_stage import TwoStageDetector
 
 __version__ = "0.1.0"
-__all__ = ["FastRCNN", "MaskRCNN", "RFCN"]
+__all__ = ["FastRCNN", "FasterRCNN", "MaskRCNN", "RFCN", "TwoStageDetector"]

@@ -46,7 +46,7 @@ import tensorflow as tf
 from tf_rcnn.data.pipeline import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    pixel_stats_for_backbone,
+    decode_image,
     preprocess_image_for_inference,
 )
 
@@ -74,8 +74,11 @@ class PreprocessConfig:
 
     @classmethod
     def from_recipe(cls, config: Any) -> PreprocessConfig:
-        """From a full recipe (``configs/*.py``): ``config.data`` and ``config.model.backbone``."""
-        mean, std = pixel_stats_for_backbone(config.model.backbone.name)
+        """From a full recipe (``configs/*.py``): ``config.data`` and the pixel statistics
+        training used (``builder.pixel_stats``: the backbone's, or ``data.pixel_mean/std``)."""
+        from tf_rcnn.models.builder import pixel_stats
+
+        mean, std = pixel_stats(config)
         d = config.data
         return cls(tuple(int(s) for s in d.scales), float(d.max_size), int(d.size_divisor),
                    tuple(mean), tuple(std))
@@ -103,27 +106,9 @@ def label_map_entries(model: Any) -> list[dict]:
 
 
 def decode_image_bytes(data: tf.Tensor) -> tf.Tensor:
-    """Encoded JPEG/PNG/GIF/BMP scalar string -> ``[H, W, 3]`` uint8 RGB, safe on any bytes.
-
-    Gray is replicated to RGB and alpha dropped (``channels=3``); 16-bit PNGs are scaled to
-    0-255 (``x // 257``). The header is read from a zero-padded copy, so bytes shorter than a
-    PNG header fail in the decoder with a plain ``InvalidArgumentError`` ("Invalid PNG", "Unknown
-    image file format") instead of an out-of-range error that quotes the raw bytes.
-    """
-    header = tf.strings.substr(tf.strings.join([data, tf.constant(b"\0" * 32)]), 0, 32)
-    is_png16 = tf.logical_and(tf.strings.substr(header, 0, 8) == b"\x89PNG\r\n\x1a\n",
-                              tf.strings.substr(header, 24, 1) == b"\x10")  # IHDR bit depth
-
-    def png16():
-        image = tf.io.decode_png(data, channels=3, dtype=tf.uint16)
-        return tf.cast(tf.cast(image, tf.int32) // 257, tf.uint8)
-
-    def other():
-        return tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
-
-    image = tf.cond(is_png16, png16, other)
-    image.set_shape([None, None, 3])
-    return image
+    """Encoded JPEG/PNG/GIF/BMP scalar string -> ``[H, W, 3]`` uint8 RGB, safe on any bytes
+    (the data pipeline's decoder, so serving and training decode alike)."""
+    return decode_image(data)
 
 
 def _decode_and_preprocess(decode: Any, items: tf.Tensor, pre: PreprocessConfig):

@@ -2,8 +2,8 @@
 
 The models are the recipes' own (ResNet-50 FPN / C4, VGG16 with fc6/fc7); only the data (a few
 64x64 shapes images, in COCO format or rewritten as a VOC folder), the class count, the image
-scale and the step count are changed, and ImageNet weights are off (nothing can be downloaded
-here).
+scale, the step count and the number of sampled RoIs / test proposals are changed, and ImageNet
+weights are off (nothing can be downloaded here).
 """
 
 from __future__ import annotations
@@ -39,6 +39,10 @@ def _shrink(config, train_steps: int = 2):
     t.log_every = 1
     t.steps_per_loop = 1
     config.model.backbone.weights = None
+    # Four 64 px images hold a handful of objects: 64 sampled RoIs and 100 test proposals per
+    # image exercise the same head as 512 and 1000 (the C4 head runs res5 on every RoI).
+    config.model.roi_head.batch_size_per_image = 64
+    config.model.rpn.post_nms_topk_test = 100
     config.eval.visualize = 0
     return config
 

@@ -242,11 +242,15 @@ def decode_image(data: tf.Tensor) -> tf.Tensor:
     """Decode JPEG/PNG/GIF/BMP bytes to ``[H, W, 3]`` uint8 RGB in the graph.
 
     Grayscale is replicated to RGB and alpha is dropped (``channels=3``); 16-bit PNGs are
-    decoded at 16 bits and scaled to 0-255 (``x // 257``) rather than truncated.
+    decoded at 16 bits and scaled to 0-255 (``x // 257``) rather than truncated. Safe on any
+    bytes: the header is read from a zero-padded copy, so bytes shorter than a PNG header fail
+    in the decoder with a plain ``InvalidArgumentError`` instead of an out-of-range error that
+    quotes the raw bytes (serving relies on this).
     """
-    is_png = tf.strings.substr(data, 0, 8) == b"\x89PNG\r\n\x1a\n"
+    header = tf.strings.substr(tf.strings.join([data, tf.constant(b"\0" * 32)]), 0, 32)
+    is_png = tf.strings.substr(header, 0, 8) == b"\x89PNG\r\n\x1a\n"
     # PNG IHDR bit depth is byte 24.
-    bit_depth = tf.strings.substr(data, 24, 1)
+    bit_depth = tf.strings.substr(header, 24, 1)
 
     def png16():
         image = tf.io.decode_png(data, channels=3, dtype=tf.uint16)

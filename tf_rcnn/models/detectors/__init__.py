@@ -1,7 +1,9 @@
-"""tf_rcnn.models.detectors."""
+"""tf_rcnn.models.detectors: the detector families on the shared TwoStageDetector base."""
 
 from tf_rcnn.models.detectors.fast_rcnn import FastRCNN
+from tf_rcnn.models.detectors.faster_rcnn import FasterRCNN
 from tf_rcnn.models.detectors.mask_rcnn import MaskRCNN
 from tf_rcnn.models.detectors.rfcn import RFCN
+from tf_rcnn.models.detectors.two_stage import TwoStageDetector
 
-__all__ = ["FastRCNN", "MaskRCNN", "RFCN"]
+__all__ = ["FastRCNN", "FasterRCNN", "MaskRCNN", "RFCN", "TwoStageDetector"]
