@@ -155,27 +155,35 @@ def build_box_head(cfg: ml_collections.ConfigDict, backbone_cfg: ml_collections.
                      "choose fpn_fc, res5 or vgg_fc.")
 
 
-def build_roi_heads(cfg: ml_collections.ConfigDict, backbone_cfg, num_classes: int,
-                    strides: list[int], bg_iou_low: float | None = None) -> RoIHeads:
-    """``config.model.roi_head`` -> ``RoIHeads``."""
-    sampler = RoISampler(
+def build_sampler(cfg: ml_collections.ConfigDict) -> RoISampler:
+    """``config.model.roi_head`` IoU rules and batch -> ``RoISampler``."""
+    return RoISampler(
         batch_size_per_image=cfg.batch_size_per_image,
         positive_fraction=cfg.positive_fraction,
         fg_iou=cfg.fg_iou,
-        bg_iou_low=cfg.bg_iou_low if bg_iou_low is None else bg_iou_low,
+        bg_iou_low=cfg.bg_iou_low,
     )
-    decoder = DetectionDecoder(
+
+
+def build_decoder(cfg: ml_collections.ConfigDict) -> DetectionDecoder:
+    """``config.model.roi_head`` score threshold, NMS and count -> ``DetectionDecoder``."""
+    return DetectionDecoder(
         score_threshold=cfg.score_threshold,
         nms_threshold=cfg.nms_threshold,
         max_detections=cfg.detections_per_image,
     )
+
+
+def build_roi_heads(cfg: ml_collections.ConfigDict, backbone_cfg, num_classes: int,
+                    strides: list[int]) -> RoIHeads:
+    """``config.model.roi_head`` -> ``RoIHeads``."""
     return RoIHeads(
         pooler=build_pooler(cfg, strides),
         box_head=build_box_head(cfg, backbone_cfg),
         box_predictor=BoxPredictor(num_classes, class_agnostic=cfg.class_agnostic_box,
                                    name="box_predictor"),
-        sampler=sampler,
-        decoder=decoder,
+        sampler=build_sampler(cfg),
+        decoder=build_decoder(cfg),
         box_loss_beta=cfg.box_loss_beta,
         focal_gamma=cfg.focal_gamma,
         name="roi_heads",
@@ -201,34 +209,38 @@ def build_trunk(m: ml_collections.ConfigDict):
     return backbone, neck
 
 
-def _build_faster_rcnn(m: ml_collections.ConfigDict, label_map: dict | None) -> FasterRCNN:
-    backbone, neck = build_trunk(m)
-    rpn_strides = _strides(backbone, neck, m.rpn.in_features)
-    roi_strides = _strides(backbone, neck, m.roi_head.in_features)
-    return FasterRCNN(
+def _assemble(cls: type[TwoStageDetector], m: ml_collections.ConfigDict, backbone, neck,
+              roi_heads, label_map: dict | None) -> TwoStageDetector:
+    """The detector ``cls`` from its parts, with an RPN from ``model.rpn`` unless the family
+    takes its proposals with the inputs (``cls.requires_rpn is False``)."""
+    rpn = None
+    if cls.requires_rpn is not False:
+        rpn = build_rpn(m.rpn, _strides(backbone, neck, m.rpn.in_features))
+    return cls(
         backbone=backbone,
         neck=neck,
-        rpn=build_rpn(m.rpn, rpn_strides),
-        roi_heads=build_roi_heads(m.roi_head, m.backbone, m.num_classes, roi_strides),
+        rpn=rpn,
+        roi_heads=roi_heads,
         num_classes=m.num_classes,
-        rpn_in_features=tuple(m.rpn.in_features),
+        rpn_in_features=None if rpn is None else tuple(m.rpn.in_features),
         roi_in_features=tuple(m.roi_head.in_features),
         label_map=label_map,
     )
+
+
+def _build_faster_rcnn(m: ml_collections.ConfigDict, label_map: dict | None) -> FasterRCNN:
+    backbone, neck = build_trunk(m)
+    roi_strides = _strides(backbone, neck, m.roi_head.in_features)
+    roi_heads = build_roi_heads(m.roi_head, m.backbone, m.num_classes, roi_strides)
+    return _assemble(FasterRCNN, m, backbone, neck, roi_heads, label_map)
 
 
 def _build_fast_rcnn(m: ml_collections.ConfigDict, label_map: dict | None) -> FastRCNN:
     """Fast R-CNN: no RPN, proposals come with the inputs; ``model.rpn`` is not read."""
     backbone, neck = build_trunk(m)
     roi_strides = _strides(backbone, neck, m.roi_head.in_features)
-    return FastRCNN(
-        backbone=backbone,
-        neck=neck,
-        roi_heads=build_roi_heads(m.roi_head, m.backbone, m.num_classes, roi_strides),
-        num_classes=m.num_classes,
-        roi_in_features=tuple(m.roi_head.in_features),
-        label_map=label_map,
-    )
+    roi_heads = build_roi_heads(m.roi_head, m.backbone, m.num_classes, roi_strides)
+    return _assemble(FastRCNN, m, backbone, neck, roi_heads, label_map)
 
 
 def build_mask_branch(cfg: ml_collections.ConfigDict, backbone_cfg: ml_collections.ConfigDict,
@@ -262,7 +274,6 @@ def build_mask_branch(cfg: ml_collections.ConfigDict, backbone_cfg: ml_collectio
 
 def _build_mask_rcnn(m: ml_collections.ConfigDict, label_map: dict | None) -> MaskRCNN:
     backbone, neck = build_trunk(m)
-    rpn_strides = _strides(backbone, neck, m.rpn.in_features)
     roi_strides = _strides(backbone, neck, m.roi_head.in_features)
     box = build_roi_heads(m.roi_head, m.backbone, m.num_classes, roi_strides)
     mask_pooler, mask_head = build_mask_branch(m.mask_head, m.backbone, m.num_classes,
@@ -280,16 +291,7 @@ def _build_mask_rcnn(m: ml_collections.ConfigDict, label_map: dict | None) -> Ma
         mask_loss_weight=m.mask_head.loss_weight,
         name="roi_heads",
     )
-    return MaskRCNN(
-        backbone=backbone,
-        neck=neck,
-        rpn=build_rpn(m.rpn, rpn_strides),
-        roi_heads=roi_heads,
-        num_classes=m.num_classes,
-        rpn_in_features=tuple(m.rpn.in_features),
-        roi_in_features=tuple(m.roi_head.in_features),
-        label_map=label_map,
-    )
+    return _assemble(MaskRCNN, m, backbone, neck, roi_heads, label_map)
 
 
 def _build_rfcn(m: ml_collections.ConfigDict, label_map: dict | None) -> RFCN:
@@ -297,7 +299,6 @@ def _build_rfcn(m: ml_collections.ConfigDict, label_map: dict | None) -> RFCN:
     ``model.roi_head.in_features`` (dilated C5); ``model.rfcn`` holds the head and OHEM values,
     ``model.roi_head`` the IoU rules, plain-sampling batch and decoder."""
     backbone, neck = build_trunk(m)
-    rpn_strides = _strides(backbone, neck, m.rpn.in_features)
     roi_strides = _strides(backbone, neck, m.roi_head.in_features)
     if len(roi_strides) != 1:
         raise ValueError(
@@ -313,28 +314,15 @@ def _build_rfcn(m: ml_collections.ConfigDict, label_map: dict | None) -> RFCN:
     )
     roi_heads = RFCNRoIHeads(
         head,
-        sampler=RoISampler(batch_size_per_image=h.batch_size_per_image,
-                           positive_fraction=h.positive_fraction, fg_iou=h.fg_iou,
-                           bg_iou_low=h.bg_iou_low),
-        decoder=DetectionDecoder(score_threshold=h.score_threshold,
-                                 nms_threshold=h.nms_threshold,
-                                 max_detections=h.detections_per_image),
+        sampler=build_sampler(h),
+        decoder=build_decoder(h),
         box_loss_beta=h.box_loss_beta,
         ohem=r.ohem,
         ohem_batch_size=r.ohem_batch_size,
         ohem_nms_threshold=r.ohem_nms_threshold,
         name="roi_heads",
     )
-    return RFCN(
-        backbone=backbone,
-        neck=neck,
-        rpn=build_rpn(m.rpn, rpn_strides),
-        roi_heads=roi_heads,
-        num_classes=m.num_classes,
-        rpn_in_features=tuple(m.rpn.in_features),
-        roi_in_features=tuple(m.roi_head.in_features),
-        label_map=label_map,
-    )
+    return _assemble(RFCN, m, backbone, neck, roi_heads, label_map)
 
 
 # model.type -> function(config.model, label_map) -> detector. One entry per detector family.
