@@ -28,7 +28,7 @@ from tf_rcnn.ops import boxes as box_ops
 from tf_rcnn.ops import matching, sampling
 
 
-def _gather_gt(gt: tf.Tensor, matched_indices: tf.Tensor) -> tf.Tensor:
+def gather_gt(gt: tf.Tensor, matched_indices: tf.Tensor) -> tf.Tensor:
     """``gt [B, M, ...]`` gathered by ``matched_indices [B, X]`` -> ``[B, X, ...]``; M may be 0."""
     num_gt = tf.shape(gt)[1]
     safe = tf.minimum(matched_indices, tf.maximum(num_gt - 1, 0))
@@ -128,7 +128,7 @@ class RPNTargetAssigner(keras.layers.Layer):
             labels, self.batch_size_per_image, self.positive_fraction, _seed_or_none(self.seed)
         )
         sampled = tf.where(pos, 1, tf.where(neg, 0, -1))
-        matched_boxes = _gather_gt(gt_boxes, match.matched_indices)
+        matched_boxes = gather_gt(gt_boxes, match.matched_indices)
         targets = box_ops.encode(matched_boxes, batched_anchors, self.box_weights)
         targets = tf.where(pos[..., tf.newaxis], targets, 0.0)
         return tf.cast(sampled, tf.int32), tf.stop_gradient(targets)
@@ -232,9 +232,9 @@ class RoISampler(keras.layers.Layer):
         sampled_match = tf.gather(match_labels, indices, batch_dims=1)
         matched_gt = tf.gather(match.matched_indices, indices, batch_dims=1)
         foreground = tf.logical_and(valid, sampled_match == 1)
-        classes = tf.where(foreground, _gather_gt(gt_classes, matched_gt), 0)
+        classes = tf.where(foreground, gather_gt(gt_classes, matched_gt), 0)
         classes = tf.where(valid, classes, -1)
-        targets = box_ops.encode(_gather_gt(gt_boxes, matched_gt), rois, self.box_weights)
+        targets = box_ops.encode(gather_gt(gt_boxes, matched_gt), rois, self.box_weights)
         targets = tf.where(foreground[..., tf.newaxis], targets, 0.0)
         return {
             "rois": tf.stop_gradient(rois),

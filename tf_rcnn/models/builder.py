@@ -65,13 +65,6 @@ def _strides(backbone, neck, names) -> list[int]:
     return [int(strides[n]) for n in names]
 
 
-def _channels(backbone, neck, name) -> int:
-    channels = dict(backbone.output_channels)
-    if neck is not None:
-        channels.update(neck.output_channels)
-    return int(channels[name])
-
-
 def build_rpn(cfg: ml_collections.ConfigDict, strides: list[int]) -> RegionProposalNetwork:
     """``config.model.rpn`` -> ``RegionProposalNetwork``."""
     sizes = [list(map(float, s)) for s in cfg.anchor_sizes]

@@ -32,7 +32,7 @@ import tensorflow as tf
 
 from tf_rcnn import losses as loss_lib
 from tf_rcnn.layers.detection_decoder import DetectionDecoder
-from tf_rcnn.layers.target_assigners import RoISampler, _gather_gt
+from tf_rcnn.layers.target_assigners import RoISampler, gather_gt
 from tf_rcnn.models.heads.rfcn import RFCNHead
 from tf_rcnn.models.roi_heads import RoIHeads
 from tf_rcnn.models.serialization import deserialize_keys, serialize_optional
@@ -86,10 +86,10 @@ def label_candidates(
     match_labels = tf.where(candidate_valid, match.labels, -1)  # [B, N] in {1, 0, -1}
     foreground = match_labels == 1
     valid = match_labels >= 0
-    classes = tf.where(foreground, _gather_gt(gt_classes, match.matched_indices), 0)
+    classes = tf.where(foreground, gather_gt(gt_classes, match.matched_indices), 0)
     classes = tf.where(valid, classes, -1)
     targets = box_ops.encode(
-        _gather_gt(gt_boxes, match.matched_indices), candidates, sampler.box_weights)
+        gather_gt(gt_boxes, match.matched_indices), candidates, sampler.box_weights)
     targets = tf.where(foreground[..., tf.newaxis], targets, 0.0)
     return {
         "rois": candidates,
