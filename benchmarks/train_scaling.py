@@ -6,6 +6,10 @@ Each mode runs ``train.py`` / ``eval.py`` in subprocesses exactly as a user woul
     python benchmarks/train_scaling.py throughput [--steps=200]
         images/s of train.py with --strategy=default vs --strategy=mirrored --num_cpu_devices=2
         (the speed of the last progress line, after tracing).
+    python benchmarks/train_scaling.py distributed [--steps=300]
+        train.py --strategy=mirrored on 2 logical CPU devices, then --strategy=multi_worker as
+        two processes on 127.0.0.1 (TF_CONFIG): logged total_loss at the start and the end of
+        each run, and the SHA-256 of both workers' final weights (acceptance: equal).
     python benchmarks/train_scaling.py resume [--steps=3000]
         an uninterrupted run vs the same command killed with SIGKILL after its first checkpoint
         and restarted; bbox/AP50 of both on the shapes val split (acceptance: within 0.03).
@@ -24,6 +28,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,7 +38,8 @@ from absl import app, flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(REPO, "configs", "shapes_faster_rcnn.py")
 
-_MODE = flags.DEFINE_enum("mode", None, ["throughput", "resume", "precision", "alternating"],
+MODES = ("throughput", "distributed", "resume", "precision", "alternating")
+_MODE = flags.DEFINE_enum("mode", None, list(MODES),
                           "What to measure (or give it as the first argument).")
 _ROOT = flags.DEFINE_string("root", "/tmp/tf_rcnn_train_scaling", "Working directory.")
 _STEPS = flags.DEFINE_string("steps", None, "Training steps (alternating: 4 comma-separated).")
@@ -73,6 +79,68 @@ def throughput(root: str, steps: int) -> dict:
                        *extra),
             cwd=REPO, capture_output=True, text=True, check=True)
         result[f"{name}_images_per_second"] = _speed(proc.stdout)
+    return result
+
+
+def _losses(output: str) -> list[float]:
+    return [float(x) for x in re.findall(r"total_loss ([0-9.naif]+)", output)]
+
+
+def _final_metrics(output: str) -> dict:
+    match = re.search(r"Training finished: (\{.*\})", output)
+    if not match:
+        raise RuntimeError(f"no final metrics in:\n{output[-3000:]}")
+    return json.loads(match.group(1))
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _loss_summary(losses: list[float]) -> dict:
+    head, tail = losses[:3], losses[-3:]
+    return {"logged_losses": len(losses), "first_losses_mean": sum(head) / len(head),
+            "last_losses_mean": sum(tail) / len(tail),
+            "loss_decreased": sum(tail) / len(tail) < sum(head) / len(head)}
+
+
+def distributed(root: str, steps: int) -> dict:
+    stamp = int(time.time())
+    common = [f"--config.train.total_steps={steps}",
+              f"--config.train.log_every={max(1, steps // 15)}",
+              f"--config.train.checkpoint_every={steps}"]
+    mirrored_dir = os.path.join(root, f"mirrored_{steps}_{stamp}")
+    proc = subprocess.run(
+        _train_cmd(root, mirrored_dir, *common, "--strategy=mirrored", "--num_cpu_devices=2"),
+        cwd=REPO, capture_output=True, text=True, check=True)
+    result = {"steps": steps, "mirrored": {**_loss_summary(_losses(proc.stdout)),
+                                          "images_per_second": _speed(proc.stdout)}}
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    worker_dir = os.path.join(root, f"multi_worker_{steps}_{stamp}")
+    procs = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        procs.append(subprocess.Popen(
+            _train_cmd(root, worker_dir, *common, "--strategy=multi_worker"), cwd=REPO,
+            env=dict(os.environ, TF_CONFIG=json.dumps(tf_config)), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate() for p in procs]
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        if p.returncode != 0:
+            raise RuntimeError(f"worker failed:\n{err[-4000:]}")
+    finals = [_final_metrics(err) for _, err in outputs]
+    result["multi_worker"] = {
+        **_loss_summary(_losses(outputs[0][0])),
+        "images_per_second": _speed(outputs[0][0]),
+        "weights_sha256": [f["weights_sha256"] for f in finals],
+        "weights_identical": finals[0]["weights_sha256"] == finals[1]["weights_sha256"],
+    }
     return result
 
 
@@ -132,6 +200,8 @@ def main(argv):
     start = time.time()
     if mode == "throughput":
         result = throughput(root, int(_STEPS.value or 200))
+    elif mode == "distributed":
+        result = distributed(root, int(_STEPS.value or 300))
     elif mode == "resume":
         result = resume(root, int(_STEPS.value or 3000))
     elif mode == "precision":
@@ -140,7 +210,7 @@ def main(argv):
         steps = tuple(int(s) for s in (_STEPS.value or "1500,1500,750,750").split(","))
         result = alternating(root, steps)
     else:
-        raise app.UsageError("mode: throughput | resume | precision | alternating")
+        raise app.UsageError("mode: " + " | ".join(MODES))
     result["wall_seconds"] = round(time.time() - start, 1)
     print("RESULT " + json.dumps(result), flush=True)
 

@@ -130,6 +130,7 @@ def test_multi_worker_two_processes_end_with_identical_weights(tmp_path, data_di
     assert [f["step"] for f in finals] == [4.0, 4.0]
     # Same all-reduced gradients on both workers -> bit-identical weights.
     assert finals[0]["weights_l1"] == finals[1]["weights_l1"]
+    assert finals[0]["weights_sha256"] == finals[1]["weights_sha256"]
     assert finals[0]["total_loss"] == finals[1]["total_loss"]  # reduced over workers
     assert (tmp_path / "ckpt-4.index").exists()  # the chief wrote, worker 1 cleaned up
     assert not list(tmp_path.glob(".workertemp_*"))

@@ -99,6 +99,22 @@ def test_predict_shapes_and_dtypes():
     assert np.all(out["detection_boxes"].numpy()[..., 3] <= 48)
 
 
+def test_detect_from_features_with_an_xla_trunk_matches_call():
+    # call() = extract_features + detect_from_features; the trunk may run elsewhere, here as an
+    # XLA-compiled function (what benchmarks/inference.py --jit_compile measures).
+    model = builder.build_model(tiny_config())
+    images, _ = tiny_batch(batch=2)
+    image_shape = tf.constant([[64, 64], [56, 64]], tf.int32)
+    expected = model({"images": images, "image_shape": image_shape})
+    trunk = tf.function(lambda x: model.extract_features(x), jit_compile=True)
+    got = tf.function(lambda x: model.detect_from_features(trunk(x), image_shape,
+                                                           return_proposals=True))(images)
+    assert set(got) == set(expected) | {"proposals", "proposal_valid"}
+    np.testing.assert_array_equal(got["num_detections"], expected["num_detections"])
+    for key in ("detection_boxes", "detection_scores"):
+        np.testing.assert_allclose(got[key], expected[key], rtol=1e-4, atol=1e-3)
+
+
 def test_fit_runs_and_reduces_loss_on_one_batch():
     model = builder.build_model(tiny_config())
     images, targets = tiny_batch()

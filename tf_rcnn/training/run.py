@@ -14,17 +14,19 @@ every N steps and keeps the best checkpoint by ``train.eval_metric`` in ``model_
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Sequence
 
 import keras
 import ml_collections
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from tf_rcnn.config import ConfigError
 from tf_rcnn.models import builder
-from tf_rcnn.training.checkpoints import load_weights_partial
+from tf_rcnn.training.checkpoints import load_weights_partial, weight_key
 from tf_rcnn.training.strategy import is_chief
 from tf_rcnn.training.trainer import Trainer
 
@@ -139,8 +141,18 @@ def run_training(
     metrics = trainer.train(pipeline.dataset, total_steps=t.total_steps,
                             global_batch=global_batch)
     metrics = {k: float(v) for k, v in metrics.items()}
-    # Sum of |w| over every weight: equal on all workers iff they stayed in sync (logged by
-    # train.py, compared by the multi-worker test).
+    # Fingerprints of the final weights, logged by train.py on every worker: replicas that
+    # stayed in sync give the same sum of |w| and the same SHA-256 of the weight bytes.
     metrics["weights_l1"] = float(sum(float(tf.reduce_sum(tf.abs(tf.cast(
         tf.convert_to_tensor(w), tf.float64)))) for w in model.weights))
+    metrics["weights_sha256"] = weights_fingerprint(model)
     return metrics
+
+
+def weights_fingerprint(model: keras.Model) -> str:
+    """SHA-256 of every weight's bytes, in checkpoint-key order (bit-exact equality check)."""
+    digest = hashlib.sha256()
+    for weight in sorted(model.weights, key=weight_key):
+        digest.update(weight_key(weight).encode())
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
+    return digest.hexdigest()

@@ -203,6 +203,19 @@ class TwoStageDetector(keras.Model):
         (``proposals [B, P, 4]``, ``proposal_valid [B, P]``) they came from."""
         images, image_shape, proposals = self._parse_inputs(inputs)
         features = self.extract_features(images, training=False)
+        return self.detect_from_features(features, image_shape, proposals,
+                                         return_proposals=return_proposals)
+
+    def detect_from_features(self, features: dict, image_shape: tf.Tensor,
+                             proposals: tf.Tensor | None = None,
+                             return_proposals: bool = False) -> dict:
+        """Everything after the trunk: proposals (RPN or given) -> RoI heads -> detections.
+
+        Lets the trunk run elsewhere (an XLA-compiled function, a cached feature pass) while the
+        dynamic-shape second stage stays in a plain graph; ``call`` is exactly
+        ``extract_features`` followed by this.
+        """
+        image_shape = tf.cast(image_shape, tf.int32)
         boxes, valid, _ = self._proposals(features, image_shape, proposals, training=False)
         outputs = dict(self.roi_heads(
             self._select(features, self.roi_in_features), boxes, valid, image_shape,
