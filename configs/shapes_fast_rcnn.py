@@ -19,20 +19,22 @@ Architecture, and why: the tiny demo backbone with its FPN, the RoI head reading
 extractors must be comparable on one recipe; C4 (stride 16) would leave an 8x8 map on which the
 smallest (8 px) shapes cover less than one cell. Sampling, loss and test-time settings follow the
 Fast R-CNN paper (Girshick 2015) except where the tiny images demand otherwise (said per value).
+
+Starts from ``configs/shapes_faster_rcnn.py``, whose backbone, FPN, box head widths, detections
+per image, data (the images the shapes RPN was trained on) and training setup it keeps, and sets
+what differs.
 """
 
-from tf_rcnn.config import default_config
+from tf_rcnn.config import base_recipe, default_config
 
 
 def get_config():
-    config = default_config()
+    config = base_recipe("shapes_faster_rcnn")
     m = config.model
     m.type = "fast_rcnn"
-    m.num_classes = 3  # square, circle, triangle
-    m.backbone.name = "tiny"
-    m.backbone.widths = (16, 32, 64, 128)  # as configs/shapes_faster_rcnn.py
-    m.backbone.freeze_at = 0  # random init: nothing to keep frozen
-    m.neck.out_channels = 64
+    # No RPN (proposals come from files), so model.rpn is not read: back to the defaults rather
+    # than the shapes RPN's values, which would suggest they matter here.
+    m.rpn = default_config().model.rpn
     m.roi_head.in_features = ("P3",)  # one stride-8 map (see the module docstring)
     # roi_align | roi_pool (the paper's, Sec. 2.1) | spp. RoIAlign: measured best here, held-out
     # AP50 0.915 vs 0.892 (roi_pool) and 0.895 (spp) after 1500 steps; the quantised bins of
@@ -41,22 +43,12 @@ def get_config():
     m.roi_head.pooler_resolution = 7  # Fast R-CNN Sec. 2.1: H = W = 7 (VGG16)
     m.roi_head.spp_levels = (1, 2, 4)  # SPPnet-style pyramid, 21 bins (paper: {1,2,3,6} on VGG)
     m.roi_head.box_head = "fpn_fc"  # two fc layers without dropout (VGG's fc6/fc7 are 4096-d)
-    m.roi_head.fc_dims = (256, 256)  # as the shapes Faster R-CNN head
     m.roi_head.batch_size_per_image = 64  # Fast R-CNN Sec. 2.3: R/N = 128/2 = 64 RoIs per image
     m.roi_head.positive_fraction = 0.25  # Sec. 2.3: 25% foreground
     m.roi_head.fg_iou = 0.5  # Sec. 2.3: foreground at IoU >= 0.5
     m.roi_head.bg_iou_low = 0.1  # Sec. 2.3: background IoU in [0.1, 0.5)
-    m.roi_head.detections_per_image = 50  # as the shapes Faster R-CNN recipe
 
     d = config.data
-    d.dataset = "shapes"
-    d.shapes_dir = "data_cache/shapes"  # the same images the shapes RPN was trained on
-    d.shapes_train_images = 1000
-    d.shapes_val_images = 200
-    d.shapes_image_size = 128
-    d.scales = (128,)
-    d.max_size = 128
-    d.max_instances = 16
     # Written by tf_rcnn.tools.dump_proposals from the shapes Faster R-CNN run (see above).
     d.proposals_train = "runs/shapes/proposals_train.npz"
     d.proposals_val = "runs/shapes/proposals_val.npz"
@@ -64,16 +56,6 @@ def get_config():
     # 8 images x 64 RoIs: the paper's 2 images were a GPU-memory limit; on CPU 8 images per
     # step keep the cores busy (as the shapes Faster R-CNN demo).
     d.train_batch_size = 8
-    d.eval_batch_size = 16
 
-    t = config.train
-    t.total_steps = 2000
-    t.base_learning_rate = 0.02  # as the shapes Faster R-CNN demo (random init, GroupNorm)
-    t.base_batch_size = 8
-    t.schedule = "cosine"
-    t.warmup_steps = 100
-    t.warmup_factor = 0.01
-    t.checkpoint_every = 500
-    t.log_every = 50
-    t.steps_per_loop = 10
+    config.train.total_steps = 2000
     return config

@@ -4,7 +4,8 @@ Architecture as in R-FCN (Dai et al. 2016): RPN on C4 (stride 16), the head on C
 16 by dilation (``TinyBackbone(dilate_c5=True)``, the same change the paper makes to ResNet's
 conv5), a 1x1 reduce conv, position-sensitive score maps, PS-RoI pooling + voting, OHEM.
 Values differ from the paper only where the 128 px images and the tiny backbone demand it; each
-such value says why.
+such value says why. Starts from ``configs/shapes_faster_rcnn.py`` (the tiny backbone, the shapes
+data and the training setup) and sets what R-FCN changes.
 
 Resolution: the 128 px shapes (12-64 px objects) are fed at 256 px. At 128 px an object covers
 less than one to four cells of the stride-16 maps R-FCN works on, and the model trained to only
@@ -15,19 +16,20 @@ illustration size; a 7 x 7 grid would mostly subdivide single cells) with biline
 bins (quantised bins of a small RoI collapse onto one pixel).
 """
 
-from tf_rcnn.config import default_config
+from tf_rcnn.config import base_recipe, default_config
 
 
 def get_config():
-    config = default_config()
+    config = base_recipe("shapes_faster_rcnn")
     m = config.model
     m.type = "rfcn"
-    m.num_classes = 3  # square, circle, triangle
-    m.backbone.name = "tiny"
-    m.backbone.widths = (16, 32, 64, 128)
     m.backbone.dilate_c5 = True  # C5 at stride 16 for the head, as R-FCN's dilated conv5
-    m.backbone.freeze_at = 0  # random init: nothing to keep frozen
     m.neck.type = "none"  # R-FCN has no FPN
+    # Not read by R-FCN (no FPN neck, no fc box head): back to the defaults rather than the
+    # shapes FPN's widths, which would suggest they matter here.
+    defaults = default_config().model
+    m.neck.out_channels = defaults.neck.out_channels
+    m.roi_head.fc_dims = defaults.roi_head.fc_dims
     m.rpn.in_features = ("C4",)  # R-FCN: RPN on the shared conv4 features
     # One stride-16 level: three sizes covering the 24-128 px shapes at 256 px (the paper's
     # 128-512 are for 600 px images).
@@ -36,12 +38,8 @@ def get_config():
     m.rpn.post_nms_topk_train = 300  # R-FCN: OHEM over N = 300 proposals per image
     m.rpn.pre_nms_topk_test = 1000
     m.rpn.post_nms_topk_test = 300  # R-FCN Sec. 3.1: 300 RoIs at test time
-    # Anchors near the border of a 128 px image straddle it often; keep them (as the FPN demo).
-    m.rpn.straddle_threshold = -1.0
     m.roi_head.in_features = ("C5",)
-    m.roi_head.sampling_ratio = 2
     m.roi_head.batch_size_per_image = 128  # only used with model.rfcn.ohem=False
-    m.roi_head.detections_per_image = 50
     m.rfcn.k = 3  # see the module docstring
     m.rfcn.channels = 256  # the tiny C5 has 128 channels; the paper's 1024 is for 2048-ch res5
     m.rfcn.pool_mode = "align"  # see the module docstring
@@ -50,26 +48,9 @@ def get_config():
     m.rfcn.ohem_nms_threshold = 0.7  # OHEM paper Sec. 4
 
     d = config.data
-    d.dataset = "shapes"
-    d.shapes_dir = "data_cache/shapes"
-    d.shapes_train_images = 1000
-    d.shapes_val_images = 200
-    d.shapes_image_size = 128
     d.scales = (256,)  # 2x upsampling, see the module docstring
     d.max_size = 256
     d.size_divisor = 16  # the deepest map used is stride 16
-    d.max_instances = 16
-    d.train_batch_size = 8
-    d.eval_batch_size = 16
 
-    t = config.train
-    t.total_steps = 2500  # ~10 min on a 2-core CPU at 256 px (about 35 img/s)
-    t.base_learning_rate = 0.02
-    t.base_batch_size = 8
-    t.schedule = "cosine"
-    t.warmup_steps = 100
-    t.warmup_factor = 0.01
-    t.checkpoint_every = 500
-    t.log_every = 50
-    t.steps_per_loop = 10
+    config.train.total_steps = 2500  # ~10 min on a 2-core CPU at 256 px (about 35 img/s)
     return config

@@ -1,6 +1,7 @@
 """Configuration: the full default config every recipe starts from, and override checking.
 
-Recipes in ``configs/`` call :func:`default_config` and change what their paper or dataset needs.
+Recipes in ``configs/`` call :func:`default_config` and change what their paper or dataset needs;
+a recipe that only varies another one starts from it with :func:`base_recipe` instead.
 Every key exists in the defaults, so ``--config.a.b=v`` overrides of a misspelt key are refused
 with the list of valid keys (:func:`check_config_overrides`) instead of silently adding a field.
 Only ``tf_rcnn.models.builder`` and the scripts read a config; model parts never see one.
@@ -9,8 +10,11 @@ Only ``tf_rcnn.models.builder`` and the scripts read a config; model parts never
 from __future__ import annotations
 
 import importlib.util
+import inspect
+import os
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 
 import ml_collections
 from ml_collections import config_dict
@@ -240,12 +244,84 @@ def check_config_overrides(argv: Sequence[str], flag_name: str = "config") -> No
         raise SystemExit(2)
 
 
-def load_config_file(path: str) -> ml_collections.ConfigDict:
-    """Loads a recipe file (``configs/NAME.py``, optionally ``PATH:arg``) and calls get_config."""
-    file_path, _, arg = path.partition(":")
+def _recipe_get_config(file_path: str) -> Callable[..., ml_collections.ConfigDict]:
+    """Executes the recipe file at ``file_path`` and returns its ``get_config``."""
     spec = importlib.util.spec_from_file_location("tf_rcnn_recipe", file_path)
     if spec is None or spec.loader is None:
         raise FileNotFoundError(f"Config file {file_path!r} not found.")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
+    return module.get_config
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+    """Loads a recipe file (``configs/NAME.py``, optionally ``PATH:arg``) and calls get_config."""
+    file_path, _, arg = path.partition(":")
+    get_config = _recipe_get_config(file_path)
+    return get_config(arg) if arg else get_config()
+
+
+# The recipe files whose base_recipe() calls are running in this thread, outermost first.
+_BASE_CHAIN = threading.local()
+
+
+def base_recipe(name: str, relative_to: str | None = None) -> ml_collections.ConfigDict:
+    """The config of the recipe ``name`` next to the calling recipe, for a recipe based on it.
+
+    A recipe that varies another one starts from it and states only what differs::
+
+        from tf_rcnn.config import base_recipe
+
+        def get_config():
+            config = base_recipe("faster_rcnn_r50_fpn_coco")  # configs/faster_rcnn_r50_fpn_coco.py
+            config.model.type = "mask_rcnn"
+            return config
+
+    Args:
+        name: file name of the base recipe, with or without ``.py``, in the directory of the
+            recipe calling this function. That directory comes from the caller's ``__file__``
+            (recipes are loaded by path, so ``configs`` need not be an importable package).
+        relative_to: look in this directory (or, given a file, in its directory) instead of the
+            caller's; for callers that are not recipe files.
+
+    Returns:
+        A fresh ConfigDict from the base recipe's ``get_config()`` (called without argument).
+
+    Raises:
+        FileNotFoundError: no recipe ``name`` there; the message names the path looked up.
+        ConfigError: the recipes base on each other in a cycle (A on B on A); the message
+            shows the cycle.
+    """
+    frame = inspect.currentframe()
+    caller_frame = frame.f_back if frame is not None else None
+    caller = None
+    if caller_frame is not None:
+        caller = caller_frame.f_globals.get("__file__") or caller_frame.f_code.co_filename
+    del frame, caller_frame
+    caller = os.path.realpath(caller) if caller and os.path.isfile(caller) else None
+    if relative_to is not None:
+        directory = relative_to if os.path.isdir(relative_to) else os.path.dirname(relative_to)
+    elif caller is not None:
+        directory = os.path.dirname(caller)
+    else:
+        raise ValueError(
+            f"base_recipe({name!r}) could not tell which file called it; pass relative_to="
+            "the directory holding the recipe.")
+    file_name = name if name.endswith(".py") else name + ".py"
+    path = os.path.abspath(os.path.join(directory, file_name))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Base recipe {name!r} not found: no file {path}.")
+
+    outer = getattr(_BASE_CHAIN, "files", [])
+    chain = outer or ([caller] if caller is not None else [])
+    real_path = os.path.realpath(path)
+    if real_path in chain:
+        cycle = chain[chain.index(real_path):] + [real_path]
+        raise ConfigError(
+            "Recipes base on each other in a cycle: " + " -> ".join(cycle)
+            + ". Make one of them start from default_config() instead.")
+    _BASE_CHAIN.files = [*chain, real_path]
+    try:
+        return _recipe_get_config(path)()
+    finally:
+        _BASE_CHAIN.files = outer
