@@ -26,6 +26,10 @@ def get_config():
     m.neck.type = "none"
     m.rpn.in_features = ("C4",)  # RPN on the shared conv4 features, as Faster R-CNN ResNet
     m.rpn.anchor_sizes = ((128.0, 256.0, 512.0),)  # Faster R-CNN Sec. 3.1.1: 3 scales
+    # The R-FCN authors' ResNet-101 code (Deformable-ConvNets rfcn, rpn_conv_3x3) uses a 512-d
+    # 3x3 RPN conv on the 1024-d conv4 features; at 600x1000 that is 11 G multiply-adds
+    # instead of 23 G for a 1024-d one, about 10% of the whole detector.
+    m.rpn.head_channels = 512
     m.rpn.aspect_ratios = (0.5, 1.0, 2.0)  # and 3 aspect ratios
     m.rpn.pre_nms_topk_train = 6000
     m.rpn.post_nms_topk_train = 300  # OHEM evaluates the loss of all N = 300 proposals

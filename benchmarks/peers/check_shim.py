@@ -26,7 +26,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import tv_shim  # noqa: E402
+import tv_shim
 
 torchvision = tv_shim.import_torchvision()
 import torch  # noqa: E402
@@ -57,12 +57,12 @@ def np_nms(boxes: np.ndarray, scores: np.ndarray, thr: float) -> np.ndarray:
         if removed[i]:
             continue
         keep.append(order[i])
-        w = np.maximum(zero, np.minimum(x2[i], x2[i + 1:]) - np.maximum(x1[i], x1[i + 1:]))
-        h = np.maximum(zero, np.minimum(y2[i], y2[i + 1:]) - np.maximum(y1[i], y1[i + 1:]))
+        w = np.maximum(zero, np.minimum(x2[i], x2[i + 1 :]) - np.maximum(x1[i], x1[i + 1 :]))
+        h = np.maximum(zero, np.minimum(y2[i], y2[i + 1 :]) - np.maximum(y1[i], y1[i + 1 :]))
         inter = w * h
         with np.errstate(invalid="ignore", divide="ignore"):
-            iou = inter / (area[i] + area[i + 1:] - inter)
-        removed[i + 1:] |= iou.astype(np.float64) > thr
+            iou = inter / (area[i] + area[i + 1 :] - inter)
+        removed[i + 1 :] |= iou.astype(np.float64) > thr
     return np.asarray(keep, np.int64)
 
 
@@ -116,8 +116,9 @@ def np_roi_align(feat, rois, spatial_scale, ph_n, pw_n, sampling_ratio, aligned)
     _, channels, height, width = feat.shape
     out = np.zeros((len(rois), channels, ph_n, pw_n))
     for k, roi in enumerate(np.asarray(rois, np.float64)):
-        for b, ph, pw, taps, count in _roi_bins(roi, spatial_scale, ph_n, pw_n, sampling_ratio,
-                                                aligned, height, width):
+        for b, ph, pw, taps, count in _roi_bins(
+            roi, spatial_scale, ph_n, pw_n, sampling_ratio, aligned, height, width
+        ):
             acc = np.zeros(channels)
             for r, c, w in taps:
                 acc += w * feat[b, :, r, c]
@@ -131,8 +132,9 @@ def np_roi_align_backward(grad, rois, shape, spatial_scale, sampling_ratio, alig
     _, _, ph_n, pw_n = grad.shape
     out = np.zeros(shape)
     for k, roi in enumerate(np.asarray(rois, np.float64)):
-        for b, ph, pw, taps, count in _roi_bins(roi, spatial_scale, ph_n, pw_n, sampling_ratio,
-                                                aligned, shape[2], shape[3]):
+        for b, ph, pw, taps, count in _roi_bins(
+            roi, spatial_scale, ph_n, pw_n, sampling_ratio, aligned, shape[2], shape[3]
+        ):
             for r, c, w in taps:
                 out[b, :, r, c] += w * grad[k, :, ph, pw] / count
     return out
@@ -183,17 +185,24 @@ def check_nms() -> None:
                     assert np.array_equal(got, ref), (dtype, n, clustered, thr, got[:10], ref[:10])
                     got2 = torchvision.ops.nms(tb, ts, thr).numpy()
                     assert np.array_equal(got2, ref)
-        ok(f"nms == NumPy greedy NMS ({np.dtype(dtype).name}; N in 0..2000; IoU 0.3/0.5/0.7; "
-           "spread and clustered boxes)")
+        ok(
+            f"nms == NumPy greedy NMS ({np.dtype(dtype).name}; N in 0..2000; IoU 0.3/0.5/0.7; "
+            "spread and clustered boxes)"
+        )
 
     # batched_nms: coordinate-offset path (<= 4000 numbers) and per-class loop (> 4000)
     for n in (300, 3000):
         boxes, scores = random_boxes(n, True, np.float32)
         idxs = RNG.integers(0, 5, n)
-        got = torchvision.ops.batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores),
-                                          torch.from_numpy(idxs), 0.5).numpy()
-        kept = np.concatenate([np.flatnonzero(idxs == c)[np_nms(boxes[idxs == c], scores[idxs == c], 0.5)]
-                               for c in range(5)])
+        got = torchvision.ops.batched_nms(
+            torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(idxs), 0.5
+        ).numpy()
+        kept = np.concatenate(
+            [
+                np.flatnonzero(idxs == c)[np_nms(boxes[idxs == c], scores[idxs == c], 0.5)]
+                for c in range(5)
+            ]
+        )
         ref = kept[np.argsort(-scores[kept], kind="stable")]
         assert np.array_equal(got, ref), (n, got[:10], ref[:10])
     ok("batched_nms (coordinate trick and per-class loop) == per-class NumPy NMS")
@@ -210,32 +219,49 @@ def check_roi_align_forward() -> None:
         for aligned in (False, True):
             for sampling_ratio in (2, -1):
                 for ph_n, pw_n in ((7, 7), (3, 5)):
-                    ref = np_roi_align(feat64, rois, spatial_scale, ph_n, pw_n, sampling_ratio, aligned)
+                    ref = np_roi_align(
+                        feat64, rois, spatial_scale, ph_n, pw_n, sampling_ratio, aligned
+                    )
                     for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-10)):
                         x = torch.tensor(feat64, dtype=dtype)
                         r = torch.tensor(rois, dtype=dtype)
-                        got = torch.ops.torchvision.roi_align(x, r, spatial_scale, ph_n, pw_n,
-                                                              sampling_ratio, aligned)
+                        got = torch.ops.torchvision.roi_align(
+                            x, r, spatial_scale, ph_n, pw_n, sampling_ratio, aligned
+                        )
                         err = np.abs(got.double().numpy() - ref).max()
                         assert err <= tol, (spatial_scale, aligned, sampling_ratio, dtype, err)
-                        got2 = torchvision.ops.roi_align(x, r, (ph_n, pw_n), spatial_scale,
-                                                         sampling_ratio, aligned)
+                        got2 = torchvision.ops.roi_align(
+                            x, r, (ph_n, pw_n), spatial_scale, sampling_ratio, aligned
+                        )
                         assert torch.equal(got, got2)
                     # torchvision's eager fallback clamps every sample into the map (it has no
                     # "more than 1 px outside -> 0" rule), so compare it on RoIs inside the image.
                     # (Without `aligned` a RoI is at least 1x1 on the map, so measure it so.)
                     sr_ = rois[:, 1:] * spatial_scale
                     min_size = 0.0 if aligned else 1.0
-                    inside = ((sr_[:, 0] >= 0) & (sr_[:, 1] >= 0)
-                              & (sr_[:, 0] + np.maximum(sr_[:, 2] - sr_[:, 0], min_size) <= width)
-                              & (sr_[:, 1] + np.maximum(sr_[:, 3] - sr_[:, 1], min_size) <= height))
-                    tvp = tv_python_roi_align(torch.tensor(feat64), torch.tensor(rois[inside]),
-                                              spatial_scale, ph_n, pw_n, sampling_ratio, aligned)
+                    inside = (
+                        (sr_[:, 0] >= 0)
+                        & (sr_[:, 1] >= 0)
+                        & (sr_[:, 0] + np.maximum(sr_[:, 2] - sr_[:, 0], min_size) <= width)
+                        & (sr_[:, 1] + np.maximum(sr_[:, 3] - sr_[:, 1], min_size) <= height)
+                    )
+                    tvp = tv_python_roi_align(
+                        torch.tensor(feat64),
+                        torch.tensor(rois[inside]),
+                        spatial_scale,
+                        ph_n,
+                        pw_n,
+                        sampling_ratio,
+                        aligned,
+                    )
                     err_tv = np.abs(tvp.numpy() - ref[inside]).max()
                     assert inside.sum() >= 5 and err_tv <= 1e-10, ("torchvision fallback", err_tv)
-                ok(f"roi_align fwd == NumPy RoIAlign (aligned={aligned}, sampling_ratio={sampling_ratio:2d}, "
-                   f"spatial_scale={spatial_scale}): f32 <= 1e-5, f64 <= 1e-10; "
-                   f"torchvision's eager _roi_align agrees on in-image RoIs")
+                ok(
+                    f"roi_align fwd == NumPy RoIAlign (aligned={aligned}, "
+                    f"sampling_ratio={sampling_ratio:2d}, "
+                    f"spatial_scale={spatial_scale}): f32 <= 1e-5, f64 <= 1e-10; "
+                    f"torchvision's eager _roi_align agrees on in-image RoIs"
+                )
 
 
 def check_roi_align_backward() -> None:
@@ -253,20 +279,32 @@ def check_roi_align_backward() -> None:
             err = np.abs(x.grad.numpy() - ref).max()
             assert err <= 1e-10, (aligned, sampling_ratio, err)
             x32 = torch.tensor(feat, dtype=torch.float32, requires_grad=True)
-            torchvision.ops.roi_align(x32, r.float(), (5, 4), 0.5, sampling_ratio, aligned).backward(g.float())
+            torchvision.ops.roi_align(
+                x32, r.float(), (5, 4), 0.5, sampling_ratio, aligned
+            ).backward(g.float())
             err32 = np.abs(x32.grad.double().numpy() - ref).max()
             assert err32 <= 1e-5, (aligned, sampling_ratio, err32)
-            ok(f"roi_align bwd (torchvision autograd -> shim) == NumPy adjoint "
-               f"(aligned={aligned}, sampling_ratio={sampling_ratio:2d}): f64 {err:.1e}, f32 {err32:.1e}")
+            ok(
+                f"roi_align bwd (torchvision autograd -> shim) == NumPy adjoint "
+                f"(aligned={aligned}, sampling_ratio={sampling_ratio:2d}): "
+                f"f64 {err:.1e}, f32 {err32:.1e}"
+            )
 
     tiny = torch.rand(2, 2, 6, 5, dtype=torch.float64, requires_grad=True)
-    tiny_rois = torch.tensor([[0, 0.3, 0.7, 4.1, 5.2], [1, -1.0, 1.5, 3.0, 3.5], [1, 2.2, 0.1, 2.6, 0.4]],
-                             dtype=torch.float64)
+    tiny_rois = torch.tensor(
+        [[0, 0.3, 0.7, 4.1, 5.2], [1, -1.0, 1.5, 3.0, 3.5], [1, 2.2, 0.1, 2.6, 0.4]],
+        dtype=torch.float64,
+    )
     for aligned in (False, True):
         for sampling_ratio in (2, -1):
             assert torch.autograd.gradcheck(
-                lambda inp: torchvision.ops.roi_align(inp, tiny_rois, (3, 2), 1.0, sampling_ratio, aligned),
-                (tiny,), eps=1e-6, atol=1e-8)
+                lambda inp, sr=sampling_ratio, al=aligned: torchvision.ops.roi_align(
+                    inp, tiny_rois, (3, 2), 1.0, sr, al
+                ),
+                (tiny,),
+                eps=1e-6,
+                atol=1e-8,
+            )
     ok("torch.autograd.gradcheck(roi_align) float64 (aligned True/False, sampling_ratio 2/-1)")
     try:
         yy = torchvision.ops.roi_align(tiny, tiny_rois, 2, 1.0, 2, True)
@@ -292,7 +330,10 @@ def check_misc() -> None:
     torchvision.ops.roi_align(xs, rois, 7, 0.25, 2, False).sum().backward()
     tv_shim.set_roi_align_parallel(True)
     assert torch.equal(a, b) and torch.equal(xg.grad, xs.grad)
-    ok(f"parallel == serial roi_align fwd/bwd bit-for-bit (torch threads: {torch.get_num_threads()})")
+    ok(
+        "parallel == serial roi_align fwd/bwd bit-for-bit "
+        f"(torch threads: {torch.get_num_threads()})"
+    )
 
     for dt in (torch.float16, torch.bfloat16):
         y = torch.ops.torchvision.roi_align(x.to(dt), rois.to(dt), 0.25, 7, 7, 2, True)

@@ -51,12 +51,12 @@ else
     pip_ "torch==$TORCH_VERSION"
   fi
 fi
-# Refuse to go on with a CUDA build (e.g. if the local CPU wheel was not picked up).
-"$VPY" -c "import torch, sys; sys.exit('torch is not a CPU build: %s' % torch.version.cuda if torch.version.cuda else 0)"
-
 for pkg in numpy pillow ninja; do
   "$VPY" -c "import importlib.metadata as m; m.version('$pkg')" 2>/dev/null || { echo "== installing $pkg"; pip_ "$pkg"; }
 done
+
+# Refuse to go on with a CUDA build (e.g. if the local CPU wheel was not picked up).
+"$VPY" -c "import torch, sys; sys.exit('torch is not a CPU build: %s' % torch.version.cuda if torch.version.cuda else 0)"
 
 if installed torchvision "$TORCHVISION_VERSION"; then
   echo "== torchvision $TORCHVISION_VERSION already installed"

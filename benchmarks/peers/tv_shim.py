@@ -93,8 +93,10 @@ def build(force: bool = False, verbose: bool = False) -> str:
 def _torchvision_package_dir() -> str:
     spec = importlib.util.find_spec("torchvision")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("torchvision is not installed in this environment "
-                          "(run benchmarks/peers/setup_torchvision.sh)")
+        raise ImportError(
+            "torchvision is not installed in this environment "
+            "(run benchmarks/peers/setup_torchvision.sh)"
+        )
     return os.path.realpath(list(spec.submodule_search_locations)[0])
 
 
