@@ -165,6 +165,36 @@ def test_mask_loss_reads_the_matched_gt_mask_on_the_gt_class_channel():
     assert float(losses["mask_loss"]) == pytest.approx(softplus(-2.0), rel=1e-5)
 
 
+def test_mask_head_runs_on_the_largest_positive_count_of_the_batch():
+    # Image 0: proposals = its two GT boxes (+ the two appended GT copies) -> 4 positives.
+    # Image 1: one GT, no overlapping proposal -> 1 positive (the appended GT copy).
+    # The head must see [2, 4, ...] rows (max over images), not max_positives = 16 x 0.5 = 8.
+    # (The loss values on fewer rows are checked by the hand-computed tests around this one.)
+    heads = _hand_heads()
+    features = [tf.random.normal([2, 32, 32, 8])]
+    gt_boxes = tf.constant([[[4.0, 4.0, 36.0, 36.0], [60.0, 40.0, 100.0, 100.0]],
+                            [[10.0, 10.0, 50.0, 50.0], [-1.0, -1.0, -1.0, -1.0]]])
+    classes = tf.constant([[1, 2], [2, -1]])
+    proposals = tf.stack([gt_boxes[0], tf.constant([[100.0, 0.0, 120.0, 20.0]] * 2)])
+    targets = {"boxes": gt_boxes, "classes": classes,
+               "masks": tf.constant(np.random.default_rng(0).integers(
+                   0, 2, (2, 2, 56, 56)).astype(np.float32))}
+    valid = tf.ones([2, 2], tf.bool)
+    seen = []
+    original = heads._mask_logits
+
+    def spy(features, rois, classes, training):
+        seen.append(tuple(rois.shape))
+        return original(features, rois, classes, training)
+
+    heads._mask_logits = spy
+    losses, sampled = heads.compute_losses(features, proposals, valid, targets)
+    positives = tf.reduce_sum(tf.cast(sampled["labels"] >= 1, tf.int32), axis=1).numpy()
+    assert positives.tolist() == [4, 1] and heads.max_positives == 8
+    assert seen == [(2, 4, 4)]
+    assert np.isfinite(float(losses["mask_loss"]))
+
+
 def test_mask_loss_without_positives_or_gt_is_zero_and_missing_masks_is_an_error():
     heads = _hand_heads()
     features = [tf.random.normal([2, 32, 32, 8])]

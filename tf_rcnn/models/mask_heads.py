@@ -8,9 +8,10 @@ binary cross-entropy against the matched GT mask cut out of the RoI (``ops.masks
 bilinear, thresholded at 0.5). The loss is the mean over the pixels of each positive RoI,
 averaged over the positives of the batch.
 
-To keep the head's batch static and small, the positives are moved to the front of each image's
-sampled rows and the first ``max_positives = floor(S * positive_fraction)`` rows are kept (the
-sampler never returns more positives than that); rows that are not positive get zero weight.
+To keep the head's batch small, the positives are moved to the front of each image's sampled rows
+and the first q rows are kept, q = the largest positive count of an image in the batch (at least
+1, at most ``max_positives = floor(S * positive_fraction)``, which the sampler never exceeds);
+rows that are not positive get zero weight.
 
 Inference: the box branch decodes and runs NMS; the mask branch then runs on the final
 detection boxes, and the sigmoid of the predicted class's channel is returned as
@@ -135,9 +136,14 @@ class MaskRoIHeads(RoIHeads):
         positive = tf.logical_and(sampled["valid"], sampled["labels"] >= 1)  # [B, S]
         num_sampled = positive.shape[1]  # static S from the sampler
         q = self.max_positives if num_sampled is None else min(self.max_positives, num_sampled)
-        # Stable sort of the rows by "is positive" (positives first), then keep Q columns.
+        # The head runs on as many rows as the image with the most positives has (at least one,
+        # at most Q): its cost follows the data instead of the worst case (early in training, or
+        # on images with few objects, far fewer than Q RoIs are positive).
+        most = tf.reduce_max(tf.reduce_sum(tf.cast(positive, tf.int32), axis=1))
+        q = tf.clip_by_value(most, 1, q)
+        # Stable sort of the rows by "is positive" (positives first), then keep q columns.
         order = tf.argsort(tf.cast(positive, tf.int32), axis=1, direction="DESCENDING",
-                           stable=True)[:, :q]  # [B, Q]
+                           stable=True)[:, :q]  # [B, q]
         rois = tf.gather(sampled["rois"], order, batch_dims=1)  # [B, Q, 4]
         labels = tf.gather(sampled["labels"], order, batch_dims=1)  # [B, Q]
         matched = tf.gather(sampled["matched_gt_indices"], order, batch_dims=1)  # [B, Q]
