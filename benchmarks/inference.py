@@ -54,6 +54,12 @@ _SCORE = flags.DEFINE_float(
     "score_threshold", 0.05,
     "Decoder score threshold (0.05 = the library default and torchvision's; random weights "
     "give class scores near 1/(K+1), so 0.0 makes every RoI x class reach per-class NMS).")
+_FULL = flags.DEFINE_boolean(
+    "full_proposals", True,
+    "Zero the RPN's box-delta conv and set its NMS IoU to 1.0 (here and in the torchvision "
+    "peer), so exactly --proposals proposals (the top-scored anchors) reach the second stage. "
+    "Random weights otherwise leave a data-dependent count (640x640: 6 here, 596 in "
+    "torchvision), which would compare different amounts of work.")
 _TV = flags.DEFINE_string("torchvision_python", None,
                           "Python of a venv with torch + torchvision (peer rows).")
 _WORKER = flags.DEFINE_string("worker", None, "Internal: measure this model in this process.")
@@ -100,6 +106,8 @@ def measure(name: str) -> dict:
     config.model.backbone.weights = None
     config.model.rpn.post_nms_topk_test = proposals
     config.model.roi_head.score_threshold = _SCORE.value
+    if _FULL.value:
+        config.model.rpn.nms_threshold = 1.0
     runs = _RUNS.value
     tf.keras.utils.set_random_seed(0)
     images = tf.random.normal([1, height, width, 3], stddev=50.0)
@@ -117,8 +125,14 @@ def measure(name: str) -> dict:
 
     _block(full(images))
     first_call = time.perf_counter() - start
+    if _FULL.value:  # after the first call: the traced functions read the variables
+        deltas = model.rpn.head.deltas_conv
+        deltas.set_weights([tf.zeros_like(w) for w in deltas.get_weights()])
 
+    valid = model.propose(images)["proposal_valid"]
     result = {"model": name, "size": [height, width], "proposals": proposals,
+              "proposals_to_box_head": int(tf.reduce_sum(tf.cast(valid, tf.int32))),
+              "full_proposals": _FULL.value,
               "jit_compile": _JIT.value, "first_call_s": first_call}
     result["full_s"] = _median_time(full, images, runs=runs)
     result["trunk_s"] = _median_time(trunk, images, runs=runs)
@@ -201,7 +215,8 @@ def _torchvision_row(name: str) -> dict | None:
     script = os.path.join(REPO, "benchmarks", "peers", "torchvision_bench.py")
     return _run_worker([_TV.value, script, "infer", f"--model={peer}", f"--size={height}",
                         f"--proposals={_PROPOSALS.value or MODELS[name][2]}",
-                        f"--runs={_RUNS.value}", f"--score_thresh={_SCORE.value}"])
+                        f"--runs={_RUNS.value}", f"--score_thresh={_SCORE.value}",
+                        *(["--full_proposals"] if _FULL.value else [])])
 
 
 def _print_table(rows: list[dict]) -> None:
@@ -210,7 +225,8 @@ def _print_table(rows: list[dict]) -> None:
     for r in rows:
         size = "x".join(str(s) for s in r["size"])
         trunk = r.get("trunk_s", r.get("backbone_fpn_s"))
-        print(f"{r['model']:<34} {size:>9} {r['proposals']:>5} {r['full_s']:>7.3f} "
+        props = r.get("proposals_to_box_head", r["proposals"])
+        print(f"{r['model']:<34} {size:>9} {props:>5} {r['full_s']:>7.3f} "
               f"{trunk:>7.3f} {r['full_s'] / trunk:>5.2f} {r['first_call_s']:>10.1f} "
               f"{r.get('peak_rss_mb', float('nan')):>8.0f}")
         for stage, seconds in r.get("stages", {}).items():
@@ -226,7 +242,8 @@ def main(argv):
     if unknown:
         raise app.UsageError(f"Unknown models {unknown}; choose from {sorted(MODELS)}.")
     rows = []
-    passthrough = [f"--runs={_RUNS.value}", f"--score_threshold={_SCORE.value}"]
+    passthrough = [f"--runs={_RUNS.value}", f"--score_threshold={_SCORE.value}",
+                   f"--full_proposals={_FULL.value}"]
     if _SIZE.value:
         passthrough.append(f"--size={_SIZE.value}")
     if _PROPOSALS.value:

@@ -121,6 +121,11 @@ def infer(args) -> dict:
         box_score_thresh=args.score_thresh,
         box_detections_per_img=100,
     )
+    if args.full_proposals:
+        with torch.no_grad():
+            model.rpn.head.bbox_pred.weight.zero_()
+            model.rpn.head.bbox_pred.bias.zero_()
+        model.rpn.nms_thresh = 1.0
     model.eval()
     build_s = time.perf_counter() - start
     with torch.inference_mode():
@@ -130,6 +135,7 @@ def infer(args) -> dict:
         full_s, full_times = _median_time(lambda: model([image]), args.runs)
         images, _ = model.transform([image])
         tensor = images.tensors
+        stage_proposals = model.rpn(images, model.backbone(tensor))[0][0].shape[0]
         backbone_s, backbone_times = _median_time(lambda: model.backbone(tensor), args.runs)
     result = {
         "mode": "infer",
@@ -137,6 +143,8 @@ def infer(args) -> dict:
         "size": [size, size],
         "input_tensor_shape": list(tensor.shape),
         "proposals": args.proposals,
+        "proposals_to_box_head": int(stage_proposals),
+        "full_proposals": args.full_proposals,
         "rpn_pre_nms_top_n_test_per_level": args.pre_nms,
         "score_thresh": args.score_thresh,
         "detections": int(out["boxes"].shape[0]),
@@ -210,7 +218,7 @@ def train(args) -> dict:
         "steps": args.steps,
         "first_step_s": first_step_s,
         "step_s": step_s,
-        "image_s": step_s / batch,
+        "per_image_s": step_s / batch,
         "images_per_s": batch / step_s,
         "step_min_s": min(step_times),
         "step_times_s": step_times,
@@ -259,6 +267,14 @@ def main(argv=None) -> None:
             )
             p.add_argument("--runs", type=int, default=5)
             p.add_argument("--score_thresh", "--score-thresh", type=float, default=0.0)
+            p.add_argument(
+                "--full_proposals",
+                "--full-proposals",
+                action="store_true",
+                help="zero the RPN box-delta conv and set the RPN NMS IoU to 1.0 so exactly "
+                "--proposals proposals (the top-scored anchors) reach the box head; random "
+                "weights otherwise leave a data-dependent count",
+            )
         else:
             p.add_argument("--size", type=int, default=512)
             p.add_argument("--batch", type=int, default=2)
