@@ -77,6 +77,18 @@ def test_rfcn_head_layer_contract():
     assert logits.shape == (2, 2, 4) and deltas.shape == (2, 2, 1, 4)
 
 
+def test_score_maps_equal_the_class_then_box_convolutions():
+    # score_maps runs one conv with both kernels side by side; it must equal the two layers'
+    # own outputs concatenated (class maps first, then box maps).
+    head = RFCNHead(num_classes=3, k=3, channels=8, spatial_scale=1 / 16, mode="align")
+    features = tf.random.normal([2, 5, 7, 6])
+    maps = head.score_maps(features)
+    reduced = head.reduce_conv(features)
+    expected = tf.concat([head.cls_conv(reduced), head.box_conv(reduced)], axis=-1)
+    assert maps.shape == (2, 5, 7, 3 * 3 * (3 + 1) + 3 * 3 * 4)
+    np.testing.assert_allclose(maps.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_head_pool_reads_class_maps_then_box_maps_in_rfcn_layout():
     # k = 3, K = 1: class maps have k*k*(K+1) = 18 channels, box maps k*k*4 = 36. Channel
     # (c*k + i)*k + j holds the constant 10*c + (i*k + j) for output c in 0..5 (c = 0, 1 the
