@@ -28,7 +28,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -93,16 +92,6 @@ def _final_metrics(output: str) -> dict:
     return json.loads(match.group(1))
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _loss_summary(losses: list[float]) -> dict:
     head, tail = losses[:3], losses[-3:]
     return {"logged_losses": len(losses), "first_losses_mean": sum(head) / len(head),
@@ -121,11 +110,11 @@ def distributed(root: str, steps: int) -> dict:
         cwd=REPO, capture_output=True, text=True, check=True)
     result = {"steps": steps, "mirrored": {**_loss_summary(_losses(proc.stdout)),
                                           "images_per_second": _speed(proc.stdout)}}
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    from tf_rcnn.training import local_cluster_tf_configs
+
     worker_dir = os.path.join(root, f"multi_worker_{steps}_{stamp}")
     procs = []
-    for index in range(2):
-        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+    for tf_config in local_cluster_tf_configs(2):
         procs.append(subprocess.Popen(
             _train_cmd(root, worker_dir, *common, "--strategy=multi_worker"), cwd=REPO,
             env=dict(os.environ, TF_CONFIG=json.dumps(tf_config)), stdout=subprocess.PIPE,

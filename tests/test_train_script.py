@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+
+from tf_rcnn.training import local_cluster_tf_configs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -103,21 +104,9 @@ def test_mirrored_two_logical_cpus_trains_the_detector(tmp_path, data_dir):
     assert (tmp_path / "ckpt-6.index").exists()
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def test_multi_worker_two_processes_end_with_identical_weights(tmp_path, data_dir):
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     procs = []
-    for index in range(2):
-        config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+    for config in local_cluster_tf_configs(2):
         procs.append(_train(tiny_args(data_dir, steps=4), str(tmp_path),
                             "--strategy=multi_worker", TF_CONFIG=json.dumps(config)))
     try:

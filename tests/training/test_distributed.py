@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,12 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
-from tf_rcnn.training import get_strategy, per_replica_batch_size, scale_learning_rate
+from tf_rcnn.training import (
+    get_strategy,
+    local_cluster_tf_configs,
+    per_replica_batch_size,
+    scale_learning_rate,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,21 +59,9 @@ def test_mirrored_two_cpus_matches_one_device(tmp_path):
     assert (tmp_path / "mirrored" / "ckpt-3.index").exists()
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def test_multi_worker_two_processes(tmp_path):
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     procs = []
-    for index in range(2):
-        config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+    for config in local_cluster_tf_configs(2):
         procs.append(
             subprocess.Popen(
                 [
@@ -102,6 +94,17 @@ def test_multi_worker_two_processes(tmp_path):
     # Only the chief (worker 0) writes into model_dir; worker 1's temp dir is gone.
     assert (tmp_path / "ckpt-3.index").exists()
     assert not list(tmp_path.glob(".workertemp_*"))
+
+
+def test_local_cluster_tf_configs_give_each_worker_its_task_on_one_cluster():
+    configs = local_cluster_tf_configs(3)
+    workers = configs[0]["cluster"]["worker"]
+    assert len(workers) == len(set(workers)) == 3
+    assert all(w.startswith("127.0.0.1:") and int(w.rsplit(":", 1)[1]) > 0 for w in workers)
+    assert [c["cluster"]["worker"] for c in configs] == [workers] * 3
+    assert [c["task"] for c in configs] == [{"type": "worker", "index": i} for i in range(3)]
+    with pytest.raises(ValueError, match="num_workers"):
+        local_cluster_tf_configs(0)
 
 
 def test_strategy_helpers():

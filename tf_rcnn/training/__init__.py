@@ -15,6 +15,7 @@ from tf_rcnn.training.schedules import WarmupCosineDecay, WarmupStepDecay, build
 from tf_rcnn.training.strategy import (
     get_strategy,
     is_chief,
+    local_cluster_tf_configs,
     per_replica_batch_size,
     scale_learning_rate,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "get_strategy",
     "is_chief",
     "load_weights_partial",
+    "local_cluster_tf_configs",
     "per_replica_batch_size",
     "scale_learning_rate",
 ]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 
 import tensorflow as tf
 from absl import logging
@@ -152,6 +153,28 @@ def per_replica_batch_size(strategy: tf.distribute.Strategy, global_batch: int) 
         per_replica,
     )
     return per_replica
+
+
+def local_cluster_tf_configs(num_workers: int, host: str = "127.0.0.1") -> list[dict]:
+    """``TF_CONFIG`` dicts for a ``num_workers``-worker cluster on this machine, one per worker.
+
+    Each worker gets a port that is free when this is called (the OS picks it); set
+    ``TF_CONFIG=json.dumps(configs[i])`` in worker ``i``'s environment and run the same
+    ``train.py --strategy=multi_worker`` command in every one, e.g. to try multi-worker training
+    on loopback before moving to real hosts.
+    """
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be >= 1, got {num_workers}.")
+    sockets = [socket.socket() for _ in range(num_workers)]
+    try:
+        for s in sockets:
+            s.bind((host, 0))
+        workers = [f"{host}:{s.getsockname()[1]}" for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+    return [{"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+            for index in range(num_workers)]
 
 
 def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
