@@ -31,7 +31,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -43,7 +42,7 @@ from absl import app, flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
-from model_table import MODELS  # noqa: E402
+from speed_common import MODELS, run_result  # noqa: E402
 
 _MODELS = flags.DEFINE_list("models", list(MODELS), f"Any of {sorted(MODELS)}.")
 _SIZE = flags.DEFINE_string("size", None, "H or HxW (default: per model, 640 / 600x1000).")
@@ -196,15 +195,6 @@ def measure(name: str) -> dict:
     return result
 
 
-def _run_worker(args: list[str]) -> dict:
-    proc = subprocess.run(args, capture_output=True, text=True, cwd=REPO,
-                          env=dict(os.environ, PYTHONPATH=REPO))
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
-
-
 def _torchvision_row(name: str) -> dict | None:
     peer = MODELS[name][3]
     if peer is None or not _TV.value:
@@ -213,7 +203,7 @@ def _torchvision_row(name: str) -> dict | None:
     if height != width:
         return None  # torchvision's transform resizes by the shorter side; keep squares
     script = os.path.join(REPO, "benchmarks", "peers", "torchvision_bench.py")
-    return _run_worker([_TV.value, script, "infer", f"--model={peer}", f"--size={height}",
+    return run_result([_TV.value, script, "infer", f"--model={peer}", f"--size={height}",
                         f"--proposals={_PROPOSALS.value or MODELS[name][2]}",
                         f"--runs={_RUNS.value}", f"--score_thresh={_SCORE.value}",
                         *(["--full_proposals"] if _FULL.value else [])])
@@ -251,7 +241,7 @@ def main(argv):
     if _JIT.value:
         passthrough.append("--jit_compile")
     for name in _MODELS.value:
-        rows.append(_run_worker([sys.executable, os.path.abspath(__file__),
+        rows.append(run_result([sys.executable, os.path.abspath(__file__),
                                  f"--worker={name}", *passthrough]))
         peer = _torchvision_row(name)
         if peer is not None:

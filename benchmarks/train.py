@@ -21,7 +21,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ from absl import app, flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
-from model_table import MODELS  # noqa: E402
+from speed_common import MODELS, run_result  # noqa: E402
 
 _MODELS = flags.DEFINE_list("models", list(MODELS), f"Any of {sorted(MODELS)}.")
 _SIZE = flags.DEFINE_integer("size", 512, "Square image side.")
@@ -112,15 +111,6 @@ def measure(name: str) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
 
 
-def _run(args: list[str]) -> dict:
-    proc = subprocess.run(args, capture_output=True, text=True, cwd=REPO,
-                          env=dict(os.environ, PYTHONPATH=REPO))
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
-
-
 def main(argv):
     del argv
     if _WORKER.value:
@@ -132,12 +122,12 @@ def main(argv):
     common = [f"--size={_SIZE.value}", f"--batch={_BATCH.value}", f"--steps={_STEPS.value}"]
     rows = []
     for name in _MODELS.value:
-        rows.append(_run([sys.executable, os.path.abspath(__file__), f"--worker={name}",
+        rows.append(run_result([sys.executable, os.path.abspath(__file__), f"--worker={name}",
                           *common]))
         peer = MODELS[name][3]
         if peer and _TV.value:
             script = os.path.join(REPO, "benchmarks", "peers", "torchvision_bench.py")
-            row = _run([_TV.value, script, "train", f"--model={peer}", *common])
+            row = run_result([_TV.value, script, "train", f"--model={peer}", *common])
             row["model"] = "torchvision " + row.get("model", peer)
             row["tf_rcnn_over_torchvision"] = rows[-1]["per_image_s"] / row["per_image_s"]
             rows.append(row)
