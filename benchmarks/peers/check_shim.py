@@ -26,10 +26,15 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The repo root, for tests.reference (plain NumPy, no TensorFlow).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import tv_shim
 
 torchvision = tv_shim.import_torchvision()
 import torch  # noqa: E402
+
+# The RoIAlign sampling rule of the project's own NumPy reference (plain NumPy, no TensorFlow).
+from tests.reference.numpy_roi import bilinear_taps  # noqa: E402
 
 RNG = np.random.default_rng(1234)
 
@@ -66,27 +71,6 @@ def np_nms(boxes: np.ndarray, scores: np.ndarray, thr: float) -> np.ndarray:
     return np.asarray(keep, np.int64)
 
 
-def _bilinear_taps(y: float, x: float, height: int, width: int):
-    """[(row, col, weight)] of one RoIAlign sample; [] if more than 1 px outside the map."""
-    if y < -1.0 or y > height or x < -1.0 or x > width:
-        return []
-    y, x = max(y, 0.0), max(x, 0.0)
-    y0, x0 = int(math.floor(y)), int(math.floor(x))
-    if y0 >= height - 1:
-        y0 = y1 = height - 1
-        y = float(y0)
-    else:
-        y1 = y0 + 1
-    if x0 >= width - 1:
-        x0 = x1 = width - 1
-        x = float(x0)
-    else:
-        x1 = x0 + 1
-    ly, lx = y - y0, x - x0
-    hy, hx = 1.0 - ly, 1.0 - lx
-    return [(y0, x0, hy * hx), (y0, x1, hy * lx), (y1, x0, ly * hx), (y1, x1, ly * lx)]
-
-
 def _roi_bins(roi, spatial_scale, ph_n, pw_n, sampling_ratio, aligned, height, width):
     """Yield (batch, ph, pw, taps, count) for every output bin of one RoI (float64 geometry)."""
     batch = int(roi[0])
@@ -106,7 +90,7 @@ def _roi_bins(roi, spatial_scale, ph_n, pw_n, sampling_ratio, aligned, height, w
                 y = y1 + ph * bin_h + (iy + 0.5) * bin_h / gh
                 for ix in range(max(gw, 0)):
                     x = x1 + pw * bin_w + (ix + 0.5) * bin_w / gw
-                    taps += _bilinear_taps(y, x, height, width)
+                    taps += bilinear_taps(y, x, height, width)
             yield batch, ph, pw, taps, count
 
 

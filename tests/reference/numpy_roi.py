@@ -20,15 +20,15 @@ def _pair(size):
     return (size, size) if isinstance(size, int) else tuple(size)
 
 
-def bilinear(fmap: np.ndarray, y: float, x: float) -> np.ndarray:
-    """Bilinear value of ``fmap [H, W, C]`` at ``(y, x)`` with the RoIAlign boundary rule.
+def bilinear_taps(y: float, x: float, height: int, width: int) -> list[tuple[int, int, float]]:
+    """``[(row, col, weight)]`` of the bilinear sample at ``(y, x)`` on an ``height x width``
+    map with the RoIAlign boundary rule; ``[]`` (value 0) when the point is outside.
 
-    Outside ``[-1, H] x [-1, W]`` -> 0; a coordinate in ``[-1, 0]`` is clamped to 0; a
+    Outside ``[-1, H] x [-1, W]`` -> no taps; a coordinate in ``[-1, 0]`` is clamped to 0; a
     coordinate at or beyond the last row/column reads that row/column.
     """
-    height, width = fmap.shape[:2]
     if y < -1.0 or y > height or x < -1.0 or x > width:
-        return np.zeros(fmap.shape[2], np.float64)
+        return []
     y = max(y, 0.0)
     x = max(x, 0.0)
     y0 = int(math.floor(y))
@@ -45,12 +45,15 @@ def bilinear(fmap: np.ndarray, y: float, x: float) -> np.ndarray:
         x1 = x0 + 1
     ly, lx = y - y0, x - x0
     hy, hx = 1.0 - ly, 1.0 - lx
-    return (
-        hy * hx * fmap[y0, x0]
-        + hy * lx * fmap[y0, x1]
-        + ly * hx * fmap[y1, x0]
-        + ly * lx * fmap[y1, x1]
-    )
+    return [(y0, x0, hy * hx), (y0, x1, hy * lx), (y1, x0, ly * hx), (y1, x1, ly * lx)]
+
+
+def bilinear(fmap: np.ndarray, y: float, x: float) -> np.ndarray:
+    """Bilinear value of ``fmap [H, W, C]`` at ``(y, x)`` (see :func:`bilinear_taps`)."""
+    value = np.zeros(fmap.shape[2], np.float64)
+    for row, col, weight in bilinear_taps(y, x, fmap.shape[0], fmap.shape[1]):
+        value = value + weight * fmap[row, col]
+    return value
 
 
 def roi_align(features, rois, output_size, spatial_scale, sampling_ratio=2, aligned=True):
