@@ -20,48 +20,15 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from tf_rcnn.config import load_config_file
-from tf_rcnn.evaluation.evaluate import evaluate_checkpoint
-from tf_rcnn.training.run import run_training
+from tests.overfit import train_and_evaluate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def overfit_config(data_dir: str):
-    config = load_config_file(os.path.join(REPO, "configs", "shapes_faster_rcnn.py"))
-    d = config.data
-    d.shapes_dir = data_dir
-    d.shapes_train_images = 8
-    d.shapes_val_images = 8
-    d.shapes_val_seed = d.shapes_train_seed  # evaluate on the training images
-    d.shapes_image_size = 64
-    d.scales = (64,)
-    d.max_size = 64
-    d.train_batch_size = 4
-    d.eval_batch_size = 8
-    d.random_flip = False
-    t = config.train
-    t.total_steps = 400
-    t.warmup_steps = 50
-    t.base_learning_rate = 0.02
-    t.base_batch_size = 4
-    t.checkpoint_every = 400
-    t.log_every = 100
-    t.steps_per_loop = 20
-    config.model.rpn.anchor_sizes = ((8.0,), (16.0,), (32.0,), (64.0,), (128.0,))
-    config.eval.visualize = 2
-    return config
-
-
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("overfit")
-    config = overfit_config(str(root / "shapes"))
-    model_dir = str(root / "run")
-    losses = run_training(config, model_dir)
-    out = str(root / "eval")
-    metrics = evaluate_checkpoint(config, model_dir, out)
-    return config, model_dir, out, losses, metrics
+    return train_and_evaluate(tmp_path_factory.mktemp("overfit"), "shapes_faster_rcnn.py",
+                              steps=400)
 
 
 @pytest.mark.slow

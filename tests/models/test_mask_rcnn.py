@@ -24,10 +24,9 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from tests.layer_contract import check_layer_contract
-from tests.models.test_faster_rcnn import REPO, tiny_batch, tiny_config
+from tests.models.test_faster_rcnn import tiny_batch, tiny_config
+from tests.overfit import train_and_evaluate
 from tf_rcnn import export as export_lib
-from tf_rcnn.config import load_config_file
-from tf_rcnn.evaluation.evaluate import evaluate_checkpoint
 from tf_rcnn.evaluation.mask_pasting import MaskPastingEvaluator, paste_image_masks
 from tf_rcnn.layers.roi_align import RoIAlign
 from tf_rcnn.layers.target_assigners import RoISampler
@@ -37,7 +36,6 @@ from tf_rcnn.models.heads.box import BoxPredictor, FPNBoxHead
 from tf_rcnn.models.heads.mask import MaskHead, select_class_masks
 from tf_rcnn.models.mask_heads import MaskRoIHeads, mask_rcnn_loss
 from tf_rcnn.training.checkpoints import load_weights_partial, resolve_checkpoint_path
-from tf_rcnn.training.run import run_training
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm",
               "ARl")
@@ -332,40 +330,11 @@ def test_mask_pasting_evaluator_forwards_original_size_masks():
 # ----------------------------------------------------------------------------- end to end
 
 
-def overfit_mask_config(data_dir: str, steps: int = 300):
-    """The shapes Mask R-CNN recipe on 8 64x64 images, evaluated on the same images."""
-    config = load_config_file(os.path.join(REPO, "configs", "shapes_mask_rcnn.py"))
-    d = config.data
-    d.shapes_dir = data_dir
-    d.shapes_train_images = d.shapes_val_images = 8
-    d.shapes_val_seed = d.shapes_train_seed  # evaluate on the training images
-    d.shapes_image_size = 64
-    d.scales = (64,)
-    d.max_size = 64
-    d.train_batch_size = 4
-    d.eval_batch_size = 8
-    d.random_flip = False
-    t = config.train
-    t.total_steps = steps
-    t.warmup_steps = 50
-    t.base_batch_size = 4
-    t.checkpoint_every = steps
-    t.log_every = 100
-    t.steps_per_loop = 20
-    config.model.rpn.anchor_sizes = ((8.0,), (16.0,), (32.0,), (64.0,), (128.0,))
-    config.eval.visualize = 2
-    return config
-
-
 @pytest.fixture(scope="module")
 def trained_mask_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mask_overfit")
-    config = overfit_mask_config(str(root / "shapes"))
-    model_dir = str(root / "run")
-    losses = run_training(config, model_dir)
-    out = str(root / "eval")
-    metrics = evaluate_checkpoint(config, model_dir, out)
-    return config, model_dir, out, losses, metrics
+    # The shapes Mask R-CNN recipe on 8 64x64 images, evaluated on the same images.
+    return train_and_evaluate(tmp_path_factory.mktemp("mask_overfit"), "shapes_mask_rcnn.py",
+                              steps=300)
 
 
 @pytest.mark.slow
