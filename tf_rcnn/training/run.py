@@ -143,16 +143,18 @@ def run_training(
     metrics = {k: float(v) for k, v in metrics.items()}
     # Fingerprints of the final weights, logged by train.py on every worker: replicas that
     # stayed in sync give the same sum of |w| and the same SHA-256 of the weight bytes.
-    metrics["weights_l1"] = float(sum(float(tf.reduce_sum(tf.abs(tf.cast(
-        tf.convert_to_tensor(w), tf.float64)))) for w in model.weights))
-    metrics["weights_sha256"] = weights_fingerprint(model)
+    metrics.update(weights_fingerprint(model))
     return metrics
 
 
-def weights_fingerprint(model: keras.Model) -> str:
-    """SHA-256 of every weight's bytes, in checkpoint-key order (bit-exact equality check)."""
+def weights_fingerprint(model: keras.Model) -> dict:
+    """``weights_l1`` (sum of |w|, float64) and ``weights_sha256`` (every weight's bytes in
+    checkpoint-key order, a bit-exact equality check), from one pass over the weights."""
     digest = hashlib.sha256()
+    l1 = 0.0
     for weight in sorted(model.weights, key=weight_key):
+        value = np.ascontiguousarray(keras.ops.convert_to_numpy(weight))
+        l1 += float(np.abs(value.astype(np.float64)).sum())
         digest.update(weight_key(weight).encode())
-        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
-    return digest.hexdigest()
+        digest.update(value.tobytes())
+    return {"weights_l1": l1, "weights_sha256": digest.hexdigest()}
