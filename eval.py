@@ -1,13 +1,14 @@
-"""Evaluate a trained tf_rcnn detector on the recipe's validation split.
+"""Evaluate a trained tf_rcnn detector on its validation split.
 
-    python eval.py --config=configs/shapes_faster_rcnn.py --checkpoint=runs/shapes \
-        --output_dir=runs/shapes/eval
+    python eval.py --checkpoint=runs/shapes --output_dir=runs/shapes/eval \
+        [--config=configs/shapes_faster_rcnn.py] [--config.a.b=v ...]
 
-Writes ``OUT/metrics.json`` (``bbox/AP``, ``bbox/AP50``, ... all 12 COCO stats, ``segm/...`` for
-Mask R-CNN; ``voc/mAP`` for VOC data; ``rpn/AR@100`` and ``rpn/AR@1000`` with
-``--proposal_recall``), ``OUT/detections.json``
-(COCO results format: dataset category ids, ``[x, y, w, h]`` in original-image pixels) and
-``OUT/detections.png`` (a few validation images with their detections).
+The run directory's ``config.json`` and ``label_map.json`` (written by ``train.py``) describe the
+model and its data, so ``--config`` is optional; overrides apply on top of it. Writes
+``OUT/metrics.json`` (``bbox/AP``, ``bbox/AP50``, ... all 12 COCO stats, ``segm/...`` for Mask
+R-CNN; ``voc/mAP`` for VOC data; ``rpn/AR@100`` and ``rpn/AR@1000`` with ``--proposal_recall``),
+``OUT/detections.json`` (COCO results format: dataset category ids, ``[x, y, w, h]`` in
+original-image pixels) and ``OUT/detections.png`` (a few validation images with detections).
 """
 
 from __future__ import annotations
@@ -21,31 +22,33 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
 import tf_rcnn  # noqa: F401  (selects the TensorFlow backend before Keras loads)
-from tf_rcnn.config import ConfigError, check_config_overrides
+from tf_rcnn.config import ConfigError
+from tf_rcnn.evaluation.evaluate import evaluate_checkpoint
+from tf_rcnn.tools import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file (configs/NAME.py).")
+_CONFIG = cli.define_config_flag(
+    sys.argv, run_flag="checkpoint",
+    help_string="Recipe or config.json (default: the run's config.json).")
 _CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "Checkpoint prefix, or a run directory (its newest checkpoint).")
+    "checkpoint", None, "Run directory (its newest checkpoint) or a checkpoint prefix.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where metrics and detections go.")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", None, "Evaluate only the first N images.")
 _PROPOSAL_RECALL = flags.DEFINE_bool(
     "proposal_recall", False, "Also report RPN proposal recall (AR@100, AR@1000).")
 _VISUALIZE = flags.DEFINE_integer("visualize", None, "Images drawn into detections.png.")
-flags.mark_flags_as_required(["config", "checkpoint", "output_dir"])
+flags.mark_flags_as_required(["checkpoint", "output_dir"])
 
 
 def main(argv):
     del argv
-    from tf_rcnn.evaluation.evaluate import evaluate_checkpoint
-
     try:
         metrics = evaluate_checkpoint(
-            _CONFIG.value, _CHECKPOINT.value, _OUTPUT_DIR.value, num_images=_NUM_IMAGES.value,
-            proposal_recall=_PROPOSAL_RECALL.value, visualize=_VISUALIZE.value)
-    except ConfigError as error:
+            _CHECKPOINT.value, _OUTPUT_DIR.value, config=_CONFIG.resolve(),
+            num_images=_NUM_IMAGES.value, proposal_recall=_PROPOSAL_RECALL.value,
+            visualize=_VISUALIZE.value)
+    except (ConfigError, FileNotFoundError) as error:
         raise app.UsageError(str(error)) from error
     out = _OUTPUT_DIR.value
     print(f"Metrics written to {os.path.join(out, 'metrics.json')}")
@@ -56,5 +59,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    check_config_overrides(sys.argv)
-    app.run(main)
+    app.run(main, argv=_CONFIG.argv)

@@ -5,8 +5,10 @@
 
 Running the same command again resumes from the newest checkpoint in ``--model_dir``. The run
 directory receives checkpoints (``ckpt-<step>``), TensorBoard summaries (``train/``), the resolved
-config (``config.json``) and the label map (``label_map.json``) that ``eval.py`` and the exporter
-read back.
+config (``config.json``) and the label map (``label_map.json``) that ``eval.py``, the exporters,
+``predict`` and ``dump_proposals`` read back (their ``--config`` is optional).
+``--config.train.schedule_mode=alternating`` runs the 4-step schedule of the Faster R-CNN paper
+instead of joint training.
 """
 
 from __future__ import annotations
@@ -21,12 +23,16 @@ import json
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 import tf_rcnn  # noqa: F401  (selects the TensorFlow backend before Keras loads)
-from tf_rcnn.config import ConfigError, check_config_overrides
+from tf_rcnn.config import ConfigError
+from tf_rcnn.evaluation.watch import make_eval_fn, make_image_fn
+from tf_rcnn.tools import cli
+from tf_rcnn.training.alternating import run_alternating
+from tf_rcnn.training.run import run_training
+from tf_rcnn.training.strategy import get_strategy
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file (configs/NAME.py).")
+_CONFIG = cli.define_config_flag(sys.argv, help_string="Recipe file (configs/NAME.py).")
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Run directory (checkpoints, summaries).")
 _STRATEGY = flags.DEFINE_enum(
     "strategy", "default", ["default", "one_device", "mirrored", "multi_worker", "tpu"],
@@ -34,18 +40,22 @@ _STRATEGY = flags.DEFINE_enum(
 _TPU = flags.DEFINE_string("tpu", None, "TPU name or grpc:// address for --strategy=tpu.")
 _NUM_CPU_DEVICES = flags.DEFINE_integer(
     "num_cpu_devices", None, "Split the CPU into this many logical devices (testing mirrored).")
-flags.mark_flags_as_required(["config", "model_dir"])
+flags.mark_flags_as_required(["model_dir"])
 
 
 def main(argv):
     del argv
-    from tf_rcnn.training.run import run_training
-    from tf_rcnn.training.strategy import get_strategy
-
+    config = _CONFIG.resolve()
+    if config is None:
+        raise app.UsageError("--config is required: a recipe such as "
+                             "--config=configs/shapes_faster_rcnn.py.")
     strategy = get_strategy(_STRATEGY.value, tpu_address=_TPU.value,
                             num_cpu_devices=_NUM_CPU_DEVICES.value)
+    # The script chooses the schedule; both take the evaluation hooks from here.
+    train = run_alternating if config.train.schedule_mode == "alternating" else run_training
     try:
-        metrics = run_training(_CONFIG.value, _MODEL_DIR.value, strategy)
+        metrics = train(config, _MODEL_DIR.value, strategy, make_eval_fn=make_eval_fn,
+                        make_image_fn=make_image_fn)
     except ConfigError as error:
         raise app.UsageError(str(error)) from error
     logging.info("Training finished: %s", json.dumps(metrics))
@@ -53,5 +63,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    check_config_overrides(sys.argv)
-    app.run(main)
+    app.run(main, argv=_CONFIG.argv)

@@ -69,7 +69,7 @@ def measure_speed(poolers, shapes_dir, files, steps, rounds=3):
         data = iter(builder.build_input_pipeline(config, records, label_map,
                                                  training=True).dataset())
         model = builder.build_model(config)
-        builder.initialize_model(model, config)
+        model.build_with_dummy_inputs()
         optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
 
         @tf.function

@@ -28,7 +28,9 @@ import tensorflow as tf
 from absl import app, flags
 
 import tf_rcnn  # noqa: F401
-from tf_rcnn.ops import roi_ops
+from tf_rcnn.ops import poolers, ps_roi_pool
+from tf_rcnn.ops import roi_align as roi_align_ops
+from tf_rcnn.ops import roi_pool as roi_pool_ops
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("runs", 10, "Timed calls per case (the median is reported).")
@@ -80,10 +82,10 @@ def forward_backward(op: Callable[[object], tf.Tensor]) -> tuple[Callable, Calla
 
 def multilevel_select_all(features, rois, output_size, strides):
     """Alternative to the shipped path: pool all RoIs on all levels, keep each RoI's level."""
-    levels = roi_ops.assign_fpn_levels(rois, 2, 2 + len(strides) - 1)
+    levels = poolers.assign_fpn_levels(rois, 2, 2 + len(strides) - 1)
     result = None
     for index, (level_features, stride) in enumerate(zip(features, strides, strict=True)):
-        pooled = roi_ops.roi_align(level_features, rois, output_size, 1.0 / stride)
+        pooled = roi_align_ops.roi_align(level_features, rois, output_size, 1.0 / stride)
         mask = tf.equal(levels, 2 + index)[..., None, None, None]
         result = pooled if result is None else tf.where(mask, pooled, result)
     return result
@@ -109,23 +111,23 @@ def main(argv: list[str]) -> None:
     rois_1000 = random_rois(rng, 1000)
     rois_300 = random_rois(rng, 300)
     add_pair("roi_align 1000x7x7, 50x50x256",
-             lambda f: roi_ops.roi_align(f, rois_1000, 7, 1 / 16), c5)
+             lambda f: roi_align_ops.roi_align(f, rois_1000, 7, 1 / 16), c5)
     add_pair("roi_pool 1000x7x7, 50x50x256",
-             lambda f: roi_ops.roi_pool(f, rois_1000, 7, 1 / 16), c5)
+             lambda f: roi_pool_ops.roi_pool(f, rois_1000, 7, 1 / 16), c5)
     ps_maps = tf.constant(rng.normal(size=(1, 50, 50, 7 * 7 * 21)).astype(np.float32))
     add_pair("ps_roi_align 300, k=7, C=21",
-             lambda f: roi_ops.ps_roi_align(f, rois_300, 7, 1 / 16), ps_maps)
+             lambda f: ps_roi_pool.ps_roi_align(f, rois_300, 7, 1 / 16), ps_maps)
     add_pair("ps_roi_pool 300, k=7, C=21",
-             lambda f: roi_ops.ps_roi_pool(f, rois_300, 7, 1 / 16), ps_maps)
+             lambda f: ps_roi_pool.ps_roi_pool(f, rois_300, 7, 1 / 16), ps_maps)
 
     strides = [4, 8, 16, 32]
     pyramid = [tf.constant(rng.normal(size=(1, IMAGE // s, IMAGE // s, 256)).astype(np.float32))
                for s in strides]
     fpn_rois = random_rois(rng, 1000, 8.0, 800.0)
-    levels = roi_ops.assign_fpn_levels(fpn_rois, 2, 5).numpy().ravel()
+    levels = poolers.assign_fpn_levels(fpn_rois, 2, 5).numpy().ravel()
     print("FPN RoIs per level P2..P5:", np.bincount(levels, minlength=6)[2:].tolist())
     add_pair("multilevel_roi_align 1000x7x7 (shipped)",
-             lambda f: roi_ops.multilevel_roi_align(f, fpn_rois, 7, strides), pyramid)
+             lambda f: poolers.multilevel_roi_align(f, fpn_rois, 7, strides), pyramid)
     add_pair("multilevel all-levels+select (alt.)",
              lambda f: multilevel_select_all(f, fpn_rois, 7, strides), pyramid)
 

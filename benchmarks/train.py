@@ -82,7 +82,7 @@ def measure(name: str) -> dict:
     start = time.perf_counter()
     strategy = tf.distribute.get_strategy()
     model = builder.build_model(config)
-    builder.initialize_model(model, config)
+    model.build_with_dummy_inputs()
     optimizer = builder.build_optimizer_from_config(config, _BATCH.value)
     trainer = Trainer(model, optimizer, strategy, model_dir=tempfile.mkdtemp(),
                       clip_norm=config.train.clip_norm)

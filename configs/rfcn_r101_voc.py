@@ -40,16 +40,16 @@ def get_config():
     m.roi_head.in_features = ("C5",)  # the dilated conv5, stride 16
     m.roi_head.fg_iou = 0.5  # R-FCN "Training": positive when IoU >= 0.5, else negative
     m.roi_head.bg_iou_low = 0.0
-    m.roi_head.batch_size_per_image = 128  # plain sampling option (model.rfcn.ohem=False)
+    m.roi_head.batch_size_per_image = 128  # plain sampling option (model.roi_head.ohem=False)
     m.roi_head.positive_fraction = 0.25
     m.roi_head.nms_threshold = 0.3  # R-FCN "Inference": NMS 0.3 IoU post-processing
     m.roi_head.detections_per_image = 100
     m.rfcn.k = 7  # Sec. 2.2: k x k = 7 x 7
     m.rfcn.channels = 1024  # Sec. 2.2: random 1x1 conv 2048 -> 1024
     m.rfcn.pool_mode = "pool"  # Eq. 1: average over each quantised bin
-    m.rfcn.ohem = True  # "Training": OHEM
-    m.rfcn.ohem_batch_size = 128  # B = 128
-    m.rfcn.ohem_nms_threshold = 0.7  # OHEM paper (Shrivastava et al. 2016) Sec. 4
+    m.roi_head.ohem = True  # "Training": OHEM
+    m.roi_head.ohem_batch_size = 128  # B = 128
+    m.roi_head.ohem_nms_threshold = 0.7  # OHEM paper (Shrivastava et al. 2016) Sec. 4
 
     d = config.data
     d.dataset = "voc"

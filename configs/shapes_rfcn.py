@@ -39,13 +39,13 @@ def get_config():
     m.rpn.pre_nms_topk_test = 1000
     m.rpn.post_nms_topk_test = 300  # R-FCN Sec. 3.1: 300 RoIs at test time
     m.roi_head.in_features = ("C5",)
-    m.roi_head.batch_size_per_image = 128  # only used with model.rfcn.ohem=False
+    m.roi_head.batch_size_per_image = 128  # only used with model.roi_head.ohem=False
     m.rfcn.k = 3  # see the module docstring
     m.rfcn.channels = 256  # the tiny C5 has 128 channels; the paper's 1024 is for 2048-ch res5
     m.rfcn.pool_mode = "align"  # see the module docstring
-    m.rfcn.ohem = True
-    m.rfcn.ohem_batch_size = 128  # R-FCN: B = 128
-    m.rfcn.ohem_nms_threshold = 0.7  # OHEM paper Sec. 4
+    m.roi_head.ohem = True
+    m.roi_head.ohem_batch_size = 128  # R-FCN: B = 128
+    m.roi_head.ohem_nms_threshold = 0.7  # OHEM paper Sec. 4
 
     d = config.data
     d.scales = (256,)  # 2x upsampling, see the module docstring

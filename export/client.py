@@ -58,7 +58,8 @@ def predict_rest(images: Sequence[bytes], model: str, host: str = "http://localh
 
 def _serving_api():
     try:
-        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+        # optional dependency: only gRPC requests need tensorflow-serving-api
+        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # optional
     except ImportError as error:
         raise ImportError(
             "gRPC requests need the tensorflow-serving-api package: pip install "
@@ -69,7 +70,7 @@ def _serving_api():
 
 def grpc_request(images: Sequence[bytes], model: str, signature: str = "image_bytes") -> Any:
     """A ``PredictRequest`` protobuf carrying ``images`` as a string tensor ``[B]``."""
-    import tensorflow as tf
+    import tensorflow as tf  # optional: the REST client runs without TensorFlow
 
     predict_pb2, _ = _serving_api()
     request = predict_pb2.PredictRequest()
@@ -82,8 +83,8 @@ def grpc_request(images: Sequence[bytes], model: str, signature: str = "image_by
 def predict_grpc(images: Sequence[bytes], model: str, target: str = "localhost:8500",
                  signature: str = "image_bytes", timeout: float = 60.0) -> dict[str, Any]:
     """Calls TF Serving's gRPC ``Predict``; returns ``{output name: np.ndarray}``."""
-    import grpc
-    import tensorflow as tf
+    import grpc  # optional: gRPC only (tensorflow-serving-api brings it)
+    import tensorflow as tf  # optional: the REST client runs without TensorFlow
 
     _, service = _serving_api()
     with grpc.insecure_channel(target) as channel:
@@ -94,7 +95,7 @@ def predict_grpc(images: Sequence[bytes], model: str, target: str = "localhost:8
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    from absl import flags
+    from absl import flags  # optional: the command line only (the functions need no absl)
 
     f = flags.FLAGS
     images = []

@@ -24,22 +24,14 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from tests.support import DATASET_IDS, REPO, decisive_model, tiny_config
 from tf_rcnn import export as export_lib
 from tf_rcnn.models import builder
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tests", "models"))
-from test_faster_rcnn import tiny_config  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("serving_client",
                                                os.path.join(REPO, "export", "client.py"))
 client = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(client)
-
-DATASET_IDS = (10, 20, 30)
-LABEL_MAP = {"format": "tf_rcnn.label_map.v1", "classes": [
-    {"id": i + 1, "dataset_id": d, "name": n}
-    for i, (d, n) in enumerate(zip(DATASET_IDS, ("square", "circle", "triangle"), strict=True))]}
 
 # Runs in a fresh interpreter: only TensorFlow, never tf_rcnn.
 RUNNER = textwrap.dedent("""
@@ -143,20 +135,6 @@ def run_in_fresh_process(root, export_dirs: dict, requests: dict) -> dict:
         with open(out_file, "rb") as f:
             results[name] = pickle.load(f)
     return results
-
-
-def decisive_model(config):
-    """A random-init model whose class scores are spread out (scaled logits), so detections are
-    not a tie of near-equal scores and at least some survive NMS in every image."""
-    model = builder.build_model(config, label_map=LABEL_MAP)
-    builder.initialize_model(model, config)
-    scaled = 0
-    for variable in model.weights:
-        if variable.path.endswith(("class_logits/kernel", "cls_score_maps/kernel")):
-            variable.assign(variable * 30.0)
-            scaled += 1
-    assert scaled == 1, "no class-logit layer found to scale"
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -292,11 +270,8 @@ def test_rest_body_and_grpc_message():
 
 
 def _other_model_configs():
-    """Tiny configs of the other detector families, from their own test modules."""
-    from tests.models import test_fast_rcnn, test_mask_rcnn, test_rfcn
-
-    configs = {"fast_rcnn": test_fast_rcnn.tiny_config(), "rfcn": test_rfcn.tiny_config(),
-               "mask_rcnn": test_mask_rcnn.tiny_mask_config()}
+    """Tiny configs of the other detector families."""
+    configs = {name: tiny_config(name) for name in ("fast_rcnn", "rfcn", "mask_rcnn")}
     for config in configs.values():
         config.data.scales, config.data.max_size = (64,), 96
     return configs
@@ -318,7 +293,7 @@ def other_models(tmp_path_factory):
         pre = export_lib.PreprocessConfig.from_recipe(config)
         models[name] = (model, pre)
         export_dirs[name] = export_lib.export_saved_model(model, str(root / name), pre)
-        extra = {"proposals": proposals} if model.rpn is None else {}
+        extra = {"proposals": proposals} if model.needs_proposals else {}
         requests[name] = {
             "uint8": ("serving_default", {"images": uint8_batch, **extra}),
             "mixed": ("image_bytes", {"images": np.array([png, gray], object), **extra}),
@@ -335,7 +310,7 @@ def test_every_detector_family_exports_and_matches(other_models, model_type):
     model, pre = models[model_type]
     result = served[model_type]
     assert result["banned_ops"] == [] and not result["tf_rcnn_imported"]
-    needs = proposals if model.rpn is None else None
+    needs = proposals if model.needs_proposals else None
     for request in ("uint8", "mixed"):
         got = result[request]
         assert "error" not in got, got

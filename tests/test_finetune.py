@@ -12,24 +12,24 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.support import REPO, built_model, tiny_config
 from tf_rcnn.config import load_config_file
-from tf_rcnn.data.records import LabelMap
-from tf_rcnn.finetune import _short, finetune_model, freeze_backbone, paired_weights
-from tf_rcnn.models import builder
+from tf_rcnn.finetune import finetune_model, freeze_backbone, paired_weights
+from tf_rcnn.label_map import LabelMap
+from tf_rcnn.models.checkpoint import weight_key
 from tf_rcnn.training.run import run_training
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tests", "models"))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-from finetune_shapes import EXAMPLE  # noqa: E402
-from test_faster_rcnn import tiny_config  # noqa: E402
+from finetune_shapes import EXAMPLE
 
 
 def small_source():
-    config = tiny_config()
-    model = builder.build_model(config)
-    builder.initialize_model(model, config)
-    return model
+    return built_model(tiny_config())
+
+
+def _short(variable) -> str:
+    """``layer/variable``, the last two parts of a weight's checkpoint key."""
+    return "/".join(weight_key(variable).split("/")[-2:])
 
 
 def _changed(source, target) -> list[str]:
@@ -58,8 +58,7 @@ def test_same_class_count_still_reinitialises_class_layers():
 
 def test_finetune_refuses_a_different_architecture():
     source = small_source()
-    other = builder.build_model(tiny_config("c4"))
-    builder.initialize_model(other, tiny_config("c4"))
+    other = built_model(tiny_config(variant="c4"))
     with pytest.raises(ValueError, match="not the same architecture"):
         paired_weights(source, other)
 

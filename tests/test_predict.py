@@ -12,14 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.support import LABEL_MAP, REPO, decisive_model, tiny_config
 from tf_rcnn import export as export_lib
 from tf_rcnn import predict as predict_lib
 from tf_rcnn.training import CheckpointManager, build_optimizer
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tests"))
-from test_export import LABEL_MAP, decisive_model  # noqa: E402
-from test_faster_rcnn import tiny_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +59,19 @@ def test_checkpoint_and_saved_model_give_the_same_detections(run_and_export, tmp
         predict, names = predict_lib.load_predictor(**kwargs)
         assert names == {10: "square", 20: "circle", 30: "triangle"}
         out = str(tmp_path / source)
-        with open(predict_lib.predict_images(paths, predict, names, out, 0.0)) as f:
+        reported = []
+        json_path, failures = predict_lib.predict_images(paths, predict, names, out, 0.0,
+                                                         report=reported.append)
+        with open(json_path) as f:
             results[source] = json.load(f)
         assert os.path.exists(os.path.join(out, "a.png"))
+        # Small images are drawn enlarged by a whole factor so labels stay legible.
         drawn = np.asarray(Image.open(os.path.join(out, "b.png")))
-        assert drawn.shape == (50, 40, 3)
+        factor = drawn.shape[0] // 50
+        assert factor > 1 and drawn.shape == (50 * factor, 40 * factor, 3)
+        # The broken file: one console line naming it and the reason, one JSON line.
+        assert failures == 1 and len(reported) == 1 and "broken.png" in reported[0]
+        assert "\n" not in results[source][2]["error"]
     ckpt, sm = results["ckpt"], results["sm"]
     assert "error" in ckpt[2] and "error" in sm[2]  # broken.png: reported, not fatal
     for a, b in zip(ckpt[:2], sm[:2], strict=True):
@@ -88,6 +92,13 @@ def test_command_line(run_and_export, tmp_path):
          f"--saved_model={export_dir}", f"--output_dir={out}"],
         capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "2 image(s)" in result.stdout
+    assert "1 of 2 image(s) done" in result.stdout
+    assert "skipped" in result.stdout and "broken.png" in result.stdout
     with open(out / "detections.json") as f:
         assert [os.path.basename(r["image"]) for r in json.load(f)] == ["a.png", "broken.png"]
+    # Nothing readable at all: the command fails.
+    result = subprocess.run(
+        [sys.executable, "-m", "tf_rcnn.predict", f"--inputs={images}/broken.png",
+         f"--saved_model={export_dir}", f"--output_dir={tmp_path / 'none'}"],
+        capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 1 and "0 of 1 image(s) done" in result.stdout

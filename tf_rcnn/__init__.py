@@ -1,8 +1,8 @@
 """tf_rcnn: region-based object detectors for TensorFlow and Keras 3.
 
 Fast R-CNN, Faster R-CNN (C4 and FPN), R-FCN and Mask R-CNN on one two-stage base.
-See README.md for set-up and DESIGN conventions (boxes ``[y1, x1, y2, x2]`` in pixels,
-class 0 = background).
+See README.md for set-up and docs/design.md for the layers and conventions (boxes
+``[y1, x1, y2, x2]`` in pixels, class 0 = background).
 """
 
 from tf_rcnn import backend as _backend  # noqa: F401  (must run before keras is imported)

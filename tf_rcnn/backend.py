@@ -21,7 +21,7 @@ def ensure_tensorflow_backend() -> None:
             f"tf_rcnn needs KERAS_BACKEND={_REQUIRED!r} but the environment sets {chosen!r}. "
             f"Unset KERAS_BACKEND or run `export KERAS_BACKEND={_REQUIRED}`."
         )
-    import keras
+    import keras  # start-up order: only after KERAS_BACKEND is set above
 
     if keras.backend.backend() != _REQUIRED:
         raise RuntimeError(

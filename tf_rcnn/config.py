@@ -3,21 +3,29 @@
 Recipes in ``configs/`` call :func:`default_config` and change what their paper or dataset needs;
 a recipe that only varies another one starts from it with :func:`base_recipe` instead.
 Every key exists in the defaults, so ``--config.a.b=v`` overrides of a misspelt key are refused
-with the list of valid keys (:func:`check_config_overrides`) instead of silently adding a field.
-Only ``tf_rcnn.models.builder`` and the scripts read a config; model parts never see one.
+with the list of valid keys (:func:`find_unknown_overrides`, used by ``tf_rcnn.tools.cli``)
+instead of silently adding a field. A run directory's ``config.json`` reads back with
+:func:`load_run_config`. Only the builders (``tf_rcnn.models.builder``, ``tf_rcnn.data.builder``,
+``tf_rcnn.training.optimizers.optimizer_from_config``) and the scripts read a config; model
+parts never see one.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import inspect
+import json
 import os
-import sys
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
+
+# The resolved config a training run writes into its run directory; eval, export, predict,
+# dump_proposals and the fine-tuning API read it back.
+CONFIG_FILE = "config.json"
 
 
 class ConfigError(ValueError):
@@ -86,6 +94,11 @@ def default_config() -> ml_collections.ConfigDict:
             score_threshold=0.05,
             nms_threshold=0.5,
             detections_per_image=100,
+            # Online hard example mining (Shrivastava et al. 2016) instead of the sampled
+            # mini-batch: the loss of every candidate, NMS 0.7 by loss, the hardest kept.
+            ohem=False,  # R-FCN trains with it (R-FCN Sec. 2.2 "Training")
+            ohem_batch_size=128,  # R-FCN: B = 128 RoIs back-propagated per image
+            ohem_nms_threshold=0.7,  # OHEM paper Sec. 4: NMS 0.7
         ),
         # Mask R-CNN only (model.type == "mask_rcnn"); reads roi_head.in_features.
         mask_head=_cd(
@@ -98,14 +111,11 @@ def default_config() -> ml_collections.ConfigDict:
             loss_weight=1.0,  # L = L_cls + L_box + L_mask (Sec. 3)
         ),
         # R-FCN only (model.type == "rfcn"); the head reads the ONE map in roi_head.in_features
-        # (dilated C5), roi_head gives the IoU rules, plain-sampling batch and decoder.
+        # (dilated C5), roi_head gives the IoU rules, OHEM or sampling, and the decoder.
         rfcn=_cd(
             k=7,  # R-FCN Sec. 2: k x k = 7 x 7 position-sensitive grid (3 in its figures)
             channels=1024,  # R-FCN Sec. 2.2: random 1x1 conv reducing res5 2048 -> 1024
             pool_mode="pool",  # pool: average over quantised bins (Eq. 1) | align: bilinear
-            ohem=True,  # R-FCN Sec. 2.2 "Training": OHEM over all proposals
-            ohem_batch_size=128,  # R-FCN: B = 128 RoIs back-propagated per image
-            ohem_nms_threshold=0.7,  # OHEM paper (Shrivastava et al. 2016) Sec. 4: NMS 0.7
         ),
     )
     config.data = _cd(
@@ -216,34 +226,6 @@ def find_unknown_overrides(
     return unknown
 
 
-def check_config_overrides(argv: Sequence[str], flag_name: str = "config") -> None:
-    """Exit with a clear message when ``--config.x.y=v`` names a key the recipe lacks.
-
-    Runs before absl parses the flags (whose own error is a bare traceback); loads the recipe
-    named by ``--config=PATH`` the same way ``config_flags`` does.
-    """
-    prefix = f"--{flag_name}."
-    path = None
-    overrides = []
-    for i, arg in enumerate(argv):
-        if arg.startswith(f"--{flag_name}="):
-            path = arg.split("=", 1)[1]
-        elif arg == f"--{flag_name}" and i + 1 < len(argv):
-            path = argv[i + 1]
-        elif arg.startswith(prefix):
-            overrides.append(arg[len(prefix):].split("=", 1)[0])
-    if path is None or not overrides:
-        return
-    config = load_config_file(path)
-    unknown = find_unknown_overrides(config, overrides)
-    if unknown:
-        lines = [f"Unknown config key(s) in {path}:"]
-        for key, choices in unknown:
-            lines.append(f"  --{flag_name}.{key}: valid keys here are: {', '.join(choices)}")
-        sys.stderr.write("\n".join(lines) + "\n")
-        raise SystemExit(2)
-
-
 def _recipe_get_config(file_path: str) -> Callable[..., ml_collections.ConfigDict]:
     """Executes the recipe file at ``file_path`` and returns its ``get_config``."""
     spec = importlib.util.spec_from_file_location("tf_rcnn_recipe", file_path)
@@ -254,11 +236,99 @@ def _recipe_get_config(file_path: str) -> Callable[..., ml_collections.ConfigDic
     return module.get_config
 
 
-def load_config_file(path: str) -> ml_collections.ConfigDict:
-    """Loads a recipe file (``configs/NAME.py``, optionally ``PATH:arg``) and calls get_config."""
+def load_config_file(path: str, upgrade: Upgrade | None = None) -> ml_collections.ConfigDict:
+    """Loads a recipe file (``configs/NAME.py``, optionally ``PATH:arg``) and calls get_config,
+    or a run's ``config.json`` (see :func:`config_from_dict`, which ``upgrade`` is passed to)."""
+    if path.endswith(".json"):
+        with open(path) as f:
+            return config_from_dict(json.load(f), source=path, upgrade=upgrade)
     file_path, _, arg = path.partition(":")
     get_config = _recipe_get_config(file_path)
     return get_config(arg) if arg else get_config()
+
+
+# ------------------------------------------------------------------------------- run directories
+
+def _as_tuples(value: Any) -> Any:
+    """JSON lists back to the tuples recipes use (recursively)."""
+    if isinstance(value, list):
+        return tuple(_as_tuples(v) for v in value)
+    return value
+
+
+# Turns a config dict saved by an earlier version into the current layout (renamed keys);
+# ``tf_rcnn.models.builder.upgrade_saved_config`` is the one the commands pass.
+Upgrade = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config",
+                     upgrade: Upgrade | None = None) -> ml_collections.ConfigDict:
+    """A full config from a saved dict (a run's ``config.json``): :func:`default_config` with
+    every saved value applied, so keys added since the run was written take their defaults.
+
+    Args:
+        data: the saved config (``ConfigDict.to_dict`` / ``to_json`` output).
+        source: file name used in errors.
+        upgrade: applied to ``data`` first (keys renamed since it was written).
+
+    Raises:
+        ConfigError: a key that no longer exists or a value of the wrong type (both named).
+    """
+    config = default_config()
+    unknown: list[str] = []
+
+    def apply(node: ml_collections.ConfigDict, values: dict, prefix: str) -> None:
+        for key, value in values.items():
+            path = f"{prefix}{key}"
+            if key not in node:
+                unknown.append(path)
+                continue
+            if isinstance(node[key], ml_collections.ConfigDict):
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{source}: {path} must be a section, got {value!r}.")
+                apply(node[key], value, path + ".")
+                continue
+            try:
+                node[key] = _as_tuples(value)
+            except (TypeError, ValueError) as error:
+                raise ConfigError(f"{source}: {path}={value!r} does not fit ({error}).") from None
+
+    apply(config, upgrade(data) if upgrade is not None else data, "")
+    if unknown:
+        raise ConfigError(f"{source} has keys this version of tf_rcnn does not know: "
+                          f"{', '.join(sorted(unknown))}. Remove them from the file.")
+    return config
+
+
+def run_directory(path: str) -> str:
+    """The run directory of a checkpoint prefix (``runs/x/ckpt-500``) or run directory."""
+    path = os.path.normpath(path)
+    return path if os.path.isdir(path) else os.path.dirname(path)
+
+
+def run_config_file(path: str) -> str:
+    """``config.json`` of the run holding ``path`` (a run directory or checkpoint prefix)."""
+    return os.path.join(run_directory(path), CONFIG_FILE)
+
+
+def load_run_config(path: str, upgrade: Upgrade | None = None
+                    ) -> ml_collections.ConfigDict | None:
+    """The config a run was trained with (its ``config.json``), or None when it has none.
+
+    Args:
+        path: a run directory or a checkpoint prefix inside one.
+        upgrade: see :func:`config_from_dict`.
+    """
+    file = run_config_file(path)
+    if not os.path.exists(file):
+        return None
+    with open(file) as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{file} is not valid JSON ({error}); restore it from the run or "
+                              "pass the recipe with --config.") from None
+    return config_from_dict(data, source=file, upgrade=upgrade)
 
 
 # The recipe files whose base_recipe() calls are running in this thread, outermost first.

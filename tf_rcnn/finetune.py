@@ -11,7 +11,7 @@ deltas, R-FCN's position-sensitive score/box maps, Mask R-CNN's per-class mask l
 found generically: they are the weights whose shape changes between two builds with different
 class counts. Everything else (backbone, neck, RPN, shared box/mask head layers) is kept.
 
-Conventions (DESIGN.md): boxes ``[y1, x1, y2, x2]`` pixels of the network input; classes 0
+Conventions: boxes ``[y1, x1, y2, x2]`` pixels of the network input; classes 0
 background, 1..K; label maps as ``tf_rcnn.data.LabelMap``.
 """
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,48 +27,27 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tf_rcnn.data.records import LabelMap
-from tf_rcnn.training.checkpoints import weight_key
+from tf_rcnn.evaluation.coco_evaluator import COCOEvaluator
+from tf_rcnn.evaluation.runner import run_evaluation
+from tf_rcnn.label_map import LabelMap
+from tf_rcnn.models.checkpoint import restore_detector, weight_key
 
 
 def load_detector(path: str, config: Any = None) -> keras.Model:
-    """Loads a trained detector from a ``.keras`` file or a training checkpoint.
+    """Loads a trained detector from a ``.keras`` file or a trained run.
 
     Args:
         path: a ``.keras`` file, a checkpoint prefix (``runs/x/ckpt-3000``) or a run directory
             (its newest checkpoint).
-        config: for checkpoints: the recipe (``ml_collections.ConfigDict`` or a path such as
-            ``"configs/shapes_faster_rcnn.py"``); default: ``config.json`` of the run directory.
+        config: for runs: the recipe (``ml_collections.ConfigDict`` or a path such as
+            ``"configs/shapes_faster_rcnn.py"``); default: the run's ``config.json``.
 
     Returns:
         The built ``TwoStageDetector`` with its weights (and the run's label map, if saved).
     """
-    import ml_collections
-
-    from tf_rcnn.config import load_config_file
-    from tf_rcnn.models import builder
-    from tf_rcnn.training.checkpoints import load_weights_partial, resolve_checkpoint_path
-
     if path.endswith(".keras"):
         return keras.models.load_model(path)
-    checkpoint = resolve_checkpoint_path(path)
-    run_dir = os.path.dirname(checkpoint)
-    if config is None:
-        config_file = os.path.join(run_dir, "config.json")
-        if not os.path.exists(config_file):
-            raise ValueError(f"No config.json in {run_dir}; pass config= (the recipe file or "
-                             "ConfigDict the checkpoint was trained with).")
-        with open(config_file) as f:
-            config = ml_collections.ConfigDict(json.load(f))
-    elif isinstance(config, str):
-        config = load_config_file(config)
-    label_map = None
-    label_map_file = os.path.join(run_dir, "label_map.json")
-    if os.path.exists(label_map_file):
-        label_map = LabelMap.from_json(label_map_file).to_dict()
-    model = builder.build_model(config, label_map=label_map)
-    builder.initialize_model(model, config)
-    load_weights_partial(model, checkpoint, skip_mismatch=False)
+    model, _, _ = restore_detector(path, config)
     return model
 
 
@@ -87,30 +65,20 @@ def _build_like(source: keras.Model, num_classes: int, label_map: dict | None) -
     config = _with_num_classes(copy.deepcopy(source.get_config()), num_classes)
     config["label_map"] = label_map
     model = type(source).from_config(config)
-    side = 128  # every pyramid level of the demo and ResNet/VGG backbones exists at 128 px
-    inputs = {"images": tf.zeros([1, side, side, 3], tf.float32)}
-    if getattr(model, "rpn", None) is None:
-        inputs["proposals"] = tf.constant([[[0.0, 0.0, side / 2, side / 2]]], tf.float32)
-    model(inputs, training=False)
+    model.build_with_dummy_inputs()
     return model
 
 
-def _short(variable: Any) -> str:
-    """``layer/variable`` - the part of a weight path that does not depend on how the model was
-    built (a model deserialised from a config builds sub-layers outside its name scope, so the
-    full paths of two identical models can differ)."""
-    path = getattr(variable, "path", None) or variable.name
-    return "/".join(path.split("/")[-2:])
-
-
 def paired_weights(a: keras.Model, b: keras.Model) -> list[tuple[Any, Any]]:
-    """Pairs the weights of two models of the same architecture (creation order).
+    """Pairs the weights of two models of the same architecture by checkpoint key
+    (``tf_rcnn.models.checkpoint.weight_key``: the same on every construction route).
 
     Raises:
         ValueError: the models are not the same architecture (weight count or names differ).
     """
     wa, wb = list(a.weights), list(b.weights)
-    if len(wa) != len(wb) or any(_short(x) != _short(y) for x, y in zip(wa, wb, strict=True)):
+    if len(wa) != len(wb) or any(weight_key(x) != weight_key(y)
+                                 for x, y in zip(wa, wb, strict=True)):
         raise ValueError(f"{a.name} and {b.name} are not the same architecture: "
                          f"{len(wa)} vs {len(wb)} weights; build the target from the source's "
                          "config (finetune_model does).")
@@ -256,9 +224,6 @@ class COCOEvalCallback(keras.callbacks.Callback):
 
     def evaluate(self) -> dict[str, float]:
         """COCO metrics of the current model on the validation data."""
-        from tf_rcnn.evaluation.coco_evaluator import COCOEvaluator
-        from tf_rcnn.evaluation.runner import run_evaluation
-
         evaluator = COCOEvaluator(gt_dataset=self.gt, label_map=self.label_map)
         run_evaluation(self.model, self.dataset, [evaluator], num_images=self.num_images,
                        log_every=0)

@@ -2,17 +2,19 @@
 
     python -m tf_rcnn.predict --inputs="photos/*.jpg" --saved_model=exported/shapes/1 \
         --output_dir=predictions
-    python -m tf_rcnn.predict --inputs=photos/ --checkpoint=runs/shapes \
-        [--config=configs/shapes_faster_rcnn.py] --output_dir=predictions
+    python -m tf_rcnn.predict --inputs=photos/ --checkpoint=runs/shapes --output_dir=predictions \
+        [--config=configs/shapes_faster_rcnn.py] [--config.a.b=v ...]
 
 ``--inputs`` is an image file, a folder (its JPEG/PNG/BMP/GIF files) or a glob. Both sources go
-through the same serving graph (``tf_rcnn.export``): a SavedModel is loaded as is; a checkpoint
-is restored into the recipe's model (``--config``, default the run's ``config.json``) and wrapped
-in the same ``image_bytes`` function in-process. Writes ``OUTPUT/<name>.png`` per image (boxes,
-class names, scores, translucent masks for Mask R-CNN) and ``OUTPUT/detections.json``: one entry
-per image with ``image``, ``height``, ``width`` and ``detections``, each
-``{"box": [y1, x1, y2, x2] original pixels, "bbox_xywh", "score", "class_id" (dataset id),
-"class_name"}``.
+through the same serving graph (``tf_rcnn.export``): a SavedModel is loaded as is; a trained run
+is restored (``tf_rcnn.models.checkpoint.restore_detector``: its ``config.json`` unless
+``--config`` is given) and wrapped in the same ``image_bytes`` function in-process. Writes
+``OUTPUT/<name>.png`` per image (boxes, class names, scores, translucent masks for Mask R-CNN;
+small images enlarged so labels stay legible) and ``OUTPUT/detections.json``: one entry per
+image with ``image``, ``height``, ``width`` and ``detections``, each ``{"box": [y1, x1, y2, x2]
+original pixels, "bbox_xywh", "score", "class_id" (dataset id), "class_name"}``. An image that
+cannot be read gets ``{"image", "error"}`` with a one-line reason, and one console line; the
+command fails (exit 1) when no image could be read.
 """
 
 from __future__ import annotations
@@ -24,6 +26,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
+from absl import app, flags
+from PIL import Image, UnidentifiedImageError
+
+from tf_rcnn import visualize
+from tf_rcnn.export import PreprocessConfig, label_map_entries, make_serving_functions
+from tf_rcnn.models.checkpoint import restore_detector
+from tf_rcnn.ops.masks import paste_image_masks
+from tf_rcnn.tools import cli
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
@@ -59,12 +70,10 @@ def _read_label_map(path: str) -> dict[int, str]:
 def load_predictor(saved_model: str | None = None, checkpoint: str | None = None,
                    config: Any = None) -> tuple[Callable, dict[int, str]]:
     """A function ``bytes -> outputs dict`` (the ``image_bytes`` signature on one image) and the
-    class names ``{dataset_id: name}``, from a SavedModel or a checkpoint (+ recipe)."""
-    import tensorflow as tf
-
+    class names ``{dataset_id: name}``, from a SavedModel or a trained run (+ optional recipe)."""
     if (saved_model is None) == (checkpoint is None):
-        raise ValueError("Pass exactly one of saved_model (an exported directory) or checkpoint "
-                         "(a checkpoint prefix or run directory).")
+        raise ValueError("Pass exactly one of --saved_model (an exported directory) or "
+                         "--checkpoint (a run directory or checkpoint prefix).")
     if saved_model is not None:
         loaded = tf.saved_model.load(saved_model)
         fn = loaded.signatures["image_bytes"]
@@ -76,21 +85,7 @@ def load_predictor(saved_model: str | None = None, checkpoint: str | None = None
         predict.keep_alive = loaded  # the signature needs its SavedModel object alive
         return predict, names
 
-    from tf_rcnn.export import PreprocessConfig, label_map_entries, make_serving_functions
-    from tf_rcnn.finetune import load_detector
-    from tf_rcnn.training.checkpoints import resolve_checkpoint_path
-
-    if config is None:
-        import ml_collections
-
-        run_dir = os.path.dirname(resolve_checkpoint_path(checkpoint))
-        with open(os.path.join(run_dir, "config.json")) as f:
-            config = ml_collections.ConfigDict(json.load(f))
-    elif isinstance(config, str):
-        from tf_rcnn.config import load_config_file
-
-        config = load_config_file(config)
-    model = load_detector(checkpoint, config=config)
+    model, config, _ = restore_detector(checkpoint, config)
     fn = make_serving_functions(model, PreprocessConfig.from_recipe(config))["image_bytes"]
     names = {e["dataset_id"]: e["name"] for e in label_map_entries(model)}
 
@@ -116,45 +111,66 @@ def detections_for_image(outputs: dict, height: int, width: int,
     return out
 
 
+def pasted_masks(outputs: dict, height: int, width: int) -> np.ndarray | None:
+    """Image 0's box-relative ``detection_masks`` pasted into ``[D, H, W]`` uint8 original-image
+    masks with tf_rcnn's one paste rule (the rule ``eval.py`` scores); None without masks."""
+    if "detection_masks" not in outputs:
+        return None
+    n = int(outputs["num_detections"][0])
+    boxes = outputs["detection_boxes"][0, :n] * np.array([height, width, height, width])
+    return paste_image_masks(outputs["detection_masks"][0, :n], boxes, (height, width))
+
+
 def annotate(image: np.ndarray, outputs: dict, names: dict[int, str],
              score_threshold: float = 0.5) -> np.ndarray:
     """Draws image 0 of a serving output (normalised boxes, dataset ids, optional box-relative
-    masks) on the original ``image [H, W, 3]`` uint8."""
-    from tf_rcnn import visualize
-    from tf_rcnn.evaluation.coco_evaluator import paste_masks
-
+    masks) on the original ``image [H, W, 3]`` uint8, enlarged when small."""
     height, width = image.shape[:2]
     n = int(outputs["num_detections"][0])
     boxes = outputs["detection_boxes"][0, :n] * np.array([height, width, height, width])
-    masks = None
-    if "detection_masks" in outputs:
-        masks = paste_masks(outputs["detection_masks"][0, :n], boxes, (height, width))
+    image, boxes, masks = visualize.upscale_for_drawing(image, boxes,
+                                                        pasted_masks(outputs, height, width))
     return visualize.draw_detections(image, boxes, outputs["detection_classes"][0, :n],
                                      outputs["detection_scores"][0, :n], names, masks=masks,
                                      score_threshold=score_threshold)
 
 
+def _reason(error: Exception) -> str:
+    """One line saying why an image could not be read (no TensorFlow stack trace)."""
+    if isinstance(error, tf.errors.InvalidArgumentError):
+        text = error.message
+    else:
+        text = str(error)
+    line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return line[:300]
+
+
 def predict_images(paths: Sequence[str], predict: Callable, names: dict[int, str],
-                   output_dir: str, score_threshold: float = 0.5) -> str:
-    """Runs ``predict`` on every image, writes the PNGs and ``detections.json``; returns the
-    JSON path. An image that fails to decode is reported in the JSON with its error."""
-    import tensorflow as tf
-    from PIL import Image
+                   output_dir: str, score_threshold: float = 0.5,
+                   report: Callable[[str], None] = print) -> tuple[str, int]:
+    """Runs ``predict`` on every image, writes the PNGs and ``detections.json``.
 
-    from tf_rcnn import visualize
-
+    Returns:
+        ``(json_path, failures)``. An image that cannot be read is reported once through
+        ``report`` (file and reason) and in the JSON as ``{"image", "error"}``.
+    """
     os.makedirs(output_dir, exist_ok=True)
     results = []
+    failures = 0
     used: set[str] = set()
     for path in paths:
-        with open(path, "rb") as f:
-            data = f.read()
         try:
+            with open(path, "rb") as f:
+                data = f.read()
             outputs = predict(data)
-        except tf.errors.InvalidArgumentError as error:
-            results.append({"image": path, "error": error.message})
+            with Image.open(path) as pil:
+                image = np.asarray(pil.convert("RGB"))
+        except (OSError, UnidentifiedImageError, tf.errors.InvalidArgumentError) as error:
+            failures += 1
+            reason = _reason(error)
+            report(f"skipped {path}: {reason}")
+            results.append({"image": path, "error": reason})
             continue
-        image = np.asarray(Image.open(path).convert("RGB"))
         height, width = image.shape[:2]
         stem = os.path.splitext(os.path.basename(path))[0]
         name, k = stem, 1
@@ -170,37 +186,41 @@ def predict_images(paths: Sequence[str], predict: Callable, names: dict[int, str
     json_path = os.path.join(output_dir, "detections.json")
     with open(json_path, "w") as f:
         json.dump(results, f, indent=1)
-    return json_path
+    return json_path, failures
 
 
-def main(argv: Sequence[str]) -> None:
+def main(argv: Sequence[str], config_flag: cli.ConfigFlag) -> None:
     del argv
-    from absl import flags
-
     f = flags.FLAGS
-    predict, names = load_predictor(f.saved_model, f.checkpoint, f.config)
-    paths = find_images(f.inputs)
-    json_path = predict_images(paths, predict, names, f.output_dir, f.score_threshold)
-    print(f"{len(paths)} image(s): pictures in {f.output_dir}, detections in {json_path}")
+    try:
+        predict, names = load_predictor(f.saved_model, f.checkpoint,
+                                        None if f.saved_model else config_flag.resolve())
+        paths = find_images(f.inputs)
+    except (ValueError, FileNotFoundError) as error:
+        raise app.UsageError(str(error)) from error
+    json_path, failures = predict_images(paths, predict, names, f.output_dir, f.score_threshold)
+    done = len(paths) - failures
+    print(f"{done} of {len(paths)} image(s) done: pictures in {f.output_dir}, detections in "
+          f"{json_path}" + (f"; {failures} could not be read (listed above)" if failures else ""))
+    if done == 0:
+        raise SystemExit(1)
 
 
-def _define_flags() -> None:
-    from absl import flags
-
+def _define_flags(argv: list[str]) -> cli.ConfigFlag:
+    config = cli.define_config_flag(
+        argv, run_flag="checkpoint",
+        help_string="Recipe or config.json of --checkpoint (default: the run's config.json).")
     flags.DEFINE_string("inputs", None, "An image file, a folder or a glob ('dir/*.jpg').")
     flags.DEFINE_string("saved_model", None, "An exported SavedModel directory.")
-    flags.DEFINE_string("checkpoint", None, "Or: a checkpoint prefix or run directory.")
-    flags.DEFINE_string("config", None, "Recipe of the checkpoint (default: its config.json).")
+    flags.DEFINE_string("checkpoint", None, "Or: a run directory or checkpoint prefix.")
     flags.DEFINE_string("output_dir", None, "Where the PNGs and detections.json go.")
     flags.DEFINE_float("score_threshold", 0.5, "Lowest score drawn (the JSON keeps all).")
     flags.mark_flags_as_required(["inputs", "output_dir"])
+    return config
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from absl import app
+    import sys
 
-    import tf_rcnn  # noqa: F401  (selects the TensorFlow backend before Keras loads)
-
-    _define_flags()
-    app.run(main)
+    _config = _define_flags(sys.argv)
+    app.run(lambda argv: main(argv, _config), argv=_config.argv)

@@ -1,6 +1,6 @@
 """Drawing detections on images with PIL: boxes, "name score" labels, translucent masks.
 
-Conventions (DESIGN.md):
+Conventions:
     Images are uint8 ``[H, W, 3]`` RGB. Boxes are ``[y1, x1, y2, x2]`` in pixels of that image
     (for results in original-image pixels, draw on the original image). Classes are ``1..K``
     (0, background, is never drawn); one colour per class, the same in every picture.
@@ -169,3 +169,16 @@ def draw_grid(
         top, left = padding + r * (cell_h + padding), padding + c * (cell_w + padding)
         grid[top : top + im.shape[0], left : left + im.shape[1]] = im
     return grid
+
+
+def upscale_for_drawing(image: np.ndarray, boxes: np.ndarray, masks: np.ndarray | None = None,
+                        min_side: int = 384) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Enlarges small images by an integer factor (nearest neighbour) so labels stay legible;
+    boxes ``[D, 4]`` and full-image masks ``[D, H, W]`` follow."""
+    factor = max(1, -(-min_side // max(image.shape[:2])))
+    if factor == 1:
+        return image, boxes, masks
+    image = np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+    if masks is not None:
+        masks = np.repeat(np.repeat(masks, factor, axis=1), factor, axis=2)
+    return image, np.asarray(boxes, np.float32) * factor, masks

@@ -10,7 +10,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from tf_rcnn.data.coco import load_coco
-from tf_rcnn.data.records import LabelMap
+from tf_rcnn.label_map import LabelMap
 
 from .helpers import write_coco, write_image
 

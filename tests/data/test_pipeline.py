@@ -18,8 +18,9 @@ from tf_rcnn.data.pipeline import (
     pixel_stats_for_backbone,
     preprocess_image_for_inference,
 )
-from tf_rcnn.data.records import DetectionRecord, LabelMap
+from tf_rcnn.data.records import DetectionRecord
 from tf_rcnn.data.shapes import generate_shapes_dataset
+from tf_rcnn.label_map import LabelMap
 
 from .helpers import write_boxes_image, write_image
 

@@ -18,7 +18,7 @@ from tests.evaluation.coco_fixtures import (
     make_detections,
     make_gt_dataset,
 )
-from tf_rcnn.evaluation.coco_evaluator import COCO_STAT_NAMES, COCOEvaluator, paste_masks
+from tf_rcnn.evaluation.coco_evaluator import COCO_STAT_NAMES, COCOEvaluator
 
 
 def _direct_cocoeval(gt_file: str, results_file: str, iou_type: str) -> np.ndarray:
@@ -207,25 +207,6 @@ def test_bad_inputs_raise_clear_errors(gt_file):
         ev.update({**good, "image_id": np.array([999])})
     with pytest.raises(ValueError, match=r"\[B, D, 4\]"):
         ev.update({**good, "detection_boxes": good["detection_boxes"][0]})
-
-
-def test_paste_masks_hand_cases():
-    # All-ones 2x2 mask on box y 2..6, x 3..9 of a 10x12 image: pixel centres 2.5..5.5 and
-    # 3.5..8.5 are inside -> rows 2..5, columns 3..8 are 1, the rest 0.
-    out = paste_masks(np.ones([1, 2, 2]), [[2, 3, 6, 9]], (10, 12))
-    expected = np.zeros([10, 12], np.uint8)
-    expected[2:6, 3:9] = 1
-    np.testing.assert_array_equal(out[0], expected)
-    # Left half on: 4x4 grid, columns 0-1 = 1, 2-3 = 0, box x 0..8 (2 px per cell).
-    # Pixel x centre c maps to grid x = c / 2 - 0.5: c = 3.5 -> 1.25, value 0.75 (on);
-    # c = 4.5 -> 1.75, value 0.25 (off). So columns 0..3 on, 4..7 off.
-    half = np.zeros([1, 4, 4])
-    half[0, :, :2] = 1
-    out = paste_masks(half, [[0, 0, 4, 8]], (4, 8))
-    np.testing.assert_array_equal(out[0], np.repeat([[1, 1, 1, 1, 0, 0, 0, 0]], 4, axis=0))
-    # Degenerate and outside boxes give empty masks; D = 0 works.
-    assert paste_masks(np.ones([2, 3, 3]), [[5, 5, 5, 9], [20, 20, 30, 30]], (10, 10)).sum() == 0
-    assert paste_masks(np.zeros([0, 3, 3]), np.zeros([0, 4]), (4, 4)).shape == (0, 4, 4)
 
 
 def test_roi_masks_are_ignored_for_bbox_only(gt_file):

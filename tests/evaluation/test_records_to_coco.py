@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from tf_rcnn.data.records import DetectionRecord, LabelMap, records_to_coco
+from tf_rcnn.data.records import DetectionRecord, records_to_coco
 from tf_rcnn.evaluation.coco_evaluator import COCOEvaluator
+from tf_rcnn.label_map import LabelMap
 
 
 def _records():

@@ -7,7 +7,8 @@ import tensorflow as tf
 from tests.layer_contract import check_layer_contract
 from tf_rcnn.layers.detection_decoder import DetectionDecoder
 from tf_rcnn.layers.proposal_layer import ProposalLayer
-from tf_rcnn.layers.target_assigners import RoISampler, RPNTargetAssigner
+from tf_rcnn.layers.roi_sampler import RoISampler
+from tf_rcnn.layers.rpn_target_assigner import RPNTargetAssigner
 from tf_rcnn.ops import boxes as box_ops
 
 # ------------------------------------------------------------------------------ ProposalLayer

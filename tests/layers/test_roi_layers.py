@@ -13,11 +13,12 @@ import tensorflow as tf
 
 from tests.layer_contract import check_layer_contract
 from tests.reference import numpy_roi as ref
+from tf_rcnn.layers.poolers import MultiLevelRoIAlign
 from tf_rcnn.layers.ps_roi_pooling import PSRoIPooling
-from tf_rcnn.layers.roi_align import MultiLevelRoIAlign, RoIAlign
+from tf_rcnn.layers.roi_align import RoIAlign
 from tf_rcnn.layers.roi_pool import RoIPool
 from tf_rcnn.layers.spp import SpatialPyramidPooling
-from tf_rcnn.ops import roi_ops
+from tf_rcnn.ops import poolers
 
 ROIS = np.array(
     [
@@ -50,7 +51,7 @@ def test_multilevel_roi_align_layer():
     assert out.shape == (2, 3, 2, 2, 3)
     np.testing.assert_allclose(
         out.numpy(),
-        roi_ops.multilevel_roi_align(features, ROIS, 2, [4, 8], canonical_level=3,
+        poolers.multilevel_roi_align(features, ROIS, 2, [4, 8], canonical_level=3,
                                      canonical_size=32.0).numpy(),
         atol=1e-6,
     )

@@ -17,7 +17,7 @@ from tf_rcnn.models.backbones.resnet import (
     make_res5_head,
 )
 from tf_rcnn.models.backbones.vgg import VGG16, copy_keras_vgg16_weights
-from tf_rcnn.models.heads.box import ResNetC4BoxHead
+from tf_rcnn.models.roi_heads.box_head import ResNetC4BoxHead
 
 
 def _check_outputs(model, outputs, image_hw):

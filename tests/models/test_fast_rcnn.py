@@ -3,62 +3,35 @@ serialisation and the ResNet C4 (res5) head."""
 
 from __future__ import annotations
 
-import os
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import tf_rcnn
-from tf_rcnn.config import ConfigError, load_config_file
+from tests.support import SIZE, built_model, tiny_batch, tiny_config
+from tf_rcnn import export as export_lib
+from tf_rcnn.config import ConfigError
+from tf_rcnn.data.builder import build_input_pipeline
+from tf_rcnn.layers.roi_pool import RoIPool
+from tf_rcnn.layers.roi_sampler import RoISampler
+from tf_rcnn.layers.spp import SpatialPyramidPooling
 from tf_rcnn.models import builder
+from tf_rcnn.models.backbones.resnet import ResNetStage
+from tf_rcnn.models.backbones.tiny import TinyBackbone
 from tf_rcnn.models.detectors.fast_rcnn import FastRCNN
+from tf_rcnn.models.roi_heads.box_head import BoxPredictor, ResNetC4BoxHead
+from tf_rcnn.models.roi_heads.standard import RoIHeads
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LOSS_KEYS = {"rcnn_class_loss", "rcnn_box_loss", "total_loss"}
-SIZE = 64
 
 
-def tiny_config(pooler: str = "roi_align", box_head: str = "fpn_fc"):
-    config = load_config_file(os.path.join(REPO, "configs", "shapes_fast_rcnn.py"))
-    m = config.model
-    m.backbone.widths = (8, 8, 16, 16)
-    m.neck.out_channels = 16
-    m.roi_head.pooler = pooler
-    m.roi_head.box_head = box_head
-    m.roi_head.fc_dims = (32, 32)
-    m.roi_head.batch_size_per_image = 16
-    m.roi_head.detections_per_image = 10
-    return config
+def fast_config(pooler: str = "roi_align", box_head: str = "fpn_fc"):
+    return tiny_config("fast_rcnn", pooler=pooler, box_head=box_head)
 
 
-def tiny_batch():
-    """Two 64x64 images, three GT, proposals with padding rows (-1, zero area)."""
-    rng = np.random.default_rng(0)
-    images = tf.constant(rng.normal(size=(2, SIZE, SIZE, 3)), tf.float32)
-    boxes = np.full((2, 3, 4), -1.0, np.float32)
-    classes = np.full((2, 3), -1, np.int32)
-    boxes[0, :2] = [[4, 4, 30, 30], [20, 30, 50, 60]]
-    classes[0, :2] = [1, 3]
-    boxes[1, 0] = [10, 10, 40, 25]
-    classes[1, 0] = 2
-    proposals = np.full((2, 6, 4), -1.0, np.float32)
-    proposals[0, :4] = [[5, 5, 28, 31], [0, 0, 20, 20], [22, 28, 52, 58], [40, 0, 60, 30]]
-    proposals[1, :3] = [[12, 8, 40, 25], [30, 30, 60, 60], [0, 40, 20, 64]]
-    targets = {
-        "boxes": tf.constant(boxes),
-        "classes": tf.constant(classes),
-        "image_shape": tf.constant([[SIZE, SIZE], [SIZE - 8, SIZE]], tf.int32),
-        "proposals": tf.constant(proposals),
-    }
-    return images, targets
-
-
-def built_model(config):
-    model = builder.build_model(config)
-    builder.initialize_model(model, config)
-    return model
+def fast_batch():
+    return tiny_batch(proposals=True)
 
 
 # P3 of the tiny FPN has 16 channels; SPP (1, 2, 4) gives 16 * (1 + 4 + 16) = 336 per RoI.
@@ -69,10 +42,10 @@ def built_model(config):
 ])
 def test_each_extractor_output_shape_and_one_train_step(pooler, pooled_shape):
     # The VGG-style fc6/fc7 head (with dropout) on every extractor, SPP's flat output included.
-    model = built_model(tiny_config(pooler, box_head="vgg_fc"))
+    model = built_model(fast_config(pooler, box_head="vgg_fc"))
     assert isinstance(model, tf_rcnn.FastRCNN) and model.rpn is None
     assert model.loss_names == ("rcnn_class_loss", "rcnn_box_loss", "total_loss")
-    images, targets = tiny_batch()
+    images, targets = fast_batch()
     features = model.extract_features(images)
     pooled = model.roi_heads.pooler(features["P3"], targets["proposals"])
     assert tuple(pooled.shape) == pooled_shape
@@ -97,7 +70,7 @@ def test_each_extractor_output_shape_and_one_train_step(pooler, pooled_shape):
 
 
 def test_sampler_follows_fast_rcnn_and_appends_gt():
-    model = builder.build_model(tiny_config())
+    model = builder.build_model(fast_config())
     sampler = model.roi_heads.sampler
     assert (sampler.positive_fraction, sampler.fg_iou, sampler.bg_iou_low) == (0.25, 0.5, 0.1)
     assert sampler.append_gt_boxes
@@ -119,8 +92,8 @@ def test_sampler_follows_fast_rcnn_and_appends_gt():
 
 
 def test_padded_proposals_are_ignored():
-    model = built_model(tiny_config())
-    images, targets = tiny_batch()
+    model = built_model(fast_config())
+    images, targets = fast_batch()
     proposals = targets["proposals"]
     # Image 0 has 4 real proposals, image 1 has 3; compare to the same without padding rows
     # (image by image, so no padding is needed at all).
@@ -141,8 +114,8 @@ def test_padded_proposals_are_ignored():
 
 
 def test_predict_with_dict_input_and_clear_error_without_proposals():
-    model = built_model(tiny_config())
-    images, targets = tiny_batch()
+    model = built_model(fast_config())
+    images, targets = fast_batch()
     outputs = model.predict({"images": images.numpy(), "proposals": targets["proposals"].numpy(),
                              "image_shape": targets["image_shape"].numpy()}, verbose=0)
     assert outputs["detection_boxes"].shape == (2, 10, 4)
@@ -156,10 +129,10 @@ def test_predict_with_dict_input_and_clear_error_without_proposals():
 
 
 def test_keras_save_and_load_round_trip(tmp_path):
-    config = tiny_config()
+    config = fast_config()
     model = builder.build_model(config, label_map={"names": ["a", "b", "c"]})
-    builder.initialize_model(model, config)
-    images, targets = tiny_batch()
+    model.build_with_dummy_inputs()
+    images, targets = fast_batch()
     inputs = {"images": images, "proposals": targets["proposals"]}
     before = model(inputs)
     path = str(tmp_path / "fast_rcnn.keras")
@@ -175,24 +148,16 @@ def test_keras_save_and_load_round_trip(tmp_path):
 def test_resnet_c4_res5_head():
     # A one-block res5 (the real one is 3 blocks of 2048) on the tiny trunk's C4 map:
     # RoIPool 14x14 -> res5 (stride 2) -> 7x7 -> global average -> predictor.
-    from tf_rcnn.layers.roi_pool import RoIPool
-    from tf_rcnn.layers.spp import SpatialPyramidPooling
-    from tf_rcnn.layers.target_assigners import RoISampler
-    from tf_rcnn.models.backbones.resnet import ResNetStage
-    from tf_rcnn.models.backbones.tiny import TinyBackbone
-    from tf_rcnn.models.heads.box import BoxPredictor, ResNetC4BoxHead
-    from tf_rcnn.models.roi_heads import RoIHeads
-
     def model_with(pooler):
         head = ResNetC4BoxHead(ResNetStage(1, 8, stride=2, norm="bn", name="res5"),
                                name="box_head")
         roi_heads = RoIHeads(pooler, head, BoxPredictor(3, name="box_predictor"),
-                             sampler=RoISampler(16, bg_iou_low=0.1), name="roi_heads")
+                                     sampler=RoISampler(16, bg_iou_low=0.1), name="roi_heads")
         return FastRCNN(TinyBackbone(widths=(8, 8, 16, 16)), roi_heads, 3,
                         roi_in_features=("C4",))
 
     model = model_with(RoIPool(14, 1.0 / 16))
-    images, targets = tiny_batch()
+    images, targets = fast_batch()
     losses = model.compute_losses(images, targets)
     assert all(np.isfinite(v.numpy()) for v in losses.values())
     out = model({"images": images, "proposals": targets["proposals"]})
@@ -203,29 +168,27 @@ def test_resnet_c4_res5_head():
 
 
 def test_builder_errors_for_fast_rcnn():
-    config = tiny_config("roi_pool")
+    config = fast_config("roi_pool")
     config.model.roi_head.in_features = ("P2", "P3")
     with pytest.raises(ValueError, match="use roi_align for FPN"):
         builder.build_model(config)
-    config = tiny_config()
+    config = fast_config()
     config.model.roi_head.in_features = ("C9",)
-    with pytest.raises(ValueError, match="not produced"):
+    with pytest.raises(ValueError, match="does not produce"):
         builder.build_model(config)
     # A recipe without a proposal file is refused before any data is read, saying what to do.
-    config = tiny_config()
+    config = fast_config()
     config.data.proposals_val = ""
     with pytest.raises(ConfigError, match="dump_proposals.*--config.data.proposals_val=FILE"):
-        builder.build_input_pipeline(config, [], None, training=False)
+        build_input_pipeline(config, [], None, training=False, needs_proposals=True)
     config.data.proposals_train = "/nonexistent/proposals.npz"
     with pytest.raises(ConfigError, match="missing: '/nonexistent/proposals.npz'"):
-        builder.build_input_pipeline(config, [], None, training=True)
+        build_input_pipeline(config, [], None, training=True, needs_proposals=True)
 
 
 @pytest.mark.slow  # a SavedModel export and load: the slowest test here
 def test_exported_saved_model_takes_proposals_in_original_pixels(tmp_path):
-    from tf_rcnn import export as export_lib
-
-    config = tiny_config()
+    config = fast_config()
     config.data.scales, config.data.max_size = (96,), 96  # 64 px images served at scale 1.5
     model = built_model(config)
     preprocess = export_lib.PreprocessConfig.from_recipe(config)

@@ -2,62 +2,24 @@
 
 from __future__ import annotations
 
-import os
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_rcnn.config import load_config_file
+from tests.support import tiny_batch, tiny_config
 from tf_rcnn.models import builder
+from tf_rcnn.models.checkpoint import load_weights, weight_key
 from tf_rcnn.models.detectors.faster_rcnn import FasterRCNN
+from tf_rcnn.training import CheckpointManager, build_optimizer
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LOSS_KEYS = {"rpn_objectness_loss", "rpn_box_loss", "rcnn_class_loss", "rcnn_box_loss",
              "total_loss"}
 
 
-def tiny_config(variant: str = "fpn"):
-    config = load_config_file(os.path.join(REPO, "configs", "shapes_faster_rcnn.py"))
-    m = config.model
-    m.backbone.widths = (8, 8, 16, 16)
-    m.neck.out_channels = 16
-    m.roi_head.fc_dims = (32, 32)
-    m.roi_head.batch_size_per_image = 16
-    m.rpn.batch_size_per_image = 32
-    m.rpn.pre_nms_topk_train = m.rpn.pre_nms_topk_test = 64
-    m.rpn.post_nms_topk_train = m.rpn.post_nms_topk_test = 20
-    m.roi_head.detections_per_image = 10
-    if variant == "c4":
-        m.neck.type = "none"
-        m.rpn.in_features = ("C4",)
-        m.rpn.anchor_sizes = ((16.0, 32.0, 64.0),)
-        m.roi_head.in_features = ("C4",)
-        m.roi_head.pooler_resolution = 7
-    return config
-
-
-def tiny_batch(batch: int = 2, size: int = 64):
-    rng = np.random.default_rng(0)
-    images = tf.constant(rng.normal(size=(batch, size, size, 3)), tf.float32)
-    boxes = np.full((batch, 3, 4), -1.0, np.float32)
-    classes = np.full((batch, 3), -1, np.int32)
-    boxes[0, :2] = [[4, 4, 30, 30], [20, 30, 50, 60]]
-    classes[0, :2] = [1, 3]
-    boxes[1, 0] = [10, 10, 40, 25]
-    classes[1, 0] = 2
-    targets = {
-        "boxes": tf.constant(boxes),
-        "classes": tf.constant(classes),
-        "image_shape": tf.constant([[size, size], [size - 8, size]], tf.int32),
-    }
-    return images, targets
-
-
 @pytest.mark.parametrize("variant", ["fpn", "c4"])
 def test_train_step_gives_finite_losses_with_expected_keys(variant):
-    model = builder.build_model(tiny_config(variant))
+    model = builder.build_model(tiny_config(variant=variant))
     assert isinstance(model, FasterRCNN)
     images, targets = tiny_batch()
     losses = model.compute_losses(images, targets, training=True)
@@ -156,11 +118,9 @@ def test_builder_rejects_bad_values():
 def test_training_checkpoint_restores_into_a_second_build(tmp_path):
     # Regression: Keras 3 keeps list-held sub-layers (FPN laterals, backbone stages) out of
     # TensorFlow's object graph; checkpoints must still hold every weight, by a stable path.
-    from tf_rcnn.training import CheckpointManager, build_optimizer
-
     config = tiny_config()
     first = builder.build_model(config)
-    builder.initialize_model(first, config)
+    first.build_with_dummy_inputs()
     optimizer = build_optimizer("sgd", learning_rate=0.1)
     optimizer.build(first.trainable_variables)
     manager = CheckpointManager(str(tmp_path), first, optimizer)
@@ -170,7 +130,7 @@ def test_training_checkpoint_restores_into_a_second_build(tmp_path):
     assert len(saved) == len(first.weights)
 
     second = builder.build_model(config)
-    builder.initialize_model(second, config)
+    second.build_with_dummy_inputs()
     other_opt = build_optimizer("sgd", learning_rate=0.1)
     other_opt.build(second.trainable_variables)
     assert CheckpointManager(str(tmp_path), second, other_opt).restore_or_initialize() == 5
@@ -178,3 +138,27 @@ def test_training_checkpoint_restores_into_a_second_build(tmp_path):
     a, b = first(images), second(images)
     for key in a:
         np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["faster_rcnn", "mask_rcnn", "rfcn"])
+def test_builder_from_config_and_keras_file_share_checkpoint_keys(family, tmp_path):
+    # One weight naming whatever route built the model: a training checkpoint (keyed by
+    # weight_key) restores strictly into a model from the builder, from get_config/from_config
+    # (the fine-tuning API) and from keras.models.load_model.
+    config = tiny_config(family)
+    model = builder.build_model(config)
+    model.build_with_dummy_inputs()
+    keys = [weight_key(w) for w in model.weights]
+    assert not any(k.startswith(model.name) for k in keys)
+    from_config = type(model).from_config(model.get_config())
+    from_config.build_with_dummy_inputs()
+    model.save(str(tmp_path / "m.keras"))
+    loaded = keras.models.load_model(str(tmp_path / "m.keras"))
+    for other in (from_config, loaded):
+        assert [weight_key(w) for w in other.weights] == keys
+    optimizer = build_optimizer("sgd", learning_rate=0.1)
+    optimizer.build(model.trainable_variables)
+    CheckpointManager(str(tmp_path / "run"), model, optimizer).save(1)
+    loaded_count, skipped = load_weights(from_config, str(tmp_path / "run"),
+                                         skip_mismatch=False)
+    assert len(loaded_count) == len(keys) and not skipped

@@ -8,13 +8,13 @@ import pytest
 import tensorflow as tf
 
 from tests.layer_contract import check_layer_contract
-from tf_rcnn.models.heads.box import (
+from tf_rcnn.models.proposal_generator.rpn_head import RPNHead
+from tf_rcnn.models.roi_heads.box_head import (
     BoxPredictor,
     FPNBoxHead,
     VGGBoxHead,
     copy_keras_vgg16_fc_weights,
 )
-from tf_rcnn.models.heads.rpn import RPNHead
 
 
 def test_rpn_head_contract_and_shapes():

@@ -3,39 +3,43 @@
 The mask target crop itself (hand-made mask and box) and paste-inverts-crop are tested at the op
 level in ``tests/ops/test_masks.py``; here they are checked through the head (``MaskRoIHeads``)
 and the evaluation wrapper. At the end, a tiny overfit run
-(train -> checkpoint -> ``evaluate_checkpoint`` -> export) checks the written segm metrics against
-pycocotools and the SavedModel's masks against the Python model's.
+(train -> checkpoint -> ``evaluate_checkpoint`` -> export -> predict) checks the written segm
+metrics against an independent COCO implementation (faster-coco-eval), the SavedModel's masks
+against the Python model's, and that the masks ``predict`` draws are the masks ``eval.py``
+scores.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
+import doctest
 import json
 import math
 import os
 
+import faster_coco_eval
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from pycocotools import mask as mask_utils
 
 from tests.layer_contract import check_layer_contract
-from tests.models.test_faster_rcnn import tiny_batch, tiny_config
-from tests.overfit import train_and_evaluate
+from tests.support import tiny_batch, tiny_config, train_and_evaluate
 from tf_rcnn import export as export_lib
-from tf_rcnn.evaluation.mask_pasting import MaskPastingEvaluator, paste_image_masks
+from tf_rcnn import predict as predict_lib
+from tf_rcnn.evaluation.mask_pasting import MaskPastingEvaluator
 from tf_rcnn.layers.roi_align import RoIAlign
-from tf_rcnn.layers.target_assigners import RoISampler
+from tf_rcnn.layers.roi_sampler import RoISampler
 from tf_rcnn.models import builder
+from tf_rcnn.models.checkpoint import restore_detector
 from tf_rcnn.models.detectors.mask_rcnn import MaskRCNN
-from tf_rcnn.models.heads.box import BoxPredictor, FPNBoxHead
-from tf_rcnn.models.heads.mask import MaskHead, select_class_masks
-from tf_rcnn.models.mask_heads import MaskRoIHeads, mask_rcnn_loss
-from tf_rcnn.training.checkpoints import load_weights_partial, resolve_checkpoint_path
+from tf_rcnn.models.roi_heads import mask_head as mask_module
+from tf_rcnn.models.roi_heads.box_head import BoxPredictor, FPNBoxHead
+from tf_rcnn.models.roi_heads.mask_head import MaskHead, select_class_masks
+from tf_rcnn.models.roi_heads.mask_roi_heads import MaskRoIHeads
+from tf_rcnn.ops.losses import mask_loss as mask_rcnn_loss
+from tf_rcnn.ops.masks import paste_image_masks
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm",
               "ARl")
@@ -48,23 +52,12 @@ def softplus(x: float) -> float:
 
 
 def tiny_mask_config():
-    config = tiny_config()
-    config.model.type = "mask_rcnn"
-    config.model.mask_head.conv_dims = (8, 8)
-    config.model.mask_head.deconv_dim = 8
-    return config
+    return tiny_config("mask_rcnn")
 
 
-def tiny_mask_batch(batch: int = 2, size: int = 64):
-    images, targets = tiny_batch(batch, size)
+def tiny_mask_batch(batch: int = 2):
     # GT masks cropped to their boxes (56x56): a full square, a left half, a disc.
-    masks = np.zeros((batch, 3, 56, 56), np.float32)
-    masks[0, 0] = 1.0
-    masks[0, 1, :, :28] = 1.0
-    yy, xx = np.mgrid[:56, :56]
-    masks[1, 0] = ((yy - 27.5) ** 2 + (xx - 27.5) ** 2 <= 28**2).astype(np.float32)
-    targets["masks"] = tf.constant(masks)
-    return images, targets
+    return tiny_batch(batch, masks=True)
 
 
 # ----------------------------------------------------------------------------- MaskHead
@@ -333,12 +326,12 @@ def test_mask_pasting_evaluator_forwards_original_size_masks():
 @pytest.fixture(scope="module")
 def trained_mask_run(tmp_path_factory):
     # The shapes Mask R-CNN recipe on 8 64x64 images, evaluated on the same images.
-    return train_and_evaluate(tmp_path_factory.mktemp("mask_overfit"), "shapes_mask_rcnn.py",
+    return train_and_evaluate(tmp_path_factory.mktemp("mask_overfit"), "shapes_mask_rcnn",
                               steps=300)
 
 
 @pytest.mark.slow
-def test_segm_metrics_equal_pycocotools_on_the_written_files(trained_mask_run):
+def test_segm_metrics_equal_an_independent_coco_implementation(trained_mask_run):
     config, _, out, losses, metrics = trained_mask_run
     assert np.isfinite(losses["mask_loss"])
     for name in ("metrics.json", "detections.json", "detections.png"):
@@ -351,19 +344,21 @@ def test_segm_metrics_equal_pycocotools_on_the_written_files(trained_mask_run):
     assert detections and all("segmentation" in d for d in detections)
     with open(os.path.join(out, "metrics.json")) as f:
         written = json.load(f)
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(annotation_file)
-        for iou_type in ("bbox", "segm"):
-            results = [dict(d) for d in detections]
-            if iou_type == "segm":
-                for r in results:
-                    r.pop("bbox")  # area from the mask, as the evaluator does
-            coco_eval = COCOeval(gt, gt.loadRes(results), iou_type)
-            coco_eval.evaluate()
-            coco_eval.accumulate()
-            coco_eval.summarize()
-            for name, value in zip(STAT_NAMES, coco_eval.stats, strict=True):
-                assert written[f"{iou_type}/{name}"] == pytest.approx(value, abs=1e-9), name
+    # faster-coco-eval: a separate C++ implementation of the COCO protocol (not pycocotools,
+    # which eval.py uses by default).
+    gt = faster_coco_eval.COCO(annotation_file)
+    for iou_type in ("bbox", "segm"):
+        results = [dict(d) for d in detections]
+        if iou_type == "segm":
+            for r in results:
+                r.pop("bbox")  # area from the mask, as the evaluator does
+        coco_eval = faster_coco_eval.COCOeval_faster(gt, gt.loadRes(results), iou_type,
+                                                     print_function=lambda *_: None)
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+        for name, value in zip(STAT_NAMES, coco_eval.stats[:12], strict=True):
+            assert written[f"{iou_type}/{name}"] == pytest.approx(value, abs=1e-6), name
 
 
 @pytest.mark.slow
@@ -371,10 +366,8 @@ def test_exported_saved_model_masks_match_the_python_model(trained_mask_run, tmp
     # Same preprocessed inputs -> model.predict (reference) vs the SavedModel's serving
     # signature; boxes come back normalised by the original size, masks box-relative.
     config, model_dir, _, _, _ = trained_mask_run
-    export_dir = export_lib.export_from_checkpoint(config, model_dir, str(tmp_path / "sm"))
-    model = builder.build_model(config)
-    builder.initialize_model(model, config)
-    load_weights_partial(model, resolve_checkpoint_path(model_dir), skip_mismatch=False)
+    export_dir = export_lib.export_from_checkpoint(model_dir, str(tmp_path / "sm"))
+    model, _, _ = restore_detector(model_dir)
     image_dir = os.path.join(config.data.shapes_dir, "train", "images")
     images = [np.asarray(Image.open(os.path.join(image_dir, name)).convert("RGB"))
               for name in sorted(os.listdir(image_dir))[:2]]
@@ -398,10 +391,37 @@ def test_exported_saved_model_masks_match_the_python_model(trained_mask_run, tmp
         assert np.mean(ref != got) < 1e-3
 
 
+@pytest.mark.slow
+def test_predict_draws_the_masks_eval_scores(trained_mask_run, tmp_path):
+    # predict (serving graph + the one paste rule) and eval.py (pipeline + evaluator) on the
+    # same images: every mask eval.py wrote for an image is, pixel for pixel up to the 0.5
+    # threshold, a mask predict draws for the same detection.
+    config, model_dir, out, _, _ = trained_mask_run
+    with open(os.path.join(out, "detections.json")) as f:
+        scored = json.load(f)
+    with open(os.path.join(config.data.shapes_dir, "val", "annotations.json")) as f:
+        images = {im["id"]: im["file_name"] for im in json.load(f)["images"]}
+    predict, _ = predict_lib.load_predictor(checkpoint=model_dir)
+    image_dir = os.path.join(config.data.shapes_dir, "val", "images")
+    compared = 0
+    for image_id in sorted(images)[:3]:
+        path = os.path.join(image_dir, images[image_id])
+        with open(path, "rb") as f:
+            outputs = predict(f.read())
+        height, width = np.asarray(Image.open(path)).shape[:2]
+        drawn = predict_lib.pasted_masks(outputs, height, width)
+        boxes = [d["bbox_xywh"] for d in predict_lib.detections_for_image(outputs, height,
+                                                                          width, {})]
+        for det in (d for d in scored if d["image_id"] == image_id and d["score"] > 0.5):
+            # The same detection: the box agrees to a fraction of a pixel.
+            j = int(np.argmin([np.abs(np.subtract(b, det["bbox"])).max() for b in boxes]))
+            assert np.abs(np.subtract(boxes[j], det["bbox"])).max() < 0.05
+            mask = mask_utils.decode(det["segmentation"])
+            assert np.mean(mask != drawn[j]) < 1e-3
+            compared += 1
+    assert compared > 0
+
+
 def test_docstring_examples_run():
-    import doctest
-
-    from tf_rcnn.models.heads import mask as mask_module
-
     result = doctest.testmod(mask_module, extraglobs={"tf": tf}, verbose=False)
     assert result.attempted >= 2 and result.failed == 0

@@ -10,6 +10,7 @@ import tensorflow as tf
 from keras.utils import bounding_boxes
 
 from tests.reference import numpy_boxes as ref
+from tf_rcnn.ops import box_coder
 from tf_rcnn.ops import boxes as box_ops
 
 PAD = [-1.0, -1.0, -1.0, -1.0]
@@ -67,25 +68,25 @@ def test_encode_hand_case():
     # With R-CNN weights (10, 10, 5, 5): (7, 2, 5 log 2, 0).
     anchor = tf.constant([0, 0, 10, 20], tf.float32)
     box = tf.constant([2, 4, 22, 24], tf.float32)
-    np.testing.assert_allclose(box_ops.encode(box, anchor).numpy(), [0.7, 0.2, math.log(2), 0],
+    np.testing.assert_allclose(box_coder.encode(box, anchor).numpy(), [0.7, 0.2, math.log(2), 0],
                                rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(box_ops.encode(box, anchor, box_ops.RCNN_BOX_WEIGHTS).numpy(),
+    np.testing.assert_allclose(box_coder.encode(box, anchor, box_coder.RCNN_BOX_WEIGHTS).numpy(),
                                [7, 2, 5 * math.log(2), 0], rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("weights", [box_ops.RPN_BOX_WEIGHTS, box_ops.RCNN_BOX_WEIGHTS])
+@pytest.mark.parametrize("weights", [box_coder.RPN_BOX_WEIGHTS, box_coder.RCNN_BOX_WEIGHTS])
 def test_encode_decode_reference_and_round_trip(rng, weights):
     boxes = _random_boxes(rng, (2, 50), min_size=0.5)
     anchors = _random_boxes(rng, (2, 50), min_size=0.5)
-    deltas = box_ops.encode(boxes, anchors, weights).numpy()
+    deltas = box_coder.encode(boxes, anchors, weights).numpy()
     for i in range(2):
         for j in range(50):
             np.testing.assert_allclose(deltas[i, j], ref.encode(boxes[i, j], anchors[i, j],
                                                                 weights), rtol=1e-4, atol=1e-4)
-    decoded = box_ops.decode(deltas, anchors, weights).numpy()
+    decoded = box_coder.decode(deltas, anchors, weights).numpy()
     np.testing.assert_allclose(decoded, boxes, rtol=1e-4, atol=1e-3)
     random_deltas = rng.normal(size=(2, 50, 4)).astype(np.float32)
-    got = box_ops.decode(random_deltas, anchors, weights).numpy()
+    got = box_coder.decode(random_deltas, anchors, weights).numpy()
     for j in range(50):
         np.testing.assert_allclose(got[1, j], ref.decode(random_deltas[1, j], anchors[1, j],
                                                          weights), rtol=1e-4, atol=1e-3)
@@ -95,18 +96,18 @@ def test_decode_clamps_huge_dw_and_dh():
     # anchor 16 x 16 centred at (8, 8); dh = dw = 100 is clamped to log(1000 / 16), so the box
     # grows to exp(log(1000 / 16)) * 16 = 1000 pixels: [8 - 500, 8 - 500, 8 + 500, 8 + 500].
     anchor = tf.constant([[0, 0, 16, 16]], tf.float32)
-    out = box_ops.decode(tf.constant([[0, 0, 100, 100]], tf.float32), anchor).numpy()
+    out = box_coder.decode(tf.constant([[0, 0, 100, 100]], tf.float32), anchor).numpy()
     np.testing.assert_allclose(out, [[-492, -492, 508, 508]], rtol=1e-5)
     # R-CNN weights: dw / 5 is clamped, so 5 * 1e4 gives the same 1000 pixels.
-    out = box_ops.decode(tf.constant([[0, 0, 5e4, 5e4]]), anchor, box_ops.RCNN_BOX_WEIGHTS)
+    out = box_coder.decode(tf.constant([[0, 0, 5e4, 5e4]]), anchor, box_coder.RCNN_BOX_WEIGHTS)
     np.testing.assert_allclose(out.numpy(), [[-492, -492, 508, 508]], rtol=1e-5)
-    assert np.isfinite(box_ops.decode(tf.constant([[0, 0, 1e30, 1e30]]), anchor).numpy()).all()
+    assert np.isfinite(box_coder.decode(tf.constant([[0, 0, 1e30, 1e30]]), anchor).numpy()).all()
 
 
 def test_encode_degenerate_stays_finite():
     anchors = tf.constant([PAD, [0, 0, 10, 10]], tf.float32)
     boxes = tf.constant([[0, 0, 10, 10], PAD], tf.float32)
-    assert np.isfinite(box_ops.encode(boxes, anchors).numpy()).all()
+    assert np.isfinite(box_coder.encode(boxes, anchors).numpy()).all()
 
 
 def test_clip_boxes_per_image_shapes():

@@ -7,7 +7,9 @@ import pytest
 import tensorflow as tf
 
 from tests.reference import numpy_roi as ref
-from tf_rcnn.ops import roi_ops
+from tf_rcnn.ops import poolers, ps_roi_pool
+from tf_rcnn.ops import roi_align as roi_align_ops
+from tf_rcnn.ops import roi_pool as roi_pool_ops
 
 ATOL = 1e-4
 
@@ -46,10 +48,10 @@ def test_roi_align_arange_aligned_and_legacy():
     rois = np.array([[[1.0, 1.0, 3.0, 3.0]]], np.float32)
     # aligned: scaled box [0.5, 0.5, 2.5, 2.5], bins of 1 pixel, samples (sr=2) at 0.75/1.25 and
     # 1.75/2.25 -> bin centres 1.0 and 2.0 -> 5*y + x = [[6, 7], [11, 12]].
-    out = roi_ops.roi_align(fmap, rois, 2, 1.0, sampling_ratio=2, aligned=True)
+    out = roi_align_ops.roi_align(fmap, rois, 2, 1.0, sampling_ratio=2, aligned=True)
     np.testing.assert_allclose(out.numpy()[0, 0, ..., 0], [[6.0, 7.0], [11.0, 12.0]], atol=1e-5)
     # legacy: box [1, 1, 3, 3] unshifted, bin centres 1.5 and 2.5 -> 5*1.5 + 1.5 = 9, ...
-    out = roi_ops.roi_align(fmap, rois, 2, 1.0, sampling_ratio=2, aligned=False)
+    out = roi_align_ops.roi_align(fmap, rois, 2, 1.0, sampling_ratio=2, aligned=False)
     np.testing.assert_allclose(out.numpy()[0, 0, ..., 0], [[9.0, 10.0], [14.0, 15.0]], atol=1e-5)
 
 
@@ -68,7 +70,7 @@ def test_roi_align_arange_aligned_and_legacy():
 )
 def test_roi_align_boundary_rule(box, expected):
     fmap = _arange_map(5, 5)
-    out = roi_ops.roi_align(fmap, np.array([[box]], np.float32), 1, 1.0, sampling_ratio=1)
+    out = roi_align_ops.roi_align(fmap, np.array([[box]], np.float32), 1, 1.0, sampling_ratio=1)
     assert out.numpy()[0, 0, 0, 0, 0] == pytest.approx(expected, abs=1e-5)
     assert ref.roi_align(fmap, np.array([[box]]), 1, 1.0, 1)[0, 0, 0, 0, 0] == pytest.approx(
         expected
@@ -79,7 +81,7 @@ def test_roi_pool_hand_cases():
     fmap = _arange_map(4, 4)  # value 4*y + x
     # Box [0, 0, 3, 3]: size 3 - 0 + 1 = 4 cells, 2 bins of 2 -> max at each bin's bottom-right.
     rois = np.array([[[0.0, 0.0, 3.0, 3.0], [0.5, 0.5, 2.5, 2.5]]], np.float32)
-    out = roi_ops.roi_pool(fmap, rois, 2, 1.0).numpy()[0, ..., 0]
+    out = roi_pool_ops.roi_pool(fmap, rois, 2, 1.0).numpy()[0, ..., 0]
     np.testing.assert_array_equal(out[0], [[5.0, 7.0], [13.0, 15.0]])
     # Box [0.5, 0.5, 2.5, 2.5]: C round() gives start 1, end 3 (tf.round would give 0 and 2),
     # size 3, bins [1, 3) and [2, 4) ((floor(1.5), ceil(3.0)) = (1, 3) offset by 1) ->
@@ -91,7 +93,7 @@ def test_roi_pool_empty_bin_is_zero():
     fmap = _arange_map(4, 4) + 1.0
     # Fully outside below the map: every bin is clipped to [4, 4) -> empty -> 0.
     rois = np.array([[[10.0, 0.0, 12.0, 2.0]]], np.float32)
-    np.testing.assert_array_equal(roi_ops.roi_pool(fmap, rois, 2, 1.0).numpy(), 0.0)
+    np.testing.assert_array_equal(roi_pool_ops.roi_pool(fmap, rois, 2, 1.0).numpy(), 0.0)
 
 
 def test_ps_roi_constant_channel_groups():
@@ -110,13 +112,14 @@ def test_ps_roi_constant_channel_groups():
         for i in range(k):
             for j in range(k):
                 expected[..., i, j, c] = 100 * c + 10 * i + j
-    np.testing.assert_allclose(roi_ops.ps_roi_align(maps, rois, k, 1.0).numpy(), expected,
+    np.testing.assert_allclose(ps_roi_pool.ps_roi_align(maps, rois, k, 1.0).numpy(), expected,
                                atol=1e-4)
-    np.testing.assert_allclose(roi_ops.ps_roi_pool(maps, rois, k, 1.0).numpy(), expected,
+    np.testing.assert_allclose(ps_roi_pool.ps_roi_pool(maps, rois, k, 1.0).numpy(), expected,
                                atol=1e-4)
     # vote = mean over bins: 100*c + 10*mean(i) + mean(j) = 100*c + 11.
     np.testing.assert_allclose(
-        roi_ops.vote(roi_ops.ps_roi_pool(maps, rois, k, 1.0)).numpy(), [[[11.0, 111.0]] * 2],
+        ps_roi_pool.vote(ps_roi_pool.ps_roi_pool(maps, rois, k, 1.0)).numpy(),
+        [[[11.0, 111.0]] * 2],
         atol=1e-4,
     )
 
@@ -124,7 +127,7 @@ def test_ps_roi_constant_channel_groups():
 def test_ps_roi_pool_hand_bins():
     # 1 channel, k=1 on a 4x4 arange map (4y + x). Box [0, 0, 4, 4]: size 4, bin [0, 4) clipped
     # to [0, 3) (torchvision clips ps bins to H - 1) -> mean of rows/cols 0..2 = 4*1 + 1 = 5.
-    out = roi_ops.ps_roi_pool(_arange_map(4, 4), np.array([[[0.0, 0.0, 4.0, 4.0]]]), 1, 1.0)
+    out = ps_roi_pool.ps_roi_pool(_arange_map(4, 4), np.array([[[0.0, 0.0, 4.0, 4.0]]]), 1, 1.0)
     assert out.numpy()[0, 0, 0, 0, 0] == pytest.approx(5.0)
 
 
@@ -136,7 +139,7 @@ def test_assign_fpn_levels(side, level):
     # floor(4 + log2(side / 224)): 224 -> 4, 112 -> 3, 448 -> 5, 896 -> 6 clipped to 5,
     # 223 -> floor(3.994) = 3, tiny / zero-area -> clipped to min_level 2.
     rois = np.array([[[10.0, 20.0, 10.0 + side, 20.0 + side]]], np.float32)
-    got = roi_ops.assign_fpn_levels(rois, 2, 5).numpy()
+    got = poolers.assign_fpn_levels(rois, 2, 5).numpy()
     assert got.dtype == np.int32
     assert got[0, 0] == level == ref.fpn_level(rois[0, 0], 2, 5)
 
@@ -158,7 +161,7 @@ def test_roi_align_matches_reference(random_case, scale, sampling_ratio, aligned
     rng, features = random_case
     rois = _random_rois(rng, 2, 8, 9, 12, scale)
     for size in [(7, 7), (3, 5)]:
-        got = roi_ops.roi_align(features, rois, size, scale, sampling_ratio, aligned)
+        got = roi_align_ops.roi_align(features, rois, size, scale, sampling_ratio, aligned)
         want = ref.roi_align(features, rois, size, scale, sampling_ratio, aligned)
         assert got.shape == (2, 8) + size + (3,)
         np.testing.assert_allclose(got.numpy(), want, atol=ATOL)
@@ -169,7 +172,7 @@ def test_roi_pool_matches_reference(random_case, scale):
     rng, features = random_case
     rois = _random_rois(rng, 2, 12, 9, 12, scale)
     for size in [7, (2, 3), 1]:
-        got = roi_ops.roi_pool(features, rois, size, scale)
+        got = roi_pool_ops.roi_pool(features, rois, size, scale)
         np.testing.assert_allclose(got.numpy(), ref.roi_pool(features, rois, size, scale),
                                    atol=ATOL)
 
@@ -181,11 +184,11 @@ def test_ps_roi_ops_match_reference(random_case, scale):
     maps = rng.normal(size=(2, 10, 8, k * k * 2)).astype(np.float32)
     rois = _random_rois(rng, 2, 8, 10, 8, scale)
     for sampling_ratio in [1, 2]:
-        got = roi_ops.ps_roi_align(maps, rois, k, scale, sampling_ratio)
+        got = ps_roi_pool.ps_roi_align(maps, rois, k, scale, sampling_ratio)
         np.testing.assert_allclose(
             got.numpy(), ref.ps_roi_align(maps, rois, k, scale, sampling_ratio), atol=ATOL
         )
-    got = roi_ops.ps_roi_pool(maps, rois, k, scale)
+    got = ps_roi_pool.ps_roi_pool(maps, rois, k, scale)
     np.testing.assert_allclose(got.numpy(), ref.ps_roi_pool(maps, rois, k, scale), atol=ATOL)
 
 
@@ -200,9 +203,9 @@ def test_multilevel_roi_align_matches_per_level_reference():
     y1 = rng.uniform(-20, image - 20, size=sides.shape).astype(np.float32)
     x1 = rng.uniform(-20, image - 20, size=sides.shape).astype(np.float32)
     rois = np.stack([y1, x1, y1 + sides, x1 + sides * 0.9], axis=-1)
-    got = roi_ops.multilevel_roi_align(features, rois, (7, 5), strides, sampling_ratio=2)
+    got = poolers.multilevel_roi_align(features, rois, (7, 5), strides, sampling_ratio=2)
     assert got.shape == (2, 8, 7, 5, 2)
-    levels = roi_ops.assign_fpn_levels(rois, 2, 5).numpy()
+    levels = poolers.assign_fpn_levels(rois, 2, 5).numpy()
     assert set(levels.ravel()) == {2, 3, 4, 5}  # every level is exercised
     for b in range(2):
         for r in range(8):
@@ -219,19 +222,19 @@ def test_multilevel_roi_align_matches_per_level_reference():
 def test_empty_rois_and_dynamic_shapes():
     features = tf.random.normal([2, 8, 8, 9])
     empty = tf.zeros([2, 0, 4])
-    assert roi_ops.roi_align(features, empty, 7, 0.5).shape == (2, 0, 7, 7, 9)
-    assert roi_ops.roi_pool(features, empty, 7, 0.5).shape == (2, 0, 7, 7, 9)
-    assert roi_ops.ps_roi_align(features, empty, 3, 0.5).shape == (2, 0, 3, 3, 1)
-    assert roi_ops.ps_roi_pool(features, empty, 3, 0.5).shape == (2, 0, 3, 3, 1)
-    assert roi_ops.multilevel_roi_align([features, features[:, :4, :4]], empty, 7, [8, 16]).shape \
+    assert roi_align_ops.roi_align(features, empty, 7, 0.5).shape == (2, 0, 7, 7, 9)
+    assert roi_pool_ops.roi_pool(features, empty, 7, 0.5).shape == (2, 0, 7, 7, 9)
+    assert ps_roi_pool.ps_roi_align(features, empty, 3, 0.5).shape == (2, 0, 3, 3, 1)
+    assert ps_roi_pool.ps_roi_pool(features, empty, 3, 0.5).shape == (2, 0, 3, 3, 1)
+    assert poolers.multilevel_roi_align([features, features[:, :4, :4]], empty, 7, [8, 16]).shape \
         == (2, 0, 7, 7, 9)
 
     @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 9]),
                                   tf.TensorSpec([None, None, 4])])
     def pooled(f, r):
-        return (roi_ops.roi_align(f, r, 2, 0.5), roi_ops.roi_pool(f, r, 2, 0.5),
-                roi_ops.ps_roi_align(f, r, 3, 0.5), roi_ops.ps_roi_pool(f, r, 3, 0.5),
-                roi_ops.multilevel_roi_align([f, f[:, :4, :4]], r, 2, [8, 16]))
+        return (roi_align_ops.roi_align(f, r, 2, 0.5), roi_pool_ops.roi_pool(f, r, 2, 0.5),
+                ps_roi_pool.ps_roi_align(f, r, 3, 0.5), ps_roi_pool.ps_roi_pool(f, r, 3, 0.5),
+                poolers.multilevel_roi_align([f, f[:, :4, :4]], r, 2, [8, 16]))
 
     for rois in (tf.zeros([2, 0, 4]), tf.constant([[[0.0, 0.0, 10.0, 12.0]]] * 2)):
         for out in pooled(features, rois):
@@ -245,17 +248,17 @@ def test_bad_arguments_raise_clear_errors():
     features = tf.zeros([1, 4, 4, 8])
     rois = tf.zeros([1, 2, 4])
     with pytest.raises(ValueError, match="rois must be"):
-        roi_ops.roi_align(features, tf.zeros([2, 4]), 7, 1.0)
+        roi_align_ops.roi_align(features, tf.zeros([2, 4]), 7, 1.0)
     with pytest.raises(ValueError, match="sampling_ratio"):
-        roi_ops.roi_align(features, rois, 7, 1.0, sampling_ratio=0)
+        roi_align_ops.roi_align(features, rois, 7, 1.0, sampling_ratio=0)
     with pytest.raises(ValueError, match="output_size"):
-        roi_ops.roi_align(features, rois, 0, 1.0)
+        roi_align_ops.roi_align(features, rois, 0, 1.0)
     with pytest.raises(ValueError, match="spatial_scale"):
-        roi_ops.roi_pool(features, rois, 2, 0.0)
+        roi_pool_ops.roi_pool(features, rois, 2, 0.0)
     with pytest.raises(ValueError, match="multiple of k"):
-        roi_ops.ps_roi_pool(features, rois, 3, 1.0)
+        ps_roi_pool.ps_roi_pool(features, rois, 3, 1.0)
     with pytest.raises(ValueError, match="powers of two"):
-        roi_ops.multilevel_roi_align([features, features], rois, 2, [4, 12])
+        poolers.multilevel_roi_align([features, features], rois, 2, [4, 12])
 
 
 # ----------------------------------------------------------------------------- gradients
@@ -274,10 +277,10 @@ def test_roi_align_and_ps_roi_align_gradients():
     rois = tf.constant(_random_rois(rng, 2, 3, 5, 6, 0.5))
     features = tf.constant(rng.normal(size=(2, 5, 6, 2)).astype(np.float32))
     # Both ops are linear in the features: central differences are exact up to float32 rounding.
-    _numeric_gradient_check(lambda f: roi_ops.roi_align(f, rois, 2, 0.5), features, 0.1, 2e-3)
+    _numeric_gradient_check(lambda f: roi_align_ops.roi_align(f, rois, 2, 0.5), features, 0.1, 2e-3)
     maps = tf.constant(rng.normal(size=(2, 5, 6, 8)).astype(np.float32))
-    _numeric_gradient_check(lambda f: roi_ops.ps_roi_align(f, rois, 2, 0.5), maps, 0.1, 2e-3)
-    _numeric_gradient_check(lambda f: roi_ops.ps_roi_pool(f, rois, 2, 0.5), maps, 0.1, 2e-3)
+    _numeric_gradient_check(lambda f: ps_roi_pool.ps_roi_align(f, rois, 2, 0.5), maps, 0.1, 2e-3)
+    _numeric_gradient_check(lambda f: ps_roi_pool.ps_roi_pool(f, rois, 2, 0.5), maps, 0.1, 2e-3)
 
 
 def test_roi_pool_gradient_goes_to_argmax():
@@ -287,12 +290,12 @@ def test_roi_pool_gradient_goes_to_argmax():
     values = rng.permutation(2 * 5 * 6 * 2).astype(np.float32).reshape(2, 5, 6, 2)
     features = tf.constant(values)
     rois = tf.constant(_random_rois(rng, 2, 3, 5, 6, 0.5))
-    _numeric_gradient_check(lambda f: roi_ops.roi_pool(f, rois, 2, 0.5), features, 0.1, 2e-3)
+    _numeric_gradient_check(lambda f: roi_pool_ops.roi_pool(f, rois, 2, 0.5), features, 0.1, 2e-3)
     # A single 1x1 output over the whole map: the gradient is 1 at the global max only.
     whole = tf.constant([[[0.0, 0.0, 5.0, 6.0]]] * 2)
     with tf.GradientTape() as tape:
         tape.watch(features)
-        out = roi_ops.roi_pool(features, whole, 1, 1.0)
+        out = roi_pool_ops.roi_pool(features, whole, 1, 1.0)
     grad = tape.gradient(out, features).numpy()
     for b in range(2):
         for c in range(2):
@@ -305,7 +308,7 @@ def test_multilevel_gradient_reaches_every_used_level():
     rois = tf.constant([[[0.0, 0.0, 20.0, 20.0], [0.0, 0.0, 100.0, 100.0]]])
     with tf.GradientTape() as tape:
         tape.watch(features)
-        out = roi_ops.multilevel_roi_align(features, rois, 2, [4, 8], canonical_level=3,
+        out = poolers.multilevel_roi_align(features, rois, 2, [4, 8], canonical_level=3,
                                            canonical_size=56.0)
     grads = tape.gradient(out, features)
     assert all(g is not None and np.abs(g.numpy()).sum() > 0 for g in grads)
@@ -321,11 +324,11 @@ def test_quantised_bins_round_like_float32_in_graph_and_eager(output_size):
     sizes = np.arange(1, 41, dtype=np.float32)
     rois = np.stack([np.zeros_like(sizes), sizes / 4, sizes, sizes + sizes / 4], -1)[None]
     want_pool = ref.roi_pool(features, rois, output_size, 1.0)
-    graph_pool = tf.function(lambda f, r: roi_ops.roi_pool(f, r, output_size, 1.0))
-    np.testing.assert_array_equal(roi_ops.roi_pool(features, rois, output_size, 1.0).numpy(),
+    graph_pool = tf.function(lambda f, r: roi_pool_ops.roi_pool(f, r, output_size, 1.0))
+    np.testing.assert_array_equal(roi_pool_ops.roi_pool(features, rois, output_size, 1.0).numpy(),
                                   want_pool)
     np.testing.assert_array_equal(graph_pool(features, rois).numpy(), want_pool)
     maps = rng.normal(size=(1, 48, 48, output_size**2)).astype(np.float32)
     want_ps = ref.ps_roi_pool(maps, rois, output_size, 1.0)
-    graph_ps = tf.function(lambda f, r: roi_ops.ps_roi_pool(f, r, output_size, 1.0))
+    graph_ps = tf.function(lambda f, r: ps_roi_pool.ps_roi_pool(f, r, output_size, 1.0))
     np.testing.assert_allclose(graph_ps(maps, rois).numpy(), want_ps, atol=ATOL)

@@ -1,24 +1,30 @@
-"""Proposal files end to end: write -> pipeline (resize, flip) -> Fast R-CNN; dump_proposals from
-an RPN checkpoint; and a hand-written JSON file in the documented format that trains and
-evaluates through run_training / evaluate_checkpoint (what train.py and eval.py run)."""
+"""Proposal files end to end: write -> pipeline (resize, flip) -> Fast R-CNN; the dump_proposals
+command on an RPN run directory; and a hand-written JSON file in the documented format that
+trains and evaluates through run_training / evaluate_checkpoint (what train.py and eval.py run)."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from tests.support import REPO, built_model
 from tf_rcnn.config import ConfigError, load_config_file
+from tf_rcnn.data.builder import build_input_pipeline, load_split
 from tf_rcnn.data.coco import load_coco
 from tf_rcnn.data.pipeline import InputPipeline
+from tf_rcnn.data.proposal_dump import dump_proposals
 from tf_rcnn.data.proposals import read_proposals, write_proposals
 from tf_rcnn.data.shapes import generate_shapes_dataset
+from tf_rcnn.evaluation.evaluate import evaluate_checkpoint
 from tf_rcnn.evaluation.runner import make_predict_fn
 from tf_rcnn.models import builder
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tf_rcnn.training import CheckpointManager, build_optimizer
+from tf_rcnn.training.run import run_training
 
 
 def shapes_records(root, num_images=4, size=64, seed=0):
@@ -85,7 +91,7 @@ def test_proposal_file_through_pipeline_into_the_model(tmp_path):
     images, targets = batches[-1]
     config = tiny("shapes_fast_rcnn.py", str(tmp_path / "shapes"))
     model = builder.build_model(config)
-    builder.initialize_model(model, config)
+    model.build_with_dummy_inputs()
     losses = model.compute_losses(images, targets)
     assert all(np.isfinite(v.numpy()) for v in losses.values())
     out = make_predict_fn(model)(images, targets["image_shape"], targets["proposals"])
@@ -93,29 +99,31 @@ def test_proposal_file_through_pipeline_into_the_model(tmp_path):
 
 
 def test_dump_proposals_writes_rpn_boxes_in_original_pixels(tmp_path):
-    from tf_rcnn.tools.dump_proposals import dump_proposals
-    from tf_rcnn.training import CheckpointManager, build_optimizer
-
     config = tiny("shapes_faster_rcnn.py", str(tmp_path / "shapes"))
     config.data.scales, config.data.max_size = (96,), 96  # 64 px images at scale 1.5
     config.model.rpn.pre_nms_topk_test = 64
     config.model.rpn.post_nms_topk_test = 20
-    model = builder.build_model(config)
-    builder.initialize_model(model, config)
+    model = built_model(config)
     optimizer = build_optimizer("sgd", learning_rate=0.1)
     optimizer.build(model.trainable_variables)
-    run_dir = str(tmp_path / "run")
-    CheckpointManager(run_dir, model, optimizer).save()
+    run_dir = tmp_path / "run"
+    CheckpointManager(str(run_dir), model, optimizer).save()
+    (run_dir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
+    # The command on the run directory alone (its config.json gives the recipe).
     out = str(tmp_path / "proposals_val.npz")
-    stats = dump_proposals(config, run_dir, "val", out, top_n=7)
-    assert stats["num_images"] == 4
+    result = subprocess.run(
+        [sys.executable, "-m", "tf_rcnn.tools.dump_proposals", f"--checkpoint={run_dir}",
+         "--split=val", f"--output={out}", "--top_n=7"],
+        capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "4 images" in result.stdout
     written = read_proposals(out)
-    records, label_map, _ = builder.load_split(config, "val")
+    records, label_map, _ = load_split(config, "val")
     assert sorted(written) == sorted(r.image_id for r in records)
     # The same numbers straight from the model on the 1.5x network input, divided by 1.5.
     images, targets = next(iter(
-        builder.build_input_pipeline(config, records, label_map, training=False).dataset()))
+        build_input_pipeline(config, records, label_map, training=False).dataset()))
     direct = model.propose({"images": images, "image_shape": targets["image_shape"]})
     for i, image_id in enumerate(targets["image_id"].numpy()):
         boxes, scores = written[int(image_id)]
@@ -128,21 +136,18 @@ def test_dump_proposals_writes_rpn_boxes_in_original_pixels(tmp_path):
         np.testing.assert_allclose(boxes, want, atol=1e-3)
 
     with pytest.raises(ValueError, match=r"\.npz or \.json"):
-        dump_proposals(config, run_dir, "val", str(tmp_path / "p.txt"))
+        dump_proposals(model, config, "val", str(tmp_path / "p.txt"))
     with pytest.raises(ValueError, match="split"):
-        dump_proposals(config, run_dir, "test", out)
+        dump_proposals(model, config, "test", out)
     fast = tiny("shapes_fast_rcnn.py", str(tmp_path / "shapes"))
-    with pytest.raises(ConfigError, match="needs a model with an RPN"):
-        dump_proposals(fast, run_dir, "val", out)
+    with pytest.raises(ConfigError, match="has no RPN"):
+        dump_proposals(built_model(fast), fast, "val", out)
 
 
 def test_hand_written_json_trains_and_evaluates(tmp_path):
-    from tf_rcnn.evaluation.evaluate import evaluate_checkpoint
-    from tf_rcnn.training.run import run_training
-
     shapes_dir = str(tmp_path / "shapes")
     config = tiny("shapes_fast_rcnn.py", shapes_dir, images=8)
-    _, _, annotation_file = builder.load_split(config, "train")
+    _, _, annotation_file = load_split(config, "train")
     with open(annotation_file) as f:
         coco = json.load(f)
     # What a person writes by hand: COCO image ids, x1 y1 x2 y2 pixels, no scores. Each object
@@ -165,7 +170,7 @@ def test_hand_written_json_trains_and_evaluates(tmp_path):
     run_dir = str(tmp_path / "run")
     losses = run_training(config, run_dir)
     assert np.isfinite(losses["total_loss"])
-    metrics = evaluate_checkpoint(config, run_dir, str(tmp_path / "eval"))
+    metrics = evaluate_checkpoint(run_dir, str(tmp_path / "eval"))
     assert metrics["num_images"] == 8
     # Proposals close to every object, evaluated on the training images: a trained head
     # classifies most of them.

@@ -1,4 +1,5 @@
-"""Checkpoint keys, strict fit checks naming variables, and partial loading."""
+"""Checkpoint keys, strict fit checks naming variables and the flag to use, and partial loading
+(``tf_rcnn.models.checkpoint`` and ``tf_rcnn.training.checkpoints``)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import pytest
 import tensorflow as tf
 
 from tests.training import standin
-from tf_rcnn.training import CheckpointManager, build_optimizer, load_weights_partial
-from tf_rcnn.training.checkpoints import checkpoint_keys
+from tf_rcnn.models.checkpoint import checkpoint_keys
+from tf_rcnn.models.checkpoint import load_weights as load_weights_partial
+from tf_rcnn.training import CheckpointManager, build_optimizer
 
 
 def _saved_manager(model_dir, num_outputs=2):
@@ -87,7 +89,9 @@ def test_mismatched_checkpoint_names_the_variables(tmp_path):
     assert "head/kernel" in message and "checkpoint [4, 2] vs model [4, 3]" in message
     assert "head/bias" in message and "checkpoint [2] vs model [3]" in message
     assert "conv/kernel" not in message  # fitting variables are not listed
-    assert "load_weights_partial" in message
+    # What to do, in command-line terms.
+    assert f"--config.train.init_checkpoint={tmp_path}" in message
+    assert "--model_dir" in message
 
 
 def test_missing_variables_are_named(tmp_path):
@@ -114,7 +118,7 @@ def test_partial_load_skips_mismatched_shapes(tmp_path):
     np.testing.assert_array_equal(target.head.kernel.numpy(), head_before)  # kept fresh init
     assert len(skipped) == 2 and all("head" in s for s in skipped)
     assert len(loaded) == 6  # conv kernel/bias + BN gamma/beta/mean/variance
-    with pytest.raises(ValueError, match=r"head/kernel.*skip_mismatch=True"):
+    with pytest.raises(ValueError, match=r"head/kernel.*--config.train.init_skip_mismatch=True"):
         load_weights_partial(standin.build_model(3), str(tmp_path), skip_mismatch=False)
     with pytest.raises(FileNotFoundError, match="ckpt"):
         load_weights_partial(target, str(tmp_path / "nothing"))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.models.test_faster_rcnn import tiny_batch, tiny_config
+from tests.support import tiny_batch, tiny_config
 from tf_rcnn.models import builder
 from tf_rcnn.training import NonFiniteLossError, Trainer, build_optimizer
 
@@ -27,7 +27,7 @@ def restore_policy():
 def test_one_step_under_mixed_precision(tmp_path, policy, restore_policy):
     keras.mixed_precision.set_global_policy(policy)
     model = builder.build_model(tiny_config())
-    builder.initialize_model(model, tiny_config())
+    model.build_with_dummy_inputs()
     assert model.backbone.compute_dtype == policy.split("_")[1]
     trainer = Trainer(model, build_optimizer("sgd", learning_rate=0.01), None,
                       model_dir=str(tmp_path), log_every=1)
@@ -48,7 +48,7 @@ def test_one_step_under_mixed_precision(tmp_path, policy, restore_policy):
 
 def test_nan_from_a_huge_learning_rate_stops_with_step_terms_and_checkpoint(tmp_path):
     model = builder.build_model(tiny_config())
-    builder.initialize_model(model, tiny_config())
+    model.build_with_dummy_inputs()
     trainer = Trainer(model, build_optimizer("sgd", learning_rate=1e12, weight_decay=0.0), None,
                       model_dir=str(tmp_path), checkpoint_every=1, log_every=1)
     with pytest.raises(NonFiniteLossError) as error:

@@ -15,9 +15,10 @@ from tf_rcnn.data.pipeline import (
     preprocess_image_for_inference,
 )
 from tf_rcnn.data.proposals import read_proposals, write_proposals
-from tf_rcnn.data.records import DetectionRecord, LabelMap, LoadReport
+from tf_rcnn.data.records import DetectionRecord, LoadReport
 from tf_rcnn.data.shapes import generate_shapes_dataset
 from tf_rcnn.data.voc import load_voc
+from tf_rcnn.label_map import LabelMap  # re-exported for `from tf_rcnn.data import LabelMap`
 
 __all__ = [
     "DetectionRecord",

@@ -32,18 +32,13 @@ import os
 from typing import Any
 
 import numpy as np
+from pycocotools.coco import COCO
 
-from tf_rcnn.data.records import (
-    DetectionRecord,
-    LabelMap,
-    LoadReport,
-    check_image_file,
-    sanitize_boxes,
-)
+from tf_rcnn.data.records import DetectionRecord, LoadReport, check_image_file, sanitize_boxes
+from tf_rcnn.label_map import LabelMap
 
 
 def _load_coco_api(annotation_file: str) -> Any:
-    from pycocotools.coco import COCO
 
     if not os.path.isfile(annotation_file):
         raise ValueError(f"COCO annotation file {annotation_file!r} does not exist; fix the path.")

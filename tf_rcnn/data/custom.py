@@ -43,13 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from tf_rcnn.data.records import (
-    DetectionRecord,
-    LabelMap,
-    LoadReport,
-    check_image_file,
-    sanitize_boxes,
-)
+from tf_rcnn.data.records import DetectionRecord, LoadReport, check_image_file, sanitize_boxes
+from tf_rcnn.label_map import LabelMap
 
 _BOX_FORMATS = ("xyxy", "yxyx", "xywh")
 

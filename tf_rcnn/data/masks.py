@@ -19,6 +19,8 @@ import os
 from typing import Any
 
 import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
 
 
 def decode_segmentation(
@@ -47,12 +49,10 @@ def decode_segmentation(
     if isinstance(segm, np.ndarray):
         arr = segm
     elif isinstance(segm, str | os.PathLike):
-        from PIL import Image
 
         with Image.open(segm) as im:
             arr = np.asarray(im.convert("L"))
     elif isinstance(segm, list | dict):
-        from pycocotools import mask as mask_utils
 
         if isinstance(segm, list):
             rles = mask_utils.frPyObjects(segm, height, width)
@@ -104,33 +104,3 @@ def crop_masks_to_boxes(masks: np.ndarray, boxes: np.ndarray, size: int) -> np.n
     xi = np.clip(np.floor(xs).astype(np.int64), 0, width - 1)
     idx = np.arange(num)[:, None, None]
     return (masks[idx, yi[:, :, None], xi[:, None, :]] > 0).astype(np.uint8)
-
-
-def paste_mask(crop: np.ndarray, box: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Inverse of :func:`crop_masks_to_boxes` for one instance (nearest sampling).
-
-    Args:
-        crop: ``[S, S]`` box-cropped mask (values in [0, 1]).
-        box: ``[4]`` ``[y1, x1, y2, x2]`` pixels of the target image.
-        height: target image height.
-        width: target image width.
-
-    Returns:
-        ``[H, W]`` uint8 mask: pixel ``(y, x)`` inside the box takes the crop cell containing
-        its centre, thresholded at 0.5.
-    """
-    crop = np.asarray(crop, np.float32)
-    size_y, size_x = crop.shape
-    y1, x1, y2, x2 = (float(v) for v in box)
-    out = np.zeros((height, width), np.uint8)
-    if y2 <= y1 or x2 <= x1:
-        return out
-    yc = np.arange(height) + 0.5
-    xc = np.arange(width) + 0.5
-    iy = np.floor((yc - y1) / (y2 - y1) * size_y).astype(np.int64)
-    ix = np.floor((xc - x1) / (x2 - x1) * size_x).astype(np.int64)
-    vy = (iy >= 0) & (iy < size_y)
-    vx = (ix >= 0) & (ix < size_x)
-    vals = crop[np.clip(iy, 0, size_y - 1)][:, np.clip(ix, 0, size_x - 1)] > 0.5
-    out[:] = vals & vy[:, None] & vx[None, :]
-    return out

@@ -1,6 +1,6 @@
 """tf.data input pipeline: decode, resize, flip, normalise, pad and batch detection data.
 
-Conventions (DESIGN.md):
+Conventions (docs/design.md):
     Boxes are float32 ``[y1, x1, y2, x2]`` in pixels of the RESIZED image (what the network
     sees); padded rows are -1 (zero area). Classes ``1..K``, padded -1. Images are RGB float32
     ``(pixel - mean) / std`` with 0-255 inputs, padded with 0 at the bottom/right.
@@ -54,7 +54,9 @@ import tensorflow as tf
 from absl import logging
 
 from tf_rcnn.data import masks as masks_lib
-from tf_rcnn.data.records import DetectionRecord, LabelMap
+from tf_rcnn.data.proposals import read_proposals
+from tf_rcnn.data.records import DetectionRecord
+from tf_rcnn.label_map import LabelMap
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -292,6 +294,38 @@ def check_image_bytes(data: tf.Tensor, path: tf.Tensor) -> tf.Operation:
     return tf.debugging.Assert(ok, ["Unreadable or truncated image file (skipped):", path])
 
 
+def to_original_pixels(
+    boxes: np.ndarray,
+    scale: np.ndarray,
+    original_shape: np.ndarray,
+    flipped: np.ndarray | None = None,
+    input_width: np.ndarray | None = None,
+) -> np.ndarray:
+    """Map ``boxes [B, D, 4]`` from the network input back to original-image pixels.
+
+    Args:
+        boxes: ``[B, D, 4]`` ``[y1, x1, y2, x2]`` in resized-image pixels.
+        scale: ``[B]`` resize factors (resized = original * scale).
+        original_shape: ``[B, 2]`` original (height, width).
+        flipped: optional ``[B]`` bool; flipped images are un-flipped using ``input_width``.
+        input_width: ``[B]`` resized widths (before padding), needed with ``flipped``.
+    """
+    boxes = np.asarray(boxes, np.float32).copy()
+    if flipped is not None and np.any(flipped):
+        width = np.asarray(input_width, np.float32)[:, None]
+        x1 = boxes[..., 1].copy()
+        boxes[..., 1] = np.where(flipped[:, None], width - boxes[..., 3], x1)
+        boxes[..., 3] = np.where(flipped[:, None], width - x1, boxes[..., 3])
+    boxes /= np.asarray(scale, np.float32)[:, None, None]
+    h = np.asarray(original_shape, np.float32)[:, 0][:, None]
+    w = np.asarray(original_shape, np.float32)[:, 1][:, None]
+    boxes[..., 0] = np.clip(boxes[..., 0], 0, h)
+    boxes[..., 2] = np.clip(boxes[..., 2], 0, h)
+    boxes[..., 1] = np.clip(boxes[..., 1], 0, w)
+    boxes[..., 3] = np.clip(boxes[..., 3], 0, w)
+    return boxes
+
+
 class InputPipeline:
     """Build the training or evaluation ``tf.data.Dataset`` from :class:`DetectionRecord` s.
 
@@ -398,7 +432,6 @@ class InputPipeline:
         self.flip_probability = float(flip_probability)
 
         if isinstance(proposals, str):
-            from tf_rcnn.data.proposals import read_proposals
 
             proposals = read_proposals(proposals)
         self.with_proposals = proposals is not None

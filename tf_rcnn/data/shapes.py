@@ -26,6 +26,8 @@ import os
 from typing import Any
 
 import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
 
 CATEGORIES = ({"id": 1, "name": "square"}, {"id": 2, "name": "circle"},
               {"id": 3, "name": "triangle"})
@@ -168,8 +170,6 @@ def generate_shapes_dataset(
     if not overwrite and _is_complete(manifest_path, ann_path, image_dir, file_names, args):
         return ann_path
 
-    from PIL import Image
-    from pycocotools import mask as mask_utils
 
     os.makedirs(image_dir, exist_ok=True)
     if os.path.exists(manifest_path):

@@ -27,13 +27,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tf_rcnn.data.records import (
-    DetectionRecord,
-    LabelMap,
-    LoadReport,
-    check_image_file,
-    sanitize_boxes,
-)
+from tf_rcnn.data.records import DetectionRecord, LoadReport, check_image_file, sanitize_boxes
+from tf_rcnn.label_map import LabelMap
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

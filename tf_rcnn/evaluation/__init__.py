@@ -1,6 +1,6 @@
 """tf_rcnn.evaluation: COCO box/mask AP, VOC mAP and RPN proposal recall (NumPy, off the graph)."""
 
-from tf_rcnn.evaluation.coco_evaluator import COCO_STAT_NAMES, COCOEvaluator, paste_masks
+from tf_rcnn.evaluation.coco_evaluator import COCO_STAT_NAMES, COCOEvaluator
 from tf_rcnn.evaluation.proposal_recall import ProposalRecallEvaluator, best_gt_overlaps
 from tf_rcnn.evaluation.voc_evaluator import VOCEvaluator, voc_ap
 
@@ -9,7 +9,6 @@ __all__ = [
     "COCOEvaluator",
     "ProposalRecallEvaluator",
     "best_gt_overlaps",
-    "paste_masks",
     "VOCEvaluator",
     "voc_ap",
 ]

@@ -1,6 +1,6 @@
 """COCO box and mask AP through pycocotools (or, optionally, faster-coco-eval).
 
-Conventions (DESIGN.md):
+Conventions:
     Detections arrive as NumPy arrays in the model's output layout, with boxes float32
     ``[y1, x1, y2, x2]`` in pixels of the ORIGINAL image (the caller undoes the resize) and
     classes contiguous ``1..K`` (0 is background and never appears in detections). This module
@@ -35,6 +35,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 # The 12 numbers COCOeval.summarize() computes, in its order.
 COCO_STAT_NAMES: tuple[str, ...] = (
@@ -81,70 +84,10 @@ def _to_dataset_ids(label_map: Any, contiguous_ids: np.ndarray) -> np.ndarray:
 
 def _encode_mask(mask: np.ndarray) -> dict:
     """Binary ``[H, W]`` mask -> compressed RLE with ``counts`` as ``str`` (JSON-ready)."""
-    from pycocotools import mask as mask_utils
 
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     rle["counts"] = rle["counts"].decode("ascii")
     return rle
-
-
-def paste_masks(
-    masks: np.ndarray,
-    boxes: np.ndarray,
-    image_shape: tuple[int, int],
-    threshold: float = 0.5,
-) -> np.ndarray:
-    """Pastes box-relative mask probabilities into full-image binary masks.
-
-    The mask of a detection covers its box: cell ``(i, j)`` of the ``Hm x Wm`` grid has its
-    centre at ``y = y1 + (i + 0.5) * (y2 - y1) / Hm`` (likewise x). Each image pixel whose
-    centre lies inside the box gets the bilinear interpolation of the grid at its centre
-    (clamped at the grid border); pixels outside the box are 0.
-
-    Args:
-        masks: ``[D, Hm, Wm]`` float probabilities in [0, 1] (the model's
-            ``detection_masks`` for one image, already of the detected class).
-        boxes: ``[D, 4]`` float, ``[y1, x1, y2, x2]`` in the pixels of the target image.
-        image_shape: ``(H, W)`` of the target (original) image.
-        threshold: Probability above which a pixel is foreground.
-
-    Returns:
-        ``[D, H, W]`` uint8 in {0, 1}.
-    """
-    masks = np.asarray(masks, np.float64)
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    if masks.ndim != 3 or masks.shape[0] != boxes.shape[0]:
-        raise ValueError(
-            f"masks must be [D, Hm, Wm] with D = {boxes.shape[0]} (rows of boxes); "
-            f"got {masks.shape}."
-        )
-    height, width = int(image_shape[0]), int(image_shape[1])
-    out = np.zeros([boxes.shape[0], height, width], np.uint8)
-    mask_h, mask_w = masks.shape[1:]
-    centres_y = np.arange(height) + 0.5
-    centres_x = np.arange(width) + 0.5
-    for d, (y1, x1, y2, x2) in enumerate(boxes):
-        if y2 <= y1 or x2 <= x1:
-            continue
-        rows = np.flatnonzero((centres_y >= y1) & (centres_y < y2))
-        cols = np.flatnonzero((centres_x >= x1) & (centres_x < x2))
-        if rows.size == 0 or cols.size == 0:
-            continue
-        # Continuous grid coordinates of the pixel centres (cell centres sit at integers).
-        gy = np.clip((centres_y[rows] - y1) / (y2 - y1) * mask_h - 0.5, 0, mask_h - 1)
-        gx = np.clip((centres_x[cols] - x1) / (x2 - x1) * mask_w - 0.5, 0, mask_w - 1)
-        y0, x0 = np.floor(gy).astype(int), np.floor(gx).astype(int)
-        y1i, x1i = np.minimum(y0 + 1, mask_h - 1), np.minimum(x0 + 1, mask_w - 1)
-        wy, wx = (gy - y0)[:, None], (gx - x0)[None, :]
-        m = masks[d]
-        value = (
-            (1 - wy) * (1 - wx) * m[np.ix_(y0, x0)]
-            + (1 - wy) * wx * m[np.ix_(y0, x1i)]
-            + wy * (1 - wx) * m[np.ix_(y1i, x0)]
-            + wy * wx * m[np.ix_(y1i, x1i)]
-        )
-        out[d, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] = value > threshold
-    return out
 
 
 def _suppress_output():
@@ -220,7 +163,7 @@ class COCOEvaluator:
     @staticmethod
     def _fast_eval_module():
         try:
-            import faster_coco_eval
+            import faster_coco_eval  # optional dependency (the fast-eval extra)
         except ImportError as e:
             raise ImportError(
                 "use_fast_eval=True needs the optional dependency faster-coco-eval: "
@@ -248,7 +191,7 @@ class COCOEvaluator:
                     ``[B, D, H, W]`` full-image masks, or a list of B arrays
                     ``[D_b, H_b, W_b]`` when image sizes differ; values > 0.5 are
                     foreground. Model outputs (box-relative ``[D, Hm, Wm]``) go through
-                    ``paste_masks`` first.
+                    ``tf_rcnn.ops.masks.paste_image_masks`` first (``MaskPastingEvaluator``).
 
         Raises:
             ValueError: on missing keys, inconsistent shapes, unknown image ids or masks whose
@@ -340,8 +283,6 @@ class COCOEvaluator:
                 return module.COCOeval_faster(gt, dt, iou_type, print_function=quiet)
 
         else:
-            from pycocotools.coco import COCO
-            from pycocotools.cocoeval import COCOeval
 
             make_coco = COCO
             make_eval = COCOeval

@@ -1,7 +1,8 @@
-"""Evaluating a checkpoint on a recipe's validation split: what ``eval.py`` runs.
+"""Evaluating a trained run on its validation split: what ``eval.py`` runs.
 
-``evaluate_checkpoint`` restores the checkpoint strictly (every variable must fit), runs the
-model over the validation split, and writes into ``output_dir``:
+``evaluate_checkpoint`` restores the run (``tf_rcnn.models.checkpoint.restore_detector``: the
+run's ``config.json`` and ``label_map.json`` unless a recipe is given; every variable must fit),
+runs the model over the validation split, and writes into ``output_dir``:
 ``metrics.json`` (``bbox/AP`` ... all 12 COCO stats, ``segm/AP`` ... for Mask R-CNN, ``voc/mAP``
 for VOC data, ``rpn/AR@N`` when asked), ``detections.json`` (COCO results: dataset category
 ids, ``[x, y, w, h]`` in original-image pixels, RLE ``segmentation`` for Mask R-CNN) and
@@ -20,58 +21,46 @@ from PIL import Image
 
 from tf_rcnn import visualize as vis
 from tf_rcnn.config import ConfigError
-from tf_rcnn.data.records import LabelMap, records_to_coco
+from tf_rcnn.data.builder import build_input_pipeline, load_split
+from tf_rcnn.data.records import records_to_coco
 from tf_rcnn.evaluation.coco_evaluator import COCOEvaluator
 from tf_rcnn.evaluation.mask_pasting import MaskPastingEvaluator
 from tf_rcnn.evaluation.proposal_recall import ProposalRecallEvaluator
 from tf_rcnn.evaluation.runner import run_evaluation
 from tf_rcnn.evaluation.voc_evaluator import VOCEvaluator
-from tf_rcnn.models import builder
-from tf_rcnn.training.checkpoints import load_weights_partial, resolve_checkpoint_path
-
-
-def upscale_for_drawing(image: np.ndarray, boxes: np.ndarray, masks: np.ndarray | None = None,
-                        min_side: int = 384) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Enlarges small images by an integer factor (nearest neighbour) so labels stay legible;
-    boxes ``[D, 4]`` and full-image masks ``[D, H, W]`` follow."""
-    factor = max(1, -(-min_side // max(image.shape[:2])))
-    if factor == 1:
-        return image, boxes, masks
-    image = np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
-    if masks is not None:
-        masks = np.repeat(np.repeat(masks, factor, axis=1), factor, axis=2)
-    return image, np.asarray(boxes, np.float32) * factor, masks
+from tf_rcnn.models.checkpoint import restore_detector
 
 
 def evaluate_checkpoint(
-    config: ml_collections.ConfigDict,
     checkpoint: str,
     output_dir: str,
+    config: ml_collections.ConfigDict | str | None = None,
     num_images: int | None = None,
     proposal_recall: bool = False,
     visualize: int | None = None,
 ) -> dict[str, float]:
-    """Restores ``checkpoint`` into the recipe's model and evaluates it; returns the metrics."""
-    checkpoint = resolve_checkpoint_path(checkpoint)
-    run_dir = os.path.dirname(checkpoint)
-    label_map = None
-    label_map_file = os.path.join(run_dir, "label_map.json")
-    if os.path.exists(label_map_file):
-        label_map = LabelMap.from_json(label_map_file)
-    records, label_map, annotation_file = builder.load_split(config, "val", label_map=label_map)
+    """Restores a trained run and evaluates it on its validation split; returns the metrics.
+
+    Args:
+        checkpoint: a run directory (its newest checkpoint) or a checkpoint prefix.
+        output_dir: where ``metrics.json``, ``detections.json`` and ``detections.png`` go.
+        config: the recipe (path or ConfigDict) with any overrides; default: the run's
+            ``config.json``.
+        num_images: evaluate only the first N validation images.
+        proposal_recall: also report RPN recall (``rpn/AR@100``, ``rpn/AR@1000``).
+        visualize: images drawn into ``detections.png`` (default ``eval.visualize``).
+    """
+    model, config, label_map = restore_detector(checkpoint, config)
+    records, label_map, annotation_file = load_split(config, "val", label_map=label_map)
     if num_images is not None:
         records = records[:num_images]
-    pipeline = builder.build_input_pipeline(config, records, label_map, training=False)
-
-    model = builder.build_model(config, label_map=label_map.to_dict())
-    builder.initialize_model(model, config)
-    load_weights_partial(model, checkpoint, skip_mismatch=False)
-    logging.info("Restored %s", checkpoint)
+    pipeline = build_input_pipeline(config, records, label_map, training=False,
+                                    needs_proposals=model.needs_proposals)
 
     evaluators = []
     coco = masker = None
     if "coco" in config.eval.metrics:
-        with_masks = config.model.type == "mask_rcnn"
+        with_masks = model.needs_masks
         iou_types = ("bbox", "segm") if with_masks else ("bbox",)
         if annotation_file is not None:
             coco = COCOEvaluator(annotation_file, iou_types=iou_types, label_map=label_map)
@@ -125,7 +114,7 @@ def evaluate_checkpoint(
                 continue
             image = np.asarray(Image.open(record.image_path).convert("RGB"))
             masks = None if masker is None else masker.kept_masks.get(int(record.image_id))
-            image, boxes, masks = upscale_for_drawing(image, det["boxes"], masks)
+            image, boxes, masks = vis.upscale_for_drawing(image, det["boxes"], masks)
             drawn.append(vis.draw_detections(
                 image, boxes, det["classes"], det["scores"], names, masks=masks,
                 score_threshold=config.eval.score_threshold_visualize))

@@ -3,8 +3,9 @@
 The model returns ``detection_masks [B, D, Sm, Sm]`` probabilities inside each detection box;
 the evaluation runner maps ``detection_boxes`` to ORIGINAL-image pixels. ``MaskPastingEvaluator``
 wraps an evaluator that wants full-image masks (``COCOEvaluator`` with ``"segm"``): each image's
-valid detections are pasted into its original ``(H, W)`` with ``tf_rcnn.ops.masks.paste_masks``
-(the exact inverse of the training target crop, binarised at 0.5) before being forwarded. The
+valid detections are pasted into its original ``(H, W)`` with
+``tf_rcnn.ops.masks.paste_image_masks`` (the one paste rule of tf_rcnn, also used by prediction,
+export clients and drawing) before being forwarded. The
 pasted masks of a few chosen images are kept for drawing.
 
 Shape shorthand: B batch, D detections per image, Sm mask resolution, H/W original image size.
@@ -17,35 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from tf_rcnn.ops import masks as mask_ops
-
-
-def paste_image_masks(masks: np.ndarray, boxes: np.ndarray, image_size: tuple[int, int],
-                      threshold: float = 0.5) -> np.ndarray:
-    """One image's box-relative masks -> binary full-image masks.
-
-    Args:
-        masks: ``[D, Sm, Sm]`` float probabilities (the model's ``detection_masks`` rows).
-        boxes: ``[D, 4]`` float ``[y1, x1, y2, x2]`` in the pixels of the target image.
-        image_size: ``(H, W)`` of the target image.
-        threshold: probability at or above which a pixel is foreground.
-
-    Returns:
-        ``[D, H, W]`` uint8 in {0, 1}.
-    """
-    masks = np.asarray(masks, np.float32)
-    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-    if masks.ndim != 3 or masks.shape[0] != boxes.shape[0]:
-        raise ValueError(
-            f"masks must be [D, Sm, Sm] with D = {boxes.shape[0]} (rows of boxes); got "
-            f"{masks.shape}."
-        )
-    height, width = int(image_size[0]), int(image_size[1])
-    if boxes.shape[0] == 0:
-        return np.zeros([0, height, width], np.uint8)
-    pasted = mask_ops.paste_masks(masks[np.newaxis], boxes[np.newaxis], (height, width),
-                                  threshold=threshold)
-    return pasted.numpy()[0]
+from tf_rcnn.ops.masks import paste_image_masks
 
 
 class MaskPastingEvaluator:
@@ -72,7 +45,7 @@ class MaskPastingEvaluator:
         if "detection_masks" not in detections:
             raise ValueError(
                 "MaskPastingEvaluator needs detection_masks [B, D, Sm, Sm]; the model has no "
-                "mask branch (use model.type 'mask_rcnn' or drop 'segm')."
+                "mask branch (evaluate a Mask R-CNN, or drop 'segm')."
             )
         image_ids = np.asarray(detections["image_id"]).reshape(-1).astype(np.int64)
         boxes = np.asarray(detections["detection_boxes"], np.float32)

@@ -1,6 +1,6 @@
 """RPN proposal recall and average recall (AR@N), Hosang et al. 2016.
 
-Conventions (DESIGN.md):
+Conventions (docs/design.md):
     Proposals and ground truth are ``[y1, x1, y2, x2]`` in one coordinate frame (input-image
     or original-image pixels, the caller's choice, as long as both agree); IoU is
     ``tf_rcnn.ops.boxes``' definition (no ``+1``), computed here in NumPy.

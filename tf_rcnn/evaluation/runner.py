@@ -18,37 +18,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-
-def to_original_pixels(
-    boxes: np.ndarray,
-    scale: np.ndarray,
-    original_shape: np.ndarray,
-    flipped: np.ndarray | None = None,
-    input_width: np.ndarray | None = None,
-) -> np.ndarray:
-    """Map ``boxes [B, D, 4]`` from the network input back to original-image pixels.
-
-    Args:
-        boxes: ``[B, D, 4]`` ``[y1, x1, y2, x2]`` in resized-image pixels.
-        scale: ``[B]`` resize factors (resized = original * scale).
-        original_shape: ``[B, 2]`` original (height, width).
-        flipped: optional ``[B]`` bool; flipped images are un-flipped using ``input_width``.
-        input_width: ``[B]`` resized widths (before padding), needed with ``flipped``.
-    """
-    boxes = np.asarray(boxes, np.float32).copy()
-    if flipped is not None and np.any(flipped):
-        width = np.asarray(input_width, np.float32)[:, None]
-        x1 = boxes[..., 1].copy()
-        boxes[..., 1] = np.where(flipped[:, None], width - boxes[..., 3], x1)
-        boxes[..., 3] = np.where(flipped[:, None], width - x1, boxes[..., 3])
-    boxes /= np.asarray(scale, np.float32)[:, None, None]
-    h = np.asarray(original_shape, np.float32)[:, 0][:, None]
-    w = np.asarray(original_shape, np.float32)[:, 1][:, None]
-    boxes[..., 0] = np.clip(boxes[..., 0], 0, h)
-    boxes[..., 2] = np.clip(boxes[..., 2], 0, h)
-    boxes[..., 1] = np.clip(boxes[..., 1], 0, w)
-    boxes[..., 3] = np.clip(boxes[..., 3], 0, w)
-    return boxes
+from tf_rcnn.data.pipeline import to_original_pixels
 
 
 def make_predict_fn(model: Any, with_proposals: bool = False):

@@ -1,6 +1,6 @@
 """PASCAL VOC detection mAP, from the VOC devkit definition (no pycocotools).
 
-Conventions (DESIGN.md):
+Conventions (docs/design.md):
     Boxes are ``[y1, x1, y2, x2]`` in pixels of the ORIGINAL image, classes contiguous ``1..K``
     (0 is background). Detections use the same batched dict as ``COCOEvaluator.update``.
 

@@ -1,6 +1,6 @@
 """AnchorGenerator: the anchors of every FPN/C4 level, computed from the feature map shapes.
 
-Conventions (DESIGN.md):
+Conventions (docs/design.md):
     Boxes are float32 ``[y1, x1, y2, x2]`` in pixels of the network input image. Anchors are
     shared by every image of a padded batch; per-image validity (inside the true image) is the
     target assigner's job (``ops.anchors.inside_image_mask``).

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
+from tf_rcnn.ops import box_coder
 from tf_rcnn.ops import boxes as box_ops
 from tf_rcnn.ops import nms as nms_ops
 
@@ -47,7 +48,7 @@ class DetectionDecoder(keras.layers.Layer):
         nms_threshold: float = 0.5,
         max_detections: int = 100,
         max_detections_per_class: int | None = None,
-        box_weights: Sequence[float] = box_ops.RCNN_BOX_WEIGHTS,
+        box_weights: Sequence[float] = box_coder.RCNN_BOX_WEIGHTS,
         **kwargs,
     ):
         # Mixed precision: box decoding and NMS stay float32 (float16: ~0.5 px steps at 1000 px).
@@ -71,7 +72,7 @@ class DetectionDecoder(keras.layers.Layer):
             pred_deltas = pred_deltas[..., 1:, :]  # [B, R, K, 4]
         rois = tf.cast(rois, tf.float32)
         # [B, R, 1, 4] anchors broadcast against [B, R, K|1, 4] deltas.
-        boxes = box_ops.decode(pred_deltas, rois[:, :, tf.newaxis, :], self.box_weights)
+        boxes = box_coder.decode(pred_deltas, rois[:, :, tf.newaxis, :], self.box_weights)
         image_shape_q = tf.cast(image_shape, tf.float32)[:, tf.newaxis, :]  # [B, 1, 2]
         boxes = box_ops.clip_boxes(boxes, image_shape_q)
         # [B, R, K|1]: valid RoI and a non-empty box (class-agnostic boxes broadcast over K).

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
+from tf_rcnn.ops import box_coder
 from tf_rcnn.ops import boxes as box_ops
 from tf_rcnn.ops import nms as nms_ops
 
@@ -54,7 +55,7 @@ class ProposalLayer(keras.layers.Layer):
         post_nms_topk_test: int = 1000,
         nms_threshold: float = 0.7,
         min_size: float = 0.0,
-        box_weights: Sequence[float] = box_ops.RPN_BOX_WEIGHTS,
+        box_weights: Sequence[float] = box_coder.RPN_BOX_WEIGHTS,
         **kwargs,
     ):
         # Mixed precision: box decoding and NMS stay float32 (float16: ~0.5 px steps at 1000 px).
@@ -74,7 +75,7 @@ class ProposalLayer(keras.layers.Layer):
         top_logits, top_idx = tf.math.top_k(logits, k=k, sorted=True)
         top_deltas = tf.gather(deltas, top_idx, batch_dims=1)  # [B, k, 4]
         top_anchors = tf.gather(anchors, top_idx)  # [N, 4] gathered by [B, k] -> [B, k, 4]
-        boxes = box_ops.decode(top_deltas, top_anchors, self.box_weights)
+        boxes = box_coder.decode(top_deltas, top_anchors, self.box_weights)
         boxes = box_ops.clip_boxes(boxes, image_shape)
         top_logits = box_ops.remove_small_boxes(boxes, top_logits, self.min_size)
         result = nms_ops.batched_nms(

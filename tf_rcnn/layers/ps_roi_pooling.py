@@ -1,6 +1,6 @@
 """PSRoIPooling layer: R-FCN position-sensitive RoI pooling with optional voting.
 
-Conventions (DESIGN.md): ``rois [B, R, 4]`` float32 ``[y1, x1, y2, x2]`` in input-image pixels;
+Conventions: ``rois [B, R, 4]`` float32 ``[y1, x1, y2, x2]`` in input-image pixels;
 score maps NHWC with ``k*k*C`` channels, bin ``(i, j)`` of output channel ``c`` reading channel
 ``(c*k + i)*k + j`` (R-FCN / torchvision layout); ``spatial_scale = 1 / stride``.
 
@@ -15,7 +15,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from tf_rcnn.ops import roi_ops
+from tf_rcnn.ops import ps_roi_pool as ps_ops
+from tf_rcnn.ops import roi_align as roi_align_ops
 
 _MODES = ("pool", "align")
 
@@ -27,9 +28,9 @@ class PSRoIPooling(keras.layers.Layer):
     Args:
         k: position-sensitive grid size (7 in R-FCN).
         spatial_scale: ``1 / stride`` of the score maps.
-        mode: ``"pool"`` averages quantised bins (:func:`~tf_rcnn.ops.roi_ops.ps_roi_pool`, the
+        mode: ``"pool"`` averages quantised bins (:func:`~tf_rcnn.ops.ps_roi_pool.ps_roi_pool`, the
             paper); ``"align"`` averages bilinear samples
-            (:func:`~tf_rcnn.ops.roi_ops.ps_roi_align`).
+            (:func:`~tf_rcnn.ops.ps_roi_pool.ps_roi_align`).
         sampling_ratio: samples per bin axis for ``mode="align"``.
         vote: average the ``k x k`` bins into one score per channel (R-FCN voting).
 
@@ -46,7 +47,7 @@ class PSRoIPooling(keras.layers.Layer):
         k: int,
         spatial_scale: float,
         mode: str = "pool",
-        sampling_ratio: int = roi_ops.DEFAULT_SAMPLING_RATIO,
+        sampling_ratio: int = roi_align_ops.DEFAULT_SAMPLING_RATIO,
         vote: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -56,7 +57,7 @@ class PSRoIPooling(keras.layers.Layer):
             raise ValueError(f"mode must be one of {_MODES}, got {mode!r}.")
         if int(k) != k or k < 1:
             raise ValueError(f"k must be an int >= 1, got {k!r}.")
-        roi_ops._check_scale(spatial_scale, sampling_ratio)
+        roi_align_ops.check_spatial_scale(spatial_scale, sampling_ratio)
         self.k = int(k)
         self.spatial_scale = float(spatial_scale)
         self.mode = mode
@@ -65,12 +66,12 @@ class PSRoIPooling(keras.layers.Layer):
 
     def call(self, score_maps: tf.Tensor, rois: tf.Tensor) -> tf.Tensor:
         if self.mode == "align":
-            pooled = roi_ops.ps_roi_align(
+            pooled = ps_ops.ps_roi_align(
                 score_maps, rois, self.k, self.spatial_scale, self.sampling_ratio
             )
         else:
-            pooled = roi_ops.ps_roi_pool(score_maps, rois, self.k, self.spatial_scale)
-        return roi_ops.vote(pooled) if self.vote else pooled
+            pooled = ps_ops.ps_roi_pool(score_maps, rois, self.k, self.spatial_scale)
+        return ps_ops.vote(pooled) if self.vote else pooled
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

@@ -1,6 +1,6 @@
 """SpatialPyramidPooling layer: SPPnet RoI pooling over several grid sizes.
 
-Conventions (DESIGN.md): ``rois [B, R, 4]`` float32 ``[y1, x1, y2, x2]`` in input-image pixels;
+Conventions: ``rois [B, R, 4]`` float32 ``[y1, x1, y2, x2]`` in input-image pixels;
 features NHWC with static H and W; ``spatial_scale = 1 / stride``.
 
 Shape shorthand: B batch, R RoIs per image, C channels, n one pyramid grid size.
@@ -14,7 +14,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from tf_rcnn.ops import roi_ops
+from tf_rcnn.ops import roi_align as roi_align_ops
+from tf_rcnn.ops import roi_pool as roi_pool_ops
 
 
 @keras.saving.register_keras_serializable(package="tf_rcnn")
@@ -22,7 +23,7 @@ class SpatialPyramidPooling(keras.layers.Layer):
     """SPPnet (He et al. 2014) spatial pyramid pooling of each RoI.
 
     Each RoI is max pooled over an ``n x n`` grid for every ``n`` in ``pyramid_levels``, with the
-    bins of :func:`tf_rcnn.ops.roi_ops.roi_pool`; each grid is flattened row-major with channels
+    bins of :func:`tf_rcnn.ops.roi_pool.roi_pool`; each grid is flattened row-major with channels
     last (``[n, n, C] -> [n*n*C]``) and the grids are concatenated in ``pyramid_levels`` order.
     All grids share one range-maximum table of the feature map.
 
@@ -38,6 +39,8 @@ class SpatialPyramidPooling(keras.layers.Layer):
         ``[B, R, C * sum(n * n)]`` pooled features.
     """
 
+    multi_level = False  # pools ONE feature map
+
     def __init__(
         self,
         pyramid_levels: Sequence[int] = (1, 2, 4),
@@ -52,12 +55,12 @@ class SpatialPyramidPooling(keras.layers.Layer):
                 f"pyramid_levels must be a non-empty list of grid sizes >= 1, got "
                 f"{pyramid_levels!r}."
             )
-        roi_ops._check_scale(spatial_scale)
+        roi_align_ops.check_spatial_scale(spatial_scale)
         self.pyramid_levels = levels
         self.spatial_scale = float(spatial_scale)
 
     def call(self, features: tf.Tensor, rois: tf.Tensor) -> tf.Tensor:
-        pooled = roi_ops.roi_pool_pyramid(
+        pooled = roi_pool_ops.roi_pool_pyramid(
             features, rois, self.pyramid_levels, self.spatial_scale
         )
         channels = tf.shape(features)[3]

@@ -1,75 +1,130 @@
-"""The one place that reads a config: config -> model, datasets and optimiser arguments.
+"""The one place that turns ``config.model`` into a detector (and the only model code that reads a
+config).
 
 Model parts take explicit keyword arguments and never see a config object; this module turns
 ``config.model`` into those arguments (see ``tf_rcnn.config.default_config`` for every key).
+Data pipelines and optimisers are built elsewhere (``tf_rcnn.data.builder``,
+``tf_rcnn.training.optimizers``).
+
+Detector families: ``FAMILIES`` maps ``model.type`` to a :class:`Family` -- the detector class,
+the function assembling it and the config sections it does not read. Code outside this module
+asks :func:`family_class` (``needs_masks``, ``needs_proposals``, ``needs_rpn``) instead of
+comparing ``model.type`` strings. Adding a family is one entry here plus its classes (see
+docs/design.md, "How to add a detector family").
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+from collections.abc import Callable, Sequence
+
 import ml_collections
 from absl import logging
 
+from tf_rcnn.config import ConfigError, default_config
 from tf_rcnn.layers.anchor_generator import AnchorGenerator
 from tf_rcnn.layers.detection_decoder import DetectionDecoder
+from tf_rcnn.layers.poolers import MultiLevelRoIAlign
 from tf_rcnn.layers.proposal_layer import ProposalLayer
-from tf_rcnn.layers.roi_align import MultiLevelRoIAlign, RoIAlign
+from tf_rcnn.layers.roi_align import RoIAlign
 from tf_rcnn.layers.roi_pool import RoIPool
+from tf_rcnn.layers.roi_sampler import RoISampler
+from tf_rcnn.layers.rpn_target_assigner import RPNTargetAssigner
 from tf_rcnn.layers.spp import SpatialPyramidPooling
-from tf_rcnn.layers.target_assigners import RoISampler, RPNTargetAssigner
 from tf_rcnn.models.backbones import build_backbone
+from tf_rcnn.models.backbones.resnet import make_res5_head
 from tf_rcnn.models.detectors.fast_rcnn import FastRCNN
 from tf_rcnn.models.detectors.faster_rcnn import FasterRCNN
 from tf_rcnn.models.detectors.mask_rcnn import MaskRCNN
 from tf_rcnn.models.detectors.rfcn import RFCN
 from tf_rcnn.models.detectors.two_stage import TwoStageDetector
-from tf_rcnn.models.heads.box import BoxPredictor, FPNBoxHead, VGGBoxHead
-from tf_rcnn.models.heads.mask import MaskHead
-from tf_rcnn.models.heads.rfcn import RFCNHead
-from tf_rcnn.models.heads.rpn import RPNHead
-from tf_rcnn.models.mask_heads import MaskRoIHeads
 from tf_rcnn.models.necks.fpn import FPN
-from tf_rcnn.models.rfcn_heads import RFCNRoIHeads
-from tf_rcnn.models.roi_heads import RoIHeads
-from tf_rcnn.models.rpn import RegionProposalNetwork
+from tf_rcnn.models.proposal_generator import RegionProposalNetwork, RPNHead
+from tf_rcnn.models.roi_heads import (
+    BoxPredictor,
+    FPNBoxHead,
+    MaskHead,
+    MaskRoIHeads,
+    OHEMSampler,
+    ResNetC4BoxHead,
+    RFCNHead,
+    RFCNRoIHeads,
+    RoIHeads,
+    VGGBoxHead,
+)
+
+# ------------------------------------------------------------------------------- trunk
 
 
-def _backbone(cfg: ml_collections.ConfigDict, include_c5: bool = True):
-    """Backbone from ``config.model.backbone``; ``include_c5=False`` stops a ResNet trunk at C4
-    (the C4 detector applies res5 per RoI instead)."""
-    name = cfg.name
-    if name == "tiny":
-        kwargs = {"widths": tuple(cfg.widths), "dilate_c5": cfg.dilate_c5}
-    elif name.startswith("resnet"):
-        kwargs = {
-            "freeze_at": cfg.freeze_at,
-            "norm": cfg.norm,
-            "stride_in_1x1": cfg.stride_in_1x1,
-            "dilate_c5": cfg.dilate_c5,
-            "weights": cfg.weights,
-            "include_c5": include_c5,
-        }
-    elif name == "vgg16":
-        kwargs = {"freeze_at": cfg.freeze_at, "weights": cfg.weights}
+def build_trunk(m: ml_collections.ConfigDict):
+    """``(backbone, neck)`` from ``config.model`` (neck is None without FPN).
+
+    A ResNet trunk stops at C4 when nothing reads C5 (the C4 detector applies res5 per RoI).
+    """
+    uses_c5 = m.neck.type == "fpn" or "C5" in (*m.rpn.in_features, *m.roi_head.in_features)
+    b = m.backbone
+    if b.name == "tiny":
+        kwargs = {"widths": tuple(b.widths), "dilate_c5": b.dilate_c5}
+    elif b.name.startswith("resnet"):
+        kwargs = {"freeze_at": b.freeze_at, "norm": b.norm, "stride_in_1x1": b.stride_in_1x1,
+                  "dilate_c5": b.dilate_c5, "weights": b.weights, "include_c5": uses_c5}
+    elif b.name == "vgg16":
+        kwargs = {"freeze_at": b.freeze_at, "weights": b.weights}
     else:
         kwargs = {}
-    return build_backbone(name, **kwargs)
+    backbone = build_backbone(b.name, **kwargs)
+    if m.neck.type == "fpn":
+        in_features = tuple(sorted(backbone.output_strides, key=backbone.output_strides.get))
+        neck = FPN(
+            in_features=in_features,
+            in_strides=tuple(backbone.output_strides[n] for n in in_features),
+            out_channels=m.neck.out_channels,
+            name="fpn",
+        )
+    elif m.neck.type in ("none", None, ""):
+        neck = None
+    else:
+        raise ConfigError(f"Unknown model.neck.type {m.neck.type!r}; choose fpn or none.")
+    return backbone, neck
 
 
-def _strides(backbone, neck, names) -> list[int]:
+def feature_strides(backbone, neck, names: Sequence[str], key: str) -> list[int]:
+    """Strides of the named feature maps of ``backbone`` (+ ``neck``); ``key`` is the config key
+    naming them, for the error."""
     strides = dict(backbone.output_strides)
     if neck is not None:
         strides.update(neck.output_strides)
     missing = [n for n in names if n not in strides]
     if missing:
-        raise ValueError(f"Features {missing} are not produced; available: {sorted(strides)}.")
+        raise ConfigError(f"{key} names feature maps {missing} that the trunk does not produce; "
+                          f"available: {sorted(strides)}.")
     return [int(strides[n]) for n in names]
+
+
+def build_res5(backbone_cfg: ml_collections.ConfigDict, key: str, name: str = "res5"):
+    """The per-RoI res5 stage of a ResNet C4 head (box or mask), from ``config.model.backbone``.
+
+    It takes ImageNet weights exactly when the trunk does. ``key`` names the config value that
+    asked for it, for the error on a non-ResNet backbone.
+    """
+    if not backbone_cfg.name.startswith("resnet"):
+        raise ConfigError(f"{key}='res5' needs a ResNet backbone, got model.backbone.name="
+                          f"{backbone_cfg.name!r}.")
+    depth = 101 if backbone_cfg.name == "resnet101" else 50
+    weights = backbone_cfg.weights if backbone_cfg.weights == "imagenet" else None
+    return make_res5_head(depth=depth, norm=backbone_cfg.norm,
+                          stride_in_1x1=backbone_cfg.stride_in_1x1, weights=weights, name=name)
+
+
+# ------------------------------------------------------------------------------- first stage
 
 
 def build_rpn(cfg: ml_collections.ConfigDict, strides: list[int]) -> RegionProposalNetwork:
     """``config.model.rpn`` -> ``RegionProposalNetwork``."""
     sizes = [list(map(float, s)) for s in cfg.anchor_sizes]
     if len(sizes) != len(strides):
-        raise ValueError(
+        raise ConfigError(
             f"model.rpn.anchor_sizes has {len(sizes)} levels but model.rpn.in_features has "
             f"{len(strides)}; give one tuple of sizes per feature level."
         )
@@ -107,23 +162,31 @@ def build_rpn(cfg: ml_collections.ConfigDict, strides: list[int]) -> RegionPropo
     )
 
 
+# ------------------------------------------------------------------------------- second stage
+
+
+def build_roi_align(strides: list[int], size: int, sampling_ratio: int, aligned: bool):
+    """RoIAlign on one map, or ``MultiLevelRoIAlign`` over several (FPN level assignment)."""
+    if len(strides) > 1:
+        return MultiLevelRoIAlign(output_size=size, strides=strides,
+                                  sampling_ratio=sampling_ratio, aligned=aligned)
+    return RoIAlign(output_size=size, spatial_scale=1.0 / strides[0],
+                    sampling_ratio=sampling_ratio, aligned=aligned)
+
+
 def build_pooler(cfg: ml_collections.ConfigDict, strides: list[int]):
     """``config.model.roi_head`` pooler -> a RoI feature extractor layer."""
-    if cfg.pooler not in ("roi_align", "roi_pool", "spp"):
-        raise ValueError(f"Unknown model.roi_head.pooler {cfg.pooler!r}; "
-                         "choose roi_align, roi_pool or spp.")
-    size = cfg.pooler_resolution
     if cfg.pooler == "roi_align":
-        if len(strides) > 1:
-            return MultiLevelRoIAlign(output_size=size, strides=strides,
-                                      sampling_ratio=cfg.sampling_ratio, aligned=cfg.aligned)
-        return RoIAlign(output_size=size, spatial_scale=1.0 / strides[0],
-                        sampling_ratio=cfg.sampling_ratio, aligned=cfg.aligned)
+        return build_roi_align(strides, cfg.pooler_resolution, cfg.sampling_ratio, cfg.aligned)
+    if cfg.pooler not in ("roi_pool", "spp"):
+        raise ConfigError(f"Unknown model.roi_head.pooler {cfg.pooler!r}; "
+                          "choose roi_align, roi_pool or spp.")
     if len(strides) > 1:
-        raise ValueError(f"pooler {cfg.pooler!r} reads one feature map; got {len(strides)} "
-                         "levels in model.roi_head.in_features (use roi_align for FPN).")
+        raise ConfigError(f"model.roi_head.pooler={cfg.pooler!r} reads one feature map; "
+                          f"model.roi_head.in_features names {len(strides)} (use roi_align for "
+                          "FPN).")
     if cfg.pooler == "roi_pool":
-        return RoIPool(output_size=size, spatial_scale=1.0 / strides[0])
+        return RoIPool(output_size=cfg.pooler_resolution, spatial_scale=1.0 / strides[0])
     return SpatialPyramidPooling(pyramid_levels=tuple(cfg.spp_levels),
                                  spatial_scale=1.0 / strides[0])
 
@@ -135,387 +198,248 @@ def build_box_head(cfg: ml_collections.ConfigDict, backbone_cfg: ml_collections.
     if cfg.box_head == "vgg_fc":
         return VGGBoxHead(fc_dims=tuple(cfg.fc_dims), name="box_head")
     if cfg.box_head == "res5":
-        from tf_rcnn.models.backbones.resnet import make_res5_head
-        from tf_rcnn.models.heads.box import ResNetC4BoxHead
-
-        depth = 101 if backbone_cfg.name == "resnet101" else 50
-        # The per-RoI res5 takes ImageNet weights exactly when the trunk does.
-        weights = backbone_cfg.weights if backbone_cfg.weights == "imagenet" else None
-        res5 = make_res5_head(depth=depth, norm=backbone_cfg.norm,
-                              stride_in_1x1=backbone_cfg.stride_in_1x1, weights=weights)
-        return ResNetC4BoxHead(res5, name="box_head")
-    raise ValueError(f"Unknown model.roi_head.box_head {cfg.box_head!r}; "
-                     "choose fpn_fc, res5 or vgg_fc.")
+        return ResNetC4BoxHead(build_res5(backbone_cfg, "model.roi_head.box_head"),
+                               name="box_head")
+    raise ConfigError(f"Unknown model.roi_head.box_head {cfg.box_head!r}; "
+                      "choose fpn_fc, res5 or vgg_fc.")
 
 
-def build_sampler(cfg: ml_collections.ConfigDict) -> RoISampler:
-    """``config.model.roi_head`` IoU rules and batch -> ``RoISampler``."""
-    return RoISampler(
-        batch_size_per_image=cfg.batch_size_per_image,
-        positive_fraction=cfg.positive_fraction,
-        fg_iou=cfg.fg_iou,
-        bg_iou_low=cfg.bg_iou_low,
-    )
+def training_rois_kwargs(cfg: ml_collections.ConfigDict) -> dict:
+    """``config.model.roi_head`` -> the ``RoIHeadsBase`` arguments every second stage shares:
+    sampler (IoU rules, batch), OHEM, decoder (score threshold, NMS, count), box loss beta."""
+    return {
+        "sampler": RoISampler(
+            batch_size_per_image=cfg.batch_size_per_image,
+            positive_fraction=cfg.positive_fraction,
+            fg_iou=cfg.fg_iou,
+            bg_iou_low=cfg.bg_iou_low,
+        ),
+        "ohem": (OHEMSampler(cfg.ohem_batch_size, cfg.ohem_nms_threshold) if cfg.ohem
+                 else None),
+        "decoder": DetectionDecoder(
+            score_threshold=cfg.score_threshold,
+            nms_threshold=cfg.nms_threshold,
+            max_detections=cfg.detections_per_image,
+        ),
+        "box_loss_beta": cfg.box_loss_beta,
+    }
 
 
-def build_decoder(cfg: ml_collections.ConfigDict) -> DetectionDecoder:
-    """``config.model.roi_head`` score threshold, NMS and count -> ``DetectionDecoder``."""
-    return DetectionDecoder(
-        score_threshold=cfg.score_threshold,
-        nms_threshold=cfg.nms_threshold,
-        max_detections=cfg.detections_per_image,
-    )
-
-
-def build_roi_heads(cfg: ml_collections.ConfigDict, backbone_cfg, num_classes: int,
-                    strides: list[int]) -> RoIHeads:
-    """``config.model.roi_head`` -> ``RoIHeads``."""
-    return RoIHeads(
-        pooler=build_pooler(cfg, strides),
-        box_head=build_box_head(cfg, backbone_cfg),
-        box_predictor=BoxPredictor(num_classes, class_agnostic=cfg.class_agnostic_box,
-                                   name="box_predictor"),
-        sampler=build_sampler(cfg),
-        decoder=build_decoder(cfg),
-        box_loss_beta=cfg.box_loss_beta,
-        focal_gamma=cfg.focal_gamma,
-        name="roi_heads",
-    )
-
-
-def build_trunk(m: ml_collections.ConfigDict):
-    """``(backbone, neck)`` from ``config.model`` (neck is None without FPN)."""
-    uses_c5 = m.neck.type == "fpn" or "C5" in (*m.rpn.in_features, *m.roi_head.in_features)
-    backbone = _backbone(m.backbone, include_c5=uses_c5)
-    if m.neck.type == "fpn":
-        in_features = tuple(sorted(backbone.output_strides, key=backbone.output_strides.get))
-        neck = FPN(
-            in_features=in_features,
-            in_strides=tuple(backbone.output_strides[n] for n in in_features),
-            out_channels=m.neck.out_channels,
-            name="fpn",
-        )
-    elif m.neck.type in ("none", None, ""):
-        neck = None
-    else:
-        raise ValueError(f"Unknown model.neck.type {m.neck.type!r}; choose fpn or none.")
-    return backbone, neck
-
-
-def _assemble(cls: type[TwoStageDetector], m: ml_collections.ConfigDict, backbone, neck,
-              roi_heads, label_map: dict | None) -> TwoStageDetector:
-    """The detector ``cls`` from its parts, with an RPN from ``model.rpn`` unless the family
-    takes its proposals with the inputs (``cls.requires_rpn is False``)."""
-    rpn = None
-    if cls.requires_rpn is not False:
-        rpn = build_rpn(m.rpn, _strides(backbone, neck, m.rpn.in_features))
+def build_standard_roi_heads(m: ml_collections.ConfigDict, strides: list[int],
+                             cls: type[RoIHeads] = RoIHeads,
+                             **extra) -> RoIHeads:
+    """``config.model.roi_head`` -> ``RoIHeads`` (or the subclass ``cls`` with
+    ``extra`` arguments, e.g. the mask branch)."""
+    h = m.roi_head
     return cls(
-        backbone=backbone,
-        neck=neck,
-        rpn=rpn,
-        roi_heads=roi_heads,
-        num_classes=m.num_classes,
-        rpn_in_features=None if rpn is None else tuple(m.rpn.in_features),
-        roi_in_features=tuple(m.roi_head.in_features),
-        label_map=label_map,
+        pooler=build_pooler(h, strides),
+        box_head=build_box_head(h, m.backbone),
+        box_predictor=BoxPredictor(m.num_classes, class_agnostic=h.class_agnostic_box,
+                                   name="box_predictor"),
+        focal_gamma=h.focal_gamma,
+        name="roi_heads",
+        **training_rois_kwargs(h),
+        **extra,
     )
 
 
-def _build_faster_rcnn(m: ml_collections.ConfigDict, label_map: dict | None) -> FasterRCNN:
-    backbone, neck = build_trunk(m)
-    roi_strides = _strides(backbone, neck, m.roi_head.in_features)
-    roi_heads = build_roi_heads(m.roi_head, m.backbone, m.num_classes, roi_strides)
-    return _assemble(FasterRCNN, m, backbone, neck, roi_heads, label_map)
-
-
-def _build_fast_rcnn(m: ml_collections.ConfigDict, label_map: dict | None) -> FastRCNN:
-    """Fast R-CNN: no RPN, proposals come with the inputs; ``model.rpn`` is not read."""
-    backbone, neck = build_trunk(m)
-    roi_strides = _strides(backbone, neck, m.roi_head.in_features)
-    roi_heads = build_roi_heads(m.roi_head, m.backbone, m.num_classes, roi_strides)
-    return _assemble(FastRCNN, m, backbone, neck, roi_heads, label_map)
-
-
-def build_mask_branch(cfg: ml_collections.ConfigDict, backbone_cfg: ml_collections.ConfigDict,
-                      num_classes: int, strides: list[int]):
-    """``config.model.mask_head`` -> ``(mask_pooler, MaskHead)`` reading the RoI head's features."""
-    size = cfg.pooler_resolution
-    if len(strides) > 1:
-        pooler = MultiLevelRoIAlign(output_size=size, strides=strides,
-                                    sampling_ratio=cfg.sampling_ratio, aligned=True)
-    else:
-        pooler = RoIAlign(output_size=size, spatial_scale=1.0 / strides[0],
-                          sampling_ratio=cfg.sampling_ratio, aligned=True)
+def build_mask_branch(m: ml_collections.ConfigDict, strides: list[int]) -> dict:
+    """``config.model.mask_head`` -> ``{"mask_pooler", "mask_head", "mask_loss_weight"}``,
+    reading the RoI head's feature maps."""
+    cfg = m.mask_head
     res5 = None
     if cfg.head == "res5":
-        if not backbone_cfg.name.startswith("resnet"):
-            raise ValueError(f"model.mask_head.head='res5' needs a ResNet backbone, got "
-                             f"{backbone_cfg.name!r}; use head='fpn_conv'.")
-        from tf_rcnn.models.backbones.resnet import make_res5_head
-
-        depth = 101 if backbone_cfg.name == "resnet101" else 50
-        weights = backbone_cfg.weights if backbone_cfg.weights == "imagenet" else None
-        res5 = make_res5_head(depth=depth, norm=backbone_cfg.norm,
-                              stride_in_1x1=backbone_cfg.stride_in_1x1, weights=weights,
-                              name="mask_res5")
+        res5 = build_res5(m.backbone, "model.mask_head.head", name="mask_res5")
     elif cfg.head != "fpn_conv":
-        raise ValueError(f"Unknown model.mask_head.head {cfg.head!r}; choose fpn_conv or res5.")
-    head = MaskHead(num_classes, conv_dims=tuple(cfg.conv_dims), deconv_dim=cfg.deconv_dim,
-                    class_agnostic=cfg.class_agnostic, res5=res5, name="mask_head")
-    return pooler, head
+        raise ConfigError(f"Unknown model.mask_head.head {cfg.head!r}; choose fpn_conv or res5.")
+    return {
+        "mask_pooler": build_roi_align(strides, cfg.pooler_resolution, cfg.sampling_ratio,
+                                       aligned=True),
+        "mask_head": MaskHead(m.num_classes, conv_dims=tuple(cfg.conv_dims),
+                              deconv_dim=cfg.deconv_dim, class_agnostic=cfg.class_agnostic,
+                              res5=res5, name="mask_head"),
+        "mask_loss_weight": cfg.loss_weight,
+    }
 
 
-def _build_mask_rcnn(m: ml_collections.ConfigDict, label_map: dict | None) -> MaskRCNN:
-    backbone, neck = build_trunk(m)
-    roi_strides = _strides(backbone, neck, m.roi_head.in_features)
-    box = build_roi_heads(m.roi_head, m.backbone, m.num_classes, roi_strides)
-    mask_pooler, mask_head = build_mask_branch(m.mask_head, m.backbone, m.num_classes,
-                                               roi_strides)
-    roi_heads = MaskRoIHeads(
-        pooler=box.pooler,
-        box_head=box.box_head,
-        box_predictor=box.box_predictor,
-        mask_pooler=mask_pooler,
-        mask_head=mask_head,
-        sampler=box.sampler,
-        decoder=box.decoder,
-        box_loss_beta=box.box_loss_beta,
-        focal_gamma=box.focal_gamma,
-        mask_loss_weight=m.mask_head.loss_weight,
-        name="roi_heads",
-    )
-    return _assemble(MaskRCNN, m, backbone, neck, roi_heads, label_map)
-
-
-def _build_rfcn(m: ml_collections.ConfigDict, label_map: dict | None) -> RFCN:
-    """R-FCN: RPN on ``model.rpn.in_features`` (C4), ``RFCNHead`` on the one map of
-    ``model.roi_head.in_features`` (dilated C5); ``model.rfcn`` holds the head and OHEM values,
-    ``model.roi_head`` the IoU rules, plain-sampling batch and decoder."""
-    backbone, neck = build_trunk(m)
-    roi_strides = _strides(backbone, neck, m.roi_head.in_features)
-    if len(roi_strides) != 1:
-        raise ValueError(
+def build_rfcn_roi_heads(m: ml_collections.ConfigDict, strides: list[int]) -> RFCNRoIHeads:
+    """``config.model.rfcn`` (head) and ``config.model.roi_head`` (IoU rules, OHEM or
+    sampling, decoder) -> ``RFCNRoIHeads`` on the one map of ``model.roi_head.in_features``."""
+    if len(strides) != 1:
+        raise ConfigError(
             f"R-FCN reads one feature map; model.roi_head.in_features is "
             f"{tuple(m.roi_head.in_features)}. Use ('C5',) with model.backbone.dilate_c5=True."
         )
-    r, h = m.rfcn, m.roi_head
+    r = m.rfcn
     if r.pool_mode not in ("pool", "align"):
-        raise ValueError(f"Unknown model.rfcn.pool_mode {r.pool_mode!r}; choose pool or align.")
-    head = RFCNHead(
-        m.num_classes, k=r.k, channels=r.channels, spatial_scale=1.0 / roi_strides[0],
-        mode=r.pool_mode, sampling_ratio=h.sampling_ratio, name="rfcn_head",
-    )
-    roi_heads = RFCNRoIHeads(
-        head,
-        sampler=build_sampler(h),
-        decoder=build_decoder(h),
-        box_loss_beta=h.box_loss_beta,
-        ohem=r.ohem,
-        ohem_batch_size=r.ohem_batch_size,
-        ohem_nms_threshold=r.ohem_nms_threshold,
-        name="roi_heads",
-    )
-    return _assemble(RFCN, m, backbone, neck, roi_heads, label_map)
+        raise ConfigError(f"Unknown model.rfcn.pool_mode {r.pool_mode!r}; choose pool or align.")
+    head = RFCNHead(m.num_classes, k=r.k, channels=r.channels, spatial_scale=1.0 / strides[0],
+                    mode=r.pool_mode, sampling_ratio=m.roi_head.sampling_ratio, name="rfcn_head")
+    return RFCNRoIHeads(head, name="roi_heads", **training_rois_kwargs(m.roi_head))
 
 
-# model.type -> function(config.model, label_map) -> detector. One entry per detector family.
-MODEL_BUILDERS = {
-    "faster_rcnn": _build_faster_rcnn,
-    "fast_rcnn": _build_fast_rcnn,
-    "mask_rcnn": _build_mask_rcnn,
-    "rfcn": _build_rfcn,
+# ------------------------------------------------------------------------------- families
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """A detector family: its class, how its second stage is built, what it does not read.
+
+    Attributes:
+        cls: the ``TwoStageDetector`` subclass.
+        build_roi_heads: ``(config.model, roi strides) -> roi_heads``.
+        ignores: config paths under ``model`` that this family does not read (a section
+            ``"rpn"`` or a key ``"roi_head.pooler"``); a recipe that changes one of them gets a
+            warning naming it.
+        proposals_variant: the ``model.type`` that trains this family's second stage on given
+            proposals (stage 2 of the 4-step alternating schedule), or None.
+        renamed: keys this family read under another name in configs saved by earlier
+            versions, ``{"model.old.key": "model.new.key"}`` (:func:`upgrade_saved_config`).
+    """
+
+    cls: type[TwoStageDetector]
+    build_roi_heads: Callable[[ml_collections.ConfigDict, list[int]], object]
+    ignores: tuple[str, ...] = ()
+    proposals_variant: str | None = None
+    renamed: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+# OHEM's keys, under model.rfcn in configs saved before OHEM served every family.
+_OHEM_KEYS = ("ohem", "ohem_batch_size", "ohem_nms_threshold")
+
+# What only the standard pooled-feature head reads (R-FCN pools position-sensitive maps).
+_STANDARD_HEAD_KEYS = tuple(f"roi_head.{k}" for k in (
+    "pooler", "pooler_resolution", "aligned", "spp_levels", "box_head", "fc_dims",
+    "class_agnostic_box", "focal_gamma"))
+
+# model.type -> family. One entry per detector family.
+FAMILIES: dict[str, Family] = {
+    "faster_rcnn": Family(FasterRCNN, build_standard_roi_heads, ("mask_head", "rfcn"),
+                          proposals_variant="fast_rcnn"),
+    "fast_rcnn": Family(FastRCNN, build_standard_roi_heads, ("rpn", "mask_head", "rfcn")),
+    "mask_rcnn": Family(
+        MaskRCNN,
+        lambda m, strides: build_standard_roi_heads(m, strides, MaskRoIHeads,
+                                                    **build_mask_branch(m, strides)),
+        ("rfcn",)),
+    "rfcn": Family(RFCN, build_rfcn_roi_heads, ("mask_head", *_STANDARD_HEAD_KEYS),
+                   renamed={f"model.rfcn.{k}": f"model.roi_head.{k}" for k in _OHEM_KEYS}),
 }
 
+# Keys that no longer exist: every family's renamed keys (dropped where a family did not read
+# them; the family that did moves them first).
+_RETIRED_KEYS = tuple(sorted({old for f in FAMILIES.values() for old in f.renamed}))
 
-def build_model(config: ml_collections.ConfigDict, label_map: dict | None = None
-                ) -> TwoStageDetector:
+
+def _pop_path(data: dict, path: str) -> tuple[bool, object]:
+    *parents, key = path.split(".")
+    node = data
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict) and key in node:
+        return True, node.pop(key)
+    return False, None
+
+
+def upgrade_saved_config(data: dict) -> dict:
+    """A copy of a config dict saved by an earlier version (a run's ``config.json``) in the
+    current layout: keys its family read under another name move to their place, retired keys
+    its family never read are dropped. Pass it to ``tf_rcnn.config.load_run_config``.
+    """
+    data = copy.deepcopy(data)
+    family = FAMILIES.get(data.get("model", {}).get("type"))
+    for old, new in (family.renamed if family is not None else {}).items():
+        found, value = _pop_path(data, old)
+        if found:
+            *parents, key = new.split(".")
+            node = data
+            for part in parents:
+                node = node.setdefault(part, {})
+            node.setdefault(key, value)
+    for old in _RETIRED_KEYS:
+        _pop_path(data, old)
+    return data
+
+
+def _model_section(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    return config.model if "model" in config else config
+
+
+def family_of(config: ml_collections.ConfigDict) -> Family:
+    """The :class:`Family` of a recipe (full config or its ``model`` section).
+
+    Raises:
+        ConfigError: unknown ``model.type`` (the message lists the known ones).
+    """
+    m = _model_section(config)
+    if m.type not in FAMILIES:
+        raise ConfigError(f"Unknown model.type {m.type!r}; available: {sorted(FAMILIES)}.")
+    return FAMILIES[m.type]
+
+
+def family_class(config: ml_collections.ConfigDict) -> type[TwoStageDetector]:
+    """The detector class a recipe builds, without building it: ask it what the family needs
+    (``needs_masks``, ``needs_proposals``, ``needs_rpn``)."""
+    return family_of(config).cls
+
+
+def ignored_settings(config: ml_collections.ConfigDict) -> list[str]:
+    """``model.*`` keys the recipe sets to non-default values although its family ignores them."""
+    m = _model_section(config)
+    defaults = default_config().model
+    found = []
+    for path in family_of(config).ignores:
+        section, _, key = path.partition(".")
+        if section not in m or section not in defaults:
+            continue
+        keys = [key] if key else list(m[section].keys())
+        for k in keys:
+            if k in m[section] and k in defaults[section] and m[section][k] != defaults[section][k]:
+                found.append(f"model.{section}.{k}")
+    return found
+
+
+def build_model(config: ml_collections.ConfigDict, label_map: dict | None = None,
+                warn_ignored: bool = True) -> TwoStageDetector:
     """Builds the detector a recipe describes (weights random unless the backbone loads some).
 
     Args:
         config: a full recipe (``configs/*.py``) or just its ``model`` section.
         label_map: optional JSON-able class description stored with the model.
+        warn_ignored: log a warning naming the ``model.*`` values the family does not read.
+
+    Returns:
+        The unbuilt detector; :meth:`TwoStageDetector.build_with_dummy_inputs` creates its
+        variables.
+
+    Raises:
+        ConfigError: an unknown type or option, or values that cannot work together (the message
+            names the config key).
     """
-    m = config.model if "model" in config else config
-    if m.type not in MODEL_BUILDERS:
-        raise ValueError(f"Unknown model.type {m.type!r}; available: {sorted(MODEL_BUILDERS)}.")
-    model = MODEL_BUILDERS[m.type](m, label_map)
+    m = _model_section(config)
+    family = family_of(config)
+    if warn_ignored:
+        ignored = ignored_settings(config)
+        if ignored:
+            logging.warning("model.type=%r does not read %s; those values have no effect.",
+                            m.type, ", ".join(ignored))
+    backbone, neck = build_trunk(m)
+    roi_strides = feature_strides(backbone, neck, m.roi_head.in_features,
+                                  "model.roi_head.in_features")
+    rpn = None
+    if family.cls.needs_rpn is not False:
+        rpn = build_rpn(m.rpn, feature_strides(backbone, neck, m.rpn.in_features,
+                                               "model.rpn.in_features"))
+    model = family.cls(
+        backbone=backbone,
+        neck=neck,
+        rpn=rpn,
+        roi_heads=family.build_roi_heads(m, roi_strides),
+        num_classes=m.num_classes,
+        rpn_in_features=None if rpn is None else tuple(m.rpn.in_features),
+        roi_in_features=tuple(m.roi_head.in_features),
+        label_map=label_map,
+    )
     logging.info("Built %s: backbone %s, neck %s, %d classes.", type(model).__name__,
                  m.backbone.name, m.neck.type, m.num_classes)
     return model
-
-
-# --------------------------------------------------------------------------------- data
-
-
-def load_split(config: ml_collections.ConfigDict, split: str, label_map=None):
-    """Reads the records of ``split`` ("train" or "val") of the recipe's dataset.
-
-    The shapes dataset is generated (deterministically, once) under ``data.shapes_dir``.
-
-    Returns:
-        ``(records, label_map, annotation_file)``; ``annotation_file`` is the COCO json the
-        COCO evaluator compares against (``None`` for VOC and custom data).
-    """
-    import os
-
-    from tf_rcnn.data.coco import load_coco
-
-    d = config.data
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}.")
-    with_masks = config.model.type == "mask_rcnn"
-    if d.dataset == "shapes":
-        from tf_rcnn.data.shapes import generate_shapes_dataset
-
-        out = os.path.join(d.shapes_dir, split)
-        annotation_file = generate_shapes_dataset(
-            out,
-            num_images=d.shapes_train_images if split == "train" else d.shapes_val_images,
-            image_size=d.shapes_image_size,
-            seed=d.shapes_train_seed if split == "train" else d.shapes_val_seed,
-        )
-        records, label_map, report = load_coco(
-            annotation_file, os.path.join(out, "images"), label_map=label_map,
-            include_masks=with_masks,
-        )
-    elif d.dataset == "coco":
-        annotation_file = d.train_annotations if split == "train" else d.val_annotations
-        image_dir = d.train_images if split == "train" else d.val_images
-        if not annotation_file or not image_dir:
-            raise ValueError(
-                f"data.{split}_annotations and data.{split}_images must point at the COCO json "
-                "and image folder (e.g. --config.data.val_annotations=.../instances_val2017.json)."
-            )
-        records, label_map, report = load_coco(annotation_file, image_dir, label_map=label_map,
-                                               include_masks=with_masks)
-    elif d.dataset == "voc":
-        from tf_rcnn.data.voc import load_voc
-
-        sets = d.voc_train_sets if split == "train" else d.voc_val_sets
-        records, label_map, report = load_voc(
-            d.voc_root, image_sets=[tuple(s) for s in sets], training=split == "train"
-        )
-        annotation_file = None
-    elif d.dataset == "custom":
-        from tf_rcnn.data.custom import load_custom
-
-        path = d.train_annotations if split == "train" else d.val_annotations
-        records, label_map, report = load_custom(path, label_map=label_map)
-        annotation_file = None
-    else:
-        raise ValueError(f"Unknown data.dataset {d.dataset!r}; choose shapes, coco, voc, custom.")
-    logging.info("%s split: %s", split, report.summary())
-    return records, label_map, annotation_file
-
-
-def pixel_stats(config: ml_collections.ConfigDict) -> tuple[tuple, tuple]:
-    """``(pixel_mean, pixel_std)`` (RGB, 0-255 inputs): ``data.pixel_mean/pixel_std`` when set,
-    else the backbone family's statistics. Training, evaluation and export all use this."""
-    from tf_rcnn.data.pipeline import pixel_stats_for_backbone
-
-    mean, std = pixel_stats_for_backbone(config.model.backbone.name)
-    d = config.data
-    return (tuple(d.pixel_mean) if d.pixel_mean is not None else mean,
-            tuple(d.pixel_std) if d.pixel_std is not None else std)
-
-
-def build_input_pipeline(config: ml_collections.ConfigDict, records, label_map, training: bool,
-                         batch_size: int | None = None):
-    """``config.data`` -> ``InputPipeline`` for the given records.
-
-    Args:
-        batch_size: GLOBAL batch (each replica gets its share through the input context);
-            defaults to the recipe's train / eval batch.
-    """
-    from tf_rcnn.data.pipeline import InputPipeline
-
-    d = config.data
-    mean, std = pixel_stats(config)
-    if batch_size is None:
-        batch_size = d.train_batch_size if training else d.eval_batch_size
-    import os
-
-    proposals = None
-    proposal_file = d.proposals_train if training else d.proposals_val
-    key = "data.proposals_train" if training else "data.proposals_val"
-    if config.model.type == "fast_rcnn" and not (proposal_file and os.path.exists(proposal_file)):
-        from tf_rcnn.config import ConfigError
-
-        raise ConfigError(
-            f"Fast R-CNN reads its proposals from {key}, which is "
-            f"{'unset' if not proposal_file else 'missing: ' + repr(proposal_file)}; write one "
-            "with python -m tf_rcnn.tools.dump_proposals (or by hand, format in "
-            f"tf_rcnn/data/proposals.py) and pass --config.{key}=FILE."
-        )
-    if proposal_file:
-        from tf_rcnn.data.proposals import load_proposals
-
-        proposals = load_proposals(proposal_file)
-    return InputPipeline(
-        records,
-        label_map,
-        training=training,
-        batch_size=batch_size,
-        scales=tuple(d.scales),
-        max_size=d.max_size,
-        scale_jitter=d.scale_jitter if training else None,
-        random_flip=bool(d.random_flip) and training,
-        size_divisor=d.size_divisor,
-        max_instances=d.max_instances,
-        pixel_mean=mean,
-        pixel_std=std,
-        with_masks=config.model.type == "mask_rcnn",
-        mask_crop_size=d.mask_crop_size,
-        proposals=proposals,
-        max_proposals=d.max_proposals,
-        seed=d.seed,
-        deterministic=d.deterministic,
-    )
-
-
-def build_optimizer_from_config(config: ml_collections.ConfigDict, global_batch: int):
-    """``config.train`` -> a Keras optimizer with its warmup/decay schedule.
-
-    The learning rate follows the linear scaling rule from ``train.base_batch_size``.
-    """
-    from tf_rcnn.training.optimizers import build_optimizer
-    from tf_rcnn.training.schedules import build_schedule
-    from tf_rcnn.training.strategy import scale_learning_rate
-
-    t = config.train
-    lr = scale_learning_rate(t.base_learning_rate, t.base_batch_size, global_batch)
-    if lr != t.base_learning_rate:
-        logging.info("Linear scaling rule: lr %.5f for batch %d -> %.5f for batch %d",
-                     t.base_learning_rate, t.base_batch_size, lr, global_batch)
-    schedule = build_schedule(
-        t.schedule,
-        base_lr=lr,
-        total_steps=t.total_steps,
-        warmup_steps=t.warmup_steps,
-        warmup_factor=t.warmup_factor,
-        steps=tuple(t.decay_steps),
-        gamma=t.decay_gamma,
-    )
-    return build_optimizer(
-        t.optimizer,
-        learning_rate=schedule,
-        momentum=t.momentum,
-        weight_decay=t.weight_decay,
-        weight_decay_norm=t.weight_decay_norm,
-        exclude_bias_from_decay=t.exclude_bias_from_decay,
-    )
-
-
-def initialize_model(model: TwoStageDetector, config: ml_collections.ConfigDict) -> None:
-    """Creates every variable with one small inference call (call it under the strategy scope).
-
-    The dummy image side is twice the data pipeline's size divisor, so every pyramid level of the
-    backbone exists.
-    """
-    import tensorflow as tf
-
-    side = max(2 * int(config.data.size_divisor), 64)
-    inputs = {"images": tf.zeros([1, side, side, 3], tf.float32)}
-    if model.rpn is None:
-        inputs["proposals"] = tf.constant([[[0.0, 0.0, side / 2, side / 2]]], tf.float32)
-    model(inputs, training=False)

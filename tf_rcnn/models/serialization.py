@@ -2,6 +2,12 @@
 
 Keras serialises such objects by storing each child's own serialised config in the parent's
 ``get_config`` and rebuilding the children in ``from_config``.
+
+Children are stored WITHOUT their ``build_config``: Keras would otherwise build each child while
+deserialising it, outside its parent's name scope, and its variables would get other paths
+(checkpoint keys) than the same model made by the builder, whose children build on their first
+call inside the parent. Unbuilt children build the same way on every route (builder,
+``from_config``, ``keras.models.load_model``), so a checkpoint fits them all.
 """
 
 from __future__ import annotations
@@ -12,8 +18,14 @@ import keras
 
 
 def serialize_optional(obj: Any) -> dict | None:
-    """``keras.saving.serialize_keras_object`` that passes ``None`` through."""
-    return None if obj is None else keras.saving.serialize_keras_object(obj)
+    """``keras.saving.serialize_keras_object`` without ``build_config`` (module docstring);
+    ``None`` passes through."""
+    if obj is None:
+        return None
+    config = keras.saving.serialize_keras_object(obj)
+    if isinstance(config, dict):
+        config.pop("build_config", None)
+    return config
 
 
 def deserialize_optional(config: dict | None) -> Any:

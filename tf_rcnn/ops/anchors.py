@@ -1,6 +1,6 @@
 """Anchor boxes: per-size/aspect-ratio base anchors tiled over the cells of each feature map.
 
-Conventions (DESIGN.md):
+Conventions (docs/design.md):
     Boxes are float32 ``[y1, x1, y2, x2]`` in pixels of the network input image, width
     ``x2 - x1`` (no legacy ``+1``). Aspect ratio is ``h / w``.
 

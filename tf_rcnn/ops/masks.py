@@ -1,6 +1,10 @@
 """Instance-mask resampling: Mask R-CNN training targets and pasting predictions into images.
 
-Conventions (DESIGN.md and the common brief):
+The one mask paste rule of tf_rcnn: evaluation (``segm`` AP), ``predict`` pictures, export
+clients and TensorBoard pictures all use :func:`paste_masks` (TF) or its NumPy wrapper
+:func:`paste_image_masks`, so what is drawn is what is scored.
+
+Conventions:
     Boxes are float32 ``[y1, x1, y2, x2]`` in pixels of the network input image.
     ``gt_masks [B, M, Hm, Wm]`` float32 in {0, 1} hold each instance's binary mask CROPPED TO
     ITS GT BOX and resized to ``Hm x Wm``; padded rows are all 0.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import tensorflow as tf
 
 _EPS = 1e-6
@@ -183,3 +188,31 @@ def paste_masks(
     if threshold is None:
         return pasted
     return tf.cast(pasted >= threshold, tf.uint8)
+
+
+def paste_image_masks(masks: np.ndarray, boxes: np.ndarray, image_size: tuple[int, int],
+                      threshold: float = 0.5) -> np.ndarray:
+    """One image's box-relative masks -> binary full-image masks.
+
+    Args:
+        masks: ``[D, Sm, Sm]`` float probabilities (the model's ``detection_masks`` rows).
+        boxes: ``[D, 4]`` float ``[y1, x1, y2, x2]`` in the pixels of the target image.
+        image_size: ``(H, W)`` of the target image.
+        threshold: probability at or above which a pixel is foreground.
+
+    Returns:
+        ``[D, H, W]`` uint8 in {0, 1}.
+    """
+    masks = np.asarray(masks, np.float32)
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    if masks.ndim != 3 or masks.shape[0] != boxes.shape[0]:
+        raise ValueError(
+            f"masks must be [D, Sm, Sm] with D = {boxes.shape[0]} (rows of boxes); got "
+            f"{masks.shape}."
+        )
+    height, width = int(image_size[0]), int(image_size[1])
+    if boxes.shape[0] == 0:
+        return np.zeros([0, height, width], np.uint8)
+    pasted = paste_masks(masks[np.newaxis], boxes[np.newaxis], (height, width),
+                                  threshold=threshold)
+    return pasted.numpy()[0]

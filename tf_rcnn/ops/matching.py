@@ -1,6 +1,6 @@
 """Matching anchors/RoIs to ground truth by similarity (IoU), with interval labels.
 
-Conventions (DESIGN.md):
+Conventions (docs/design.md):
     Boxes are float32 ``[y1, x1, y2, x2]`` pixels. Match labels: 1 positive, 0 negative,
     -1 ignore. GT rows are padded; ``valid_gt`` says which columns are real (class >= 1).
     Crowd boxes never become positives; they only turn would-be negatives into ignore.
@@ -161,3 +161,15 @@ def crowd_ignore_mask(
     crowd_valid = box_ops.area(crowd_boxes) > 0.0  # [B, Mc]
     hit = tf.logical_and(overlap >= float(threshold), crowd_valid[:, None, :])
     return tf.reduce_any(hit, axis=2)
+
+
+def gather_gt(gt: tf.Tensor, matched_indices: tf.Tensor) -> tf.Tensor:
+    """``gt [B, M, ...]`` gathered by ``matched_indices [B, X]`` -> ``[B, X, ...]``; M may be 0."""
+    num_gt = tf.shape(gt)[1]
+    safe = tf.minimum(matched_indices, tf.maximum(num_gt - 1, 0))
+    padded = tf.cond(
+        num_gt > 0,
+        lambda: gt,
+        lambda: tf.zeros(tf.concat([tf.shape(gt)[:1], [1], tf.shape(gt)[2:]], 0), gt.dtype),
+    )
+    return tf.gather(padded, safe, batch_dims=1)

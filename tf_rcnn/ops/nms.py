@@ -1,6 +1,6 @@
 """Non-maximum suppression: class-agnostic batched NMS for proposals, per-class NMS for detections.
 
-Conventions (DESIGN.md):
+Conventions (docs/design.md):
     Boxes are float32 ``[y1, x1, y2, x2]`` in pixels of the network input image (no ``+1``).
     Classes: 0 is background, 1..K objects; detection outputs carry classes in ``1..K`` and 0
     on padding rows. Scores of ``-inf`` mark masked-out boxes (e.g. too small, outside the
@@ -10,7 +10,7 @@ Shape shorthand:
     B batch, N candidate boxes per image, K classes (or the kept count, see each function),
     D detections per image.
 
-Implementation choice (the measurement DESIGN.md asks for):
+Implementation choice (measured):
     Proposal NMS runs ``tf.image.combined_non_max_suppression`` with one class (q = 1). That
     op returns boxes but no indices, which the RPN needs; so the candidates are first sorted
     by score (stable: equal scores keep index order) and the op receives *rank scores*

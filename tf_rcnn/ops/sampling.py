@@ -1,6 +1,6 @@
 """Balanced random sampling of positive and negative rows (anchors for the RPN, RoIs for heads).
 
-Conventions (DESIGN.md):
+Conventions (docs/design.md):
     Match labels are int32: 1 positive, 0 negative, -1 ignore (never sampled).
 
 Shape shorthand:

@@ -1,14 +1,11 @@
 """tf_rcnn.training: strategies, schedules, optimisers, checkpoints, progress and the Trainer."""
 
-from tf_rcnn.training.checkpoints import (
-    CheckpointManager,
-    export_best,
-    load_weights_partial,
-)
+from tf_rcnn.training.checkpoints import CheckpointManager, export_best
 from tf_rcnn.training.optimizers import (
     CoupledWeightDecaySGD,
     apply_weight_decay,
     build_optimizer,
+    optimizer_from_config,
 )
 from tf_rcnn.training.progress import ProgressLogger
 from tf_rcnn.training.schedules import WarmupCosineDecay, WarmupStepDecay, build_schedule
@@ -35,8 +32,8 @@ __all__ = [
     "export_best",
     "get_strategy",
     "is_chief",
-    "load_weights_partial",
     "local_cluster_tf_configs",
+    "optimizer_from_config",
     "per_replica_batch_size",
     "scale_learning_rate",
 ]

@@ -1,7 +1,9 @@
 """4-step alternating training (Ren et al., Faster R-CNN, NIPS 2015, Sec. 3.2).
 
-Selected with ``--config.train.schedule_mode=alternating`` on a Faster R-CNN recipe; approximate
-joint training stays the default. Each stage is an ordinary :func:`run_training` into its own
+Selected with ``--config.train.schedule_mode=alternating`` (``train.py`` then calls
+:func:`run_alternating`) on a recipe whose family has a proposals-input variant (Faster R-CNN:
+Fast R-CNN; ``tf_rcnn.models.builder.Family.proposals_variant``); approximate joint training
+stays the default. Each stage is an ordinary :func:`run_training` into its own
 sub-directory of ``model_dir``, so every stage checkpoints, resumes after a kill and logs like a
 joint run; a finished stage is skipped when the command is run again.
 
@@ -27,9 +29,9 @@ The four stages (paper wording in quotes):
    ``model_dir/stage4_detector``.
 
 Steps per stage: ``train.alternating_steps`` (4 values) or ``train.total_steps`` for each.
-Weights move between stages by Keras path (``load_weights_partial``): the builder names every
-part (``backbone``, ``fpn``, ``rpn``, ``roi_heads``), so a Fast R-CNN's trunk and head load
-into a Faster R-CNN of the same recipe.
+Weights move between stages by Keras path (``tf_rcnn.models.checkpoint.load_weights``): the
+builder names every part (``backbone``, ``fpn``, ``rpn``, ``roi_heads``), so a Fast R-CNN's trunk
+and head load into a Faster R-CNN of the same recipe.
 """
 
 from __future__ import annotations
@@ -43,13 +45,15 @@ import ml_collections
 import tensorflow as tf
 from absl import logging
 
-from tf_rcnn.config import ConfigError
-from tf_rcnn.training.checkpoints import load_weights_partial
+from tf_rcnn.config import ConfigError, default_config
+from tf_rcnn.data.proposal_dump import dump_proposals
+from tf_rcnn.models import builder
+from tf_rcnn.models.checkpoint import load_weights, restore_detector
+from tf_rcnn.ops.losses import RCNN_LOSS_NAMES, RPN_LOSS_NAMES
+from tf_rcnn.training.run import HookFactory, run_training
 from tf_rcnn.training.strategy import is_chief
 
 STAGES = ("stage1_rpn", "stage2_fast_rcnn", "stage3_rpn", "stage4_detector")
-RPN_LOSSES = ("rpn_objectness_loss", "rpn_box_loss")
-RCNN_LOSSES = ("rcnn_class_loss", "rcnn_box_loss")
 
 
 def stage_steps(config: ml_collections.ConfigDict) -> tuple[int, int, int, int]:
@@ -72,6 +76,8 @@ def stage_steps(config: ml_collections.ConfigDict) -> tuple[int, int, int, int]:
 
 def _stage_config(config: ml_collections.ConfigDict, steps: int,
                   model_type: str | None = None) -> ml_collections.ConfigDict:
+    """The recipe of one stage: joint training of ``steps`` steps (schedule scaled to it),
+    optionally of another family (``model_type``)."""
     stage = copy.deepcopy(config)
     stage.train.schedule_mode = "joint"
     stage.train.total_steps = steps
@@ -88,19 +94,18 @@ def _stage_config(config: ml_collections.ConfigDict, steps: int,
 
 def _dump(config: ml_collections.ConfigDict, stage_dir: str, strategy) -> dict[str, str]:
     """Writes the stage's RPN proposals for train and val (chief only, skipped if present)."""
-    from tf_rcnn.tools.dump_proposals import dump_proposals
-
     files = {split: os.path.join(stage_dir, f"proposals_{split}.npz") for split in ("train",
                                                                                    "val")}
-    if is_chief(strategy):
-        for split, path in files.items():
-            if not os.path.exists(path):
-                dump_proposals(config, stage_dir, split, path)
+    todo = {split: path for split, path in files.items() if not os.path.exists(path)}
+    if is_chief(strategy) and todo:
+        model, config, label_map = restore_detector(stage_dir, config)
+        for split, path in todo.items():
+            dump_proposals(model, config, split, path, label_map=label_map)
     return files
 
 
 def _load(model: keras.Model, checkpoint_dir: str, what: str) -> None:
-    loaded, skipped = load_weights_partial(model, checkpoint_dir, skip_mismatch=True)
+    loaded, skipped = load_weights(model, checkpoint_dir, skip_mismatch=True)
     logging.info("Alternating: %s: loaded %d variables from %s (%d not in it).", what,
                  len(loaded), checkpoint_dir, len(skipped))
     if not loaded:
@@ -111,20 +116,31 @@ def run_alternating(
     config: ml_collections.ConfigDict,
     model_dir: str,
     strategy: tf.distribute.Strategy | None = None,
+    *,
+    make_eval_fn: HookFactory | None = None,
+    make_image_fn: HookFactory | None = None,
 ) -> dict[str, float]:
     """Runs the 4 stages into ``model_dir/stage*``; returns the last stage's final losses.
 
-    Raises:
-        ConfigError: the recipe is not a Faster R-CNN (alternating needs an RPN and a detector
-            that can run on given proposals), or bad ``train.alternating_steps``.
-    """
-    from tf_rcnn.training.run import run_training
+    Args:
+        config: the full recipe (``train.schedule_mode='alternating'``).
+        model_dir: run directory; the stages go to its sub-directories.
+        strategy: distribution strategy (default: the current one).
+        make_eval_fn, make_image_fn: forwarded to every stage's :func:`run_training`.
 
-    if config.model.type != "faster_rcnn":
+    Raises:
+        ConfigError: the family has no proposals-input variant (alternating needs an RPN and
+            the same second stage trained on given proposals), or bad
+            ``train.alternating_steps``.
+    """
+    family = builder.family_of(config)
+    if family.proposals_variant is None:
         raise ConfigError(
-            f"train.schedule_mode='alternating' trains a Faster R-CNN (RPN + Fast R-CNN); "
-            f"model.type is {config.model.type!r}. Use schedule_mode='joint' for it."
+            f"train.schedule_mode='alternating' needs a detector family whose second stage can "
+            f"be trained on given proposals; {family.cls.__name__} (model.type="
+            f"{config.model.type!r}) has none. Use --config.train.schedule_mode=joint."
         )
+    hooks = {"make_eval_fn": make_eval_fn, "make_image_fn": make_image_fn}
     strategy = strategy or tf.distribute.get_strategy()
     steps = stage_steps(config)
     dirs = [os.path.join(model_dir, name) for name in STAGES]
@@ -133,16 +149,18 @@ def run_alternating(
     # Stage 1: RPN alone.
     cfg1 = _stage_config(config, steps[0])
     logging.info("Alternating stage 1/4: RPN, %d steps -> %s", steps[0], dirs[0])
-    results[STAGES[0]] = run_training(cfg1, dirs[0], strategy, loss_terms=RPN_LOSSES)
+    results[STAGES[0]] = run_training(cfg1, dirs[0], strategy, loss_terms=RPN_LOSS_NAMES,
+                                      **hooks)
     proposals1 = _dump(cfg1, dirs[0], strategy)
 
     # Stage 2: Fast R-CNN on the stage-1 proposals, its own fresh trunk.
-    cfg2 = _stage_config(config, steps[1], model_type="fast_rcnn")
+    cfg2 = _stage_config(config, steps[1], model_type=family.proposals_variant)
+    cfg2.model.rpn = default_config().model.rpn  # no RPN in this stage: nothing reads it
     cfg2.data.proposals_train = proposals1["train"]
     cfg2.data.proposals_val = proposals1["val"]
     cfg2.data.max_proposals = max(int(config.model.rpn.post_nms_topk_test), 1)
     logging.info("Alternating stage 2/4: Fast R-CNN, %d steps -> %s", steps[1], dirs[1])
-    results[STAGES[1]] = run_training(cfg2, dirs[1], strategy)
+    results[STAGES[1]] = run_training(cfg2, dirs[1], strategy, **hooks)
 
     # Stage 3: RPN-only layers on the detector's frozen trunk (and frozen RoI head).
     def prepare_stage3(model: keras.Model) -> None:
@@ -158,7 +176,7 @@ def run_alternating(
     logging.info("Alternating stage 3/4: RPN on frozen shared convs, %d steps -> %s", steps[2],
                  dirs[2])
     results[STAGES[2]] = run_training(cfg3, dirs[2], strategy, prepare_model=prepare_stage3,
-                                      loss_terms=RPN_LOSSES)
+                                      loss_terms=RPN_LOSS_NAMES, **hooks)
     _dump(cfg3, dirs[2], strategy)
 
     # Stage 4: Fast R-CNN-only layers, shared convs and RPN frozen.
@@ -173,7 +191,7 @@ def run_alternating(
     cfg4 = _stage_config(config, steps[3])
     logging.info("Alternating stage 4/4: Fast R-CNN layers, %d steps -> %s", steps[3], dirs[3])
     results[STAGES[3]] = run_training(cfg4, dirs[3], strategy, prepare_model=prepare_stage4,
-                                      loss_terms=RCNN_LOSSES)
+                                      loss_terms=RCNN_LOSS_NAMES, **hooks)
 
     if is_chief(strategy):
         with tf.io.gfile.GFile(os.path.join(model_dir, "alternating.json"), "w") as f:

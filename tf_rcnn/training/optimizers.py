@@ -26,7 +26,13 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import keras
+import ml_collections
 import tensorflow as tf
+from absl import logging
+
+from tf_rcnn.config import ConfigError
+from tf_rcnn.training.schedules import build_schedule
+from tf_rcnn.training.strategy import scale_learning_rate
 
 OPTIMIZER_KINDS = ("sgd", "adamw")
 NORM_VARIABLE_NAMES = ("gamma", "beta")
@@ -224,3 +230,52 @@ def build_optimizer(
         # Keras matches these regexes against variable.name, which is the short name.
         optimizer.exclude_from_weight_decay(var_names=[f"^{name}$" for name in excluded])
     return optimizer
+
+
+def optimizer_from_config(config: ml_collections.ConfigDict,
+                          global_batch: int) -> keras.optimizers.Optimizer:
+    """``config.train`` -> a Keras optimizer with its warmup/decay schedule.
+
+    The learning rate follows the linear scaling rule from ``train.base_batch_size``.
+
+    Raises:
+        ConfigError: schedule values that cannot work together (the message names the
+            ``--config.train.*`` flags to change).
+    """
+    t = config.train
+    lr = scale_learning_rate(t.base_learning_rate, t.base_batch_size, global_batch)
+    if lr != t.base_learning_rate:
+        logging.info("Linear scaling rule: lr %.5f for batch %d -> %.5f for batch %d",
+                     t.base_learning_rate, t.base_batch_size, lr, global_batch)
+    if t.warmup_steps > t.total_steps:
+        raise ConfigError(
+            f"train.warmup_steps={t.warmup_steps} exceeds train.total_steps={t.total_steps}; "
+            f"pass --config.train.warmup_steps={t.total_steps // 10} (or fewer) with this "
+            "many steps.")
+    if t.schedule == "step" and any(s > t.total_steps for s in t.decay_steps):
+        raise ConfigError(
+            f"train.decay_steps={tuple(t.decay_steps)} must not exceed train.total_steps="
+            f"{t.total_steps}; pass --config.train.decay_steps with steps below it (e.g. "
+            f"'({int(t.total_steps * 2 / 3)}, {int(t.total_steps * 8 / 9)})') or "
+            "--config.train.schedule=cosine.")
+    try:
+        schedule = build_schedule(
+            t.schedule,
+            base_lr=lr,
+            total_steps=t.total_steps,
+            warmup_steps=t.warmup_steps,
+            warmup_factor=t.warmup_factor,
+            steps=tuple(t.decay_steps),
+            gamma=t.decay_gamma,
+        )
+        return build_optimizer(
+            t.optimizer,
+            learning_rate=schedule,
+            momentum=t.momentum,
+            weight_decay=t.weight_decay,
+            weight_decay_norm=t.weight_decay_norm,
+            exclude_bias_from_decay=t.exclude_bias_from_decay,
+        )
+    except ValueError as error:
+        raise ConfigError(f"{error} (set in the recipe's train section; override with "
+                          "--config.train.KEY=VALUE)") from None

@@ -5,11 +5,13 @@ optimiser under the strategy scope, writes ``config.json`` and ``label_map.json`
 directory (chief only), and trains with :class:`tf_rcnn.training.trainer.Trainer`, resuming from
 the newest checkpoint in ``model_dir``.
 
-Watching (chief only): ``train.eval_every`` evaluates COCO box metrics on the validation split
-every N steps and keeps the best checkpoint by ``train.eval_metric`` in ``model_dir/best``;
-``train.image_summary_every`` writes a TensorBoard picture of detections on the first
-``train.image_summary_count`` validation images. ``train.schedule_mode="alternating"`` runs the
-4-step schedule of :mod:`tf_rcnn.training.alternating` instead of joint training.
+Watching (chief only): ``train.eval_every`` evaluates every N steps and keeps the best
+checkpoint by ``train.eval_metric`` in ``model_dir/best``; ``train.image_summary_every`` writes a
+TensorBoard picture of detections. Training does not know how to evaluate: the caller passes the
+factories (``train.py`` passes ``tf_rcnn.evaluation.watch.make_eval_fn`` / ``make_image_fn``).
+
+This is joint (approximate joint) training; ``train.schedule_mode="alternating"`` is the 4-step
+schedule of :mod:`tf_rcnn.training.alternating`, which runs each stage through this function.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 import ml_collections
@@ -24,11 +27,18 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tf_rcnn.config import ConfigError
+from tf_rcnn.config import CONFIG_FILE, ConfigError
+from tf_rcnn.data.builder import build_input_pipeline, load_split
+from tf_rcnn.label_map import LABEL_MAP_FILE, LabelMap
 from tf_rcnn.models import builder
-from tf_rcnn.training.checkpoints import load_weights_partial, weight_key
+from tf_rcnn.models.checkpoint import load_weights, weight_key
+from tf_rcnn.training.optimizers import optimizer_from_config
 from tf_rcnn.training.strategy import is_chief
 from tf_rcnn.training.trainer import Trainer
+
+# make_eval_fn(config, model, label_map) -> eval_fn(step) -> metrics; make_image_fn likewise
+# -> image_fn(step) -> uint8 [H, W, 3] (see tf_rcnn.evaluation.watch).
+HookFactory = Callable[[ml_collections.ConfigDict, keras.Model, LabelMap], Callable[[int], Any]]
 
 
 def run_training(
@@ -36,6 +46,8 @@ def run_training(
     model_dir: str,
     strategy: tf.distribute.Strategy | None = None,
     *,
+    make_eval_fn: HookFactory | None = None,
+    make_image_fn: HookFactory | None = None,
     prepare_model: Callable[[keras.Model], None] | None = None,
     loss_terms: Sequence[str] | None = None,
 ) -> dict[str, float]:
@@ -45,24 +57,33 @@ def run_training(
         config: the full recipe.
         model_dir: run directory (resumed when it holds checkpoints).
         strategy: distribution strategy (default: the current one).
+        make_eval_fn: builds the periodic evaluation for ``train.eval_every`` (needed when it
+            is set).
+        make_image_fn: builds the TensorBoard picture for ``train.image_summary_every``.
         prepare_model: called with the built model (under the strategy scope, before the
             optimizer sees its trainable variables), e.g. to load stage weights and freeze parts.
         loss_terms: train on the sum of these loss terms only (see ``Trainer``).
 
     Raises:
-        ConfigError: the batch does not split over the replicas, or the data's class count
-            differs from ``model.num_classes`` (the message gives the override to use).
+        ConfigError: the batch does not split over the replicas, the data's class count
+            differs from ``model.num_classes``, or a hook is missing (the message gives the
+            override to use).
     """
     strategy = strategy or tf.distribute.get_strategy()
     t = config.train
-    if t.schedule_mode not in ("joint", "alternating"):
+    if t.schedule_mode != "joint":
         raise ConfigError(
-            f"train.schedule_mode must be 'joint' or 'alternating', got {t.schedule_mode!r}."
+            f"run_training trains jointly; train.schedule_mode={t.schedule_mode!r} is run by "
+            "tf_rcnn.training.alternating.run_alternating ('alternating'; train.py chooses it)."
         )
-    if t.schedule_mode == "alternating" and prepare_model is None and loss_terms is None:
-        from tf_rcnn.training.alternating import run_alternating
-
-        return run_alternating(config, model_dir, strategy)
+    if t.eval_every and make_eval_fn is None:
+        raise ConfigError("train.eval_every needs an evaluation; pass make_eval_fn "
+                          "(train.py passes tf_rcnn.evaluation.watch.make_eval_fn) or set "
+                          "--config.train.eval_every=0.")
+    if t.image_summary_every and make_image_fn is None:
+        raise ConfigError("train.image_summary_every needs make_image_fn (train.py passes "
+                          "tf_rcnn.evaluation.watch.make_image_fn) or "
+                          "--config.train.image_summary_every=0.")
     if t.mixed_precision:
         keras.mixed_precision.set_global_policy(t.mixed_precision)
         logging.info("Mixed precision policy: %s", t.mixed_precision)
@@ -79,7 +100,8 @@ def run_training(
     logging.info("Global batch %d = %d replicas x %d images", global_batch, replicas,
                  global_batch // replicas)
 
-    records, label_map, _ = builder.load_split(config, "train")
+    family = builder.family_class(config)
+    records, label_map, _ = load_split(config, "train", with_masks=family.needs_masks)
     if label_map.num_classes != config.model.num_classes:
         raise ConfigError(
             f"The training data has {label_map.num_classes} classes but model.num_classes is "
@@ -87,31 +109,28 @@ def run_training(
             f"{label_map.num_classes}."
         )
     # The pipeline takes the global batch and gives each replica its share.
-    pipeline = builder.build_input_pipeline(config, records, label_map, training=True)
+    pipeline = build_input_pipeline(config, records, label_map, training=True,
+                                    with_masks=family.needs_masks,
+                                    needs_proposals=family.needs_proposals)
 
     with strategy.scope():
         model = builder.build_model(config, label_map=label_map.to_dict())
-        builder.initialize_model(model, config)
+        model.build_with_dummy_inputs()
         if prepare_model is not None:
             prepare_model(model)
-        optimizer = builder.build_optimizer_from_config(config, global_batch)
+        optimizer = optimizer_from_config(config, global_batch)
 
     tf.io.gfile.makedirs(model_dir)
     if is_chief(strategy):
-        with tf.io.gfile.GFile(os.path.join(model_dir, "config.json"), "w") as f:
+        with tf.io.gfile.GFile(os.path.join(model_dir, CONFIG_FILE), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
-        label_map.to_json(os.path.join(model_dir, "label_map.json"))
+        label_map.to_json(os.path.join(model_dir, LABEL_MAP_FILE))
 
     eval_fn = image_fn = None
     if is_chief(strategy) and t.eval_every:
-        from tf_rcnn.training.watch import make_eval_fn
-
-        eval_fn = make_eval_fn(config, model, label_map, num_images=t.eval_num_images)
+        eval_fn = make_eval_fn(config, model, label_map)
     if is_chief(strategy) and t.image_summary_every:
-        from tf_rcnn.training.watch import make_image_fn
-
-        image_fn = make_image_fn(config, model, label_map, count=t.image_summary_count,
-                                 score_threshold=config.eval.score_threshold_visualize)
+        image_fn = make_image_fn(config, model, label_map)
     trainer = Trainer(
         model,
         optimizer,
@@ -134,8 +153,8 @@ def run_training(
         loss_terms=loss_terms,
     )
     if t.init_checkpoint and trainer.checkpoints.latest_checkpoint is None:
-        loaded, skipped = load_weights_partial(model, t.init_checkpoint,
-                                               skip_mismatch=t.init_skip_mismatch)
+        loaded, skipped = load_weights(model, t.init_checkpoint,
+                                       skip_mismatch=t.init_skip_mismatch)
         logging.info("Initialised %d variables from %s (%d skipped).", len(loaded),
                      t.init_checkpoint, len(skipped))
     metrics = trainer.train(pipeline.dataset, total_steps=t.total_steps,

@@ -34,6 +34,7 @@ from absl import logging
 
 from tf_rcnn.training.checkpoints import CheckpointManager, export_best
 from tf_rcnn.training.progress import ProgressLogger
+from tf_rcnn.training.summaries import write_image_summary
 
 NAN_POLICIES = ("stop", "warn")
 
@@ -88,7 +89,7 @@ class Trainer:
             ``model_dir/best``.
         best_mode: ``"max"`` or ``"min"`` for ``best_metric``.
         image_fn: optional ``image_fn(step) -> uint8 [H, W, 3]`` (e.g. detections drawn on
-            validation images, :func:`tf_rcnn.training.watch.make_image_fn`) written to
+            validation images, :func:`tf_rcnn.evaluation.watch.make_image_fn`) written to
             TensorBoard as ``detections`` every ``image_every`` steps, on the chief only.
         image_every: image summary interval in steps.
         loss_terms: optional names of the ``compute_losses`` terms to optimise; their sum then
@@ -350,8 +351,6 @@ class Trainer:
         """Writes ``image_fn(step)`` as the TensorBoard image ``detections`` (chief only)."""
         if progress.writer is None:
             return
-        from tf_rcnn.training.watch import write_image_summary
-
         image = self.image_fn(step)
         with progress.writer.as_default():
             write_image_summary("detections", image, step)

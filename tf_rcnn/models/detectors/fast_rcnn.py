@@ -22,7 +22,7 @@ from tf_rcnn.models.detectors.two_stage import TwoStageDetector
 
 @keras.saving.register_keras_serializable(package="tf_rcnn")
 class FastRCNN(TwoStageDetector):
-    """Fast R-CNN on proposals given with the input, per the model contract in DESIGN.md.
+    """Fast R-CNN on proposals given with the input, per the model contract in docs/design.md.
 
     Build it with ``tf_rcnn.models.builder.build_model(config)`` (``model.type = "fast_rcnn"``)
     or by keyword from parts.
@@ -55,5 +55,6 @@ class FastRCNN(TwoStageDetector):
         >>> outputs = model.predict({"images": images, "proposals": boxes})  # doctest: +SKIP
     """
 
-    requires_rpn = False
+    needs_rpn = False
+    needs_proposals = True
     default_roi_in_features = ("C4",)

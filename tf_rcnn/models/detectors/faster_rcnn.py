@@ -15,7 +15,7 @@ from tf_rcnn.models.detectors.two_stage import TwoStageDetector
 
 @keras.saving.register_keras_serializable(package="tf_rcnn")
 class FasterRCNN(TwoStageDetector):
-    """Faster R-CNN (C4 or FPN) per the model contract in DESIGN.md.
+    """Faster R-CNN (C4 or FPN) per the model contract in docs/design.md.
 
     Build it with ``tf_rcnn.models.builder.build_model(config)`` or by keyword from parts.
 
@@ -45,6 +45,6 @@ class FasterRCNN(TwoStageDetector):
         >>> outputs = model.predict(images)  # doctest: +SKIP
     """
 
-    requires_rpn = True
+    needs_rpn = True
     default_rpn_in_features = ("C4",)
     default_roi_in_features = ("C4",)

@@ -2,7 +2,7 @@
 
 The box path is Faster R-CNN's (``RegionProposalNetwork`` + ``MaskRoIHeads``' box branch); the
 mask branch (``MaskHead`` on 14x14 RoIAlign features) trains on the positive sampled RoIs and
-runs at inference on the final detections. See ``tf_rcnn.models.mask_heads`` for the details.
+runs at inference on the final detections (details: ``tf_rcnn.models.roi_heads.mask_roi_heads``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from tf_rcnn.models.detectors.two_stage import TwoStageDetector
 
 @keras.saving.register_keras_serializable(package="tf_rcnn")
 class MaskRCNN(TwoStageDetector):
-    """Mask R-CNN (FPN or C4) per the model contract in DESIGN.md.
+    """Mask R-CNN (FPN or C4) per the model contract in docs/design.md.
 
     Build it with ``tf_rcnn.models.builder.build_model(config)`` (``model.type = "mask_rcnn"``)
     or by keyword from parts.
@@ -51,13 +51,7 @@ class MaskRCNN(TwoStageDetector):
         ...                     images.shape[1:3])  # doctest: +SKIP
     """
 
-    requires_rpn = True
+    needs_rpn = True
+    needs_masks = True
     default_rpn_in_features = ("P2", "P3", "P4", "P5", "P6")
     default_roi_in_features = ("P2", "P3", "P4", "P5")
-
-    def _check_parts(self) -> None:
-        if "mask_loss" not in getattr(self.roi_heads, "loss_names", ()):
-            raise ValueError(
-                f"MaskRCNN needs roi_heads with a mask branch (MaskRoIHeads); got "
-                f"{type(self.roi_heads).__name__}."
-            )

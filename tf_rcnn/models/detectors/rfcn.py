@@ -17,7 +17,7 @@ from tf_rcnn.models.detectors.two_stage import TwoStageDetector
 
 @keras.saving.register_keras_serializable(package="tf_rcnn")
 class RFCN(TwoStageDetector):
-    """R-FCN per the model contract in DESIGN.md.
+    """R-FCN per the model contract in docs/design.md.
 
     Build it with ``tf_rcnn.models.builder.build_model(config)`` (``model.type = "rfcn"``) or
     by keyword from parts.
@@ -51,11 +51,12 @@ class RFCN(TwoStageDetector):
         >>> outputs = model.predict(images)  # doctest: +SKIP
     """
 
-    requires_rpn = True
+    needs_rpn = True
     default_rpn_in_features = ("C4",)
     default_roi_in_features = ("C5",)
 
     def _check_parts(self) -> None:
+        super()._check_parts()
         if len(self.roi_in_features) != 1:
             raise ValueError(
                 f"RFCN's head reads one stride-16 map; got roi_in_features="

@@ -23,6 +23,7 @@ Losses:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import keras
@@ -30,8 +31,7 @@ import tensorflow as tf
 
 from tf_rcnn.models.serialization import deserialize_keys, serialize_optional
 from tf_rcnn.ops import boxes as box_ops
-
-RPN_LOSS_NAMES = ("rpn_objectness_loss", "rpn_box_loss")
+from tf_rcnn.ops import losses as loss_lib
 
 
 @keras.saving.register_keras_serializable(package="tf_rcnn")
@@ -51,10 +51,16 @@ class TwoStageDetector(keras.Model):
             ids.
     """
 
-    # What a family requires, set by the subclasses instead of re-declaring the constructor:
-    # ``requires_rpn`` True (learned proposals), False (proposals with the inputs) or None
-    # (either); the default feature names used when the caller gives none.
-    requires_rpn: bool | None = None
+    # What a family needs, declared by the subclasses (code outside the builder asks these,
+    # never the config's model.type):
+    #   needs_rpn: True (learned proposals), False (proposals come with the inputs) or None
+    #       (either, the generic base);
+    #   needs_proposals: the inputs (and training targets) carry ``proposals [B, P, 4]``;
+    #   needs_masks: training targets carry ``masks`` and detections ``detection_masks``.
+    # And the default feature names used when the caller gives none.
+    needs_rpn: bool | None = None
+    needs_proposals: bool = False
+    needs_masks: bool = False
     default_rpn_in_features: tuple[str, ...] = ()
     default_roi_in_features: tuple[str, ...] = ()
 
@@ -71,10 +77,10 @@ class TwoStageDetector(keras.Model):
         **kwargs,
     ):
         name = type(self).__name__
-        if self.requires_rpn and rpn is None:
+        if self.needs_rpn and rpn is None:
             raise ValueError(f"{name} needs an rpn (a RegionProposalNetwork); use FastRCNN to "
                              "detect on proposals given with the inputs.")
-        if self.requires_rpn is False and rpn is not None:
+        if self.needs_rpn is False and rpn is not None:
             raise ValueError(f"{name} takes no rpn (proposals come with the inputs); use "
                              "FasterRCNN to learn proposals.")
         if rpn is None:
@@ -96,18 +102,57 @@ class TwoStageDetector(keras.Model):
         self.backbone = backbone
         self.neck = neck
         self.rpn = rpn
+        # Without an RPN the proposals come with the inputs, whatever the class says.
+        self.needs_proposals = rpn is None
         self.roi_heads = roi_heads
         self.num_classes = int(num_classes)
         self.rpn_in_features = tuple(rpn_in_features)
         self.roi_in_features = tuple(roi_in_features)
         self.label_map = label_map
-        names = (RPN_LOSS_NAMES if rpn is not None else ()) + tuple(roi_heads.loss_names)
-        self.loss_names = (*names, "total_loss")
+        names = (tuple(rpn.loss_names) if rpn is not None else ()) + tuple(roi_heads.loss_names)
+        self.loss_names = (*names, loss_lib.TOTAL_LOSS_NAME)
         self._check_parts()
         self._loss_trackers = {n: keras.metrics.Mean(name=n) for n in self.loss_names}
 
     def _check_parts(self) -> None:
-        """Family-specific checks of the parts (raise ValueError with the fix); none here."""
+        """Family-specific checks of the parts (raise ValueError with the fix)."""
+        if self.needs_masks and not getattr(self.roi_heads, "predicts_masks", False):
+            raise ValueError(
+                f"{type(self).__name__} needs roi_heads with a mask branch (MaskRoIHeads); got "
+                f"{type(self.roi_heads).__name__}."
+            )
+
+    # ----------------------------------------------------------------------------- building
+    def dummy_image_size(self) -> int:
+        """Side of the square zero image :meth:`build_with_dummy_inputs` uses: twice the
+        coarsest stride of every feature map (so each pyramid level exists), at least 64."""
+        strides = dict(getattr(self.backbone, "output_strides", {}))
+        if self.neck is not None:
+            strides.update(getattr(self.neck, "output_strides", {}))
+        return max(64, 2 * max(strides.values(), default=32))
+
+    def build_with_dummy_inputs(self, image_size: int | None = None) -> None:
+        """Creates every variable with one inference call on a zero image.
+
+        The one way tf_rcnn builds a detector before restoring weights (the builder's users,
+        the fine-tuning API, ``keras.models.load_model``): variables are created inside the
+        model's own name scope, so their paths (checkpoint keys) do not depend on how the model
+        was constructed. Call it under the strategy scope when training distributed.
+
+        Args:
+            image_size: side of the zero image (default :meth:`dummy_image_size`).
+        """
+        side = int(image_size or self.dummy_image_size())
+        inputs = {"images": tf.zeros([1, side, side, 3], tf.float32)}
+        if self.needs_proposals:
+            inputs["proposals"] = tf.constant([[[0.0, 0.0, side / 2, side / 2]]], tf.float32)
+        self(inputs, training=False)
+
+    def build_from_config(self, config: dict) -> None:
+        """``keras.models.load_model`` hook: build exactly as the builder does (the saved
+        input shape is not needed; any image size creates the same variables)."""
+        del config
+        self.build_with_dummy_inputs()
 
     # ----------------------------------------------------------------------------- plumbing
     @property
@@ -189,7 +234,7 @@ class TwoStageDetector(keras.Model):
             targets=targets,
             training=training,
         )
-        losses = {k: out[k] for k in RPN_LOSS_NAMES if k in out}
+        losses = {k: out[k] for k in self.rpn.loss_names if k in out}
         return out["proposals"], out["proposal_valid"], losses
 
     # ----------------------------------------------------------------------------- forward
@@ -256,7 +301,7 @@ class TwoStageDetector(keras.Model):
         )
         losses = dict(losses)
         losses.update(roi_losses)
-        losses["total_loss"] = tf.add_n([losses[k] for k in self.loss_names[:-1]])
+        losses[loss_lib.TOTAL_LOSS_NAME] = tf.add_n([losses[k] for k in self.loss_names[:-1]])
         return losses
 
     # ----------------------------------------------------------------------------- Keras loop
@@ -269,7 +314,7 @@ class TwoStageDetector(keras.Model):
         images, targets, _ = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             losses = self.compute_losses(images, targets, training=True)
-            loss = losses["total_loss"]
+            loss = losses[loss_lib.TOTAL_LOSS_NAME]
             if self.losses:
                 loss = loss + tf.add_n(self.losses)
             scaled = self.optimizer.scale_loss(loss) if hasattr(
@@ -299,7 +344,10 @@ class TwoStageDetector(keras.Model):
             "num_classes": self.num_classes,
             "rpn_in_features": list(self.rpn_in_features),
             "roi_in_features": list(self.roi_in_features),
-            "label_map": self.label_map,
+            # A plain copy: Keras wraps dict attributes of a layer in tracking containers that
+            # hold a reference to the model (deep-copying those would copy the model).
+            "label_map": None if self.label_map is None else json.loads(
+                json.dumps(self.label_map)),
         }
 
     @classmethod

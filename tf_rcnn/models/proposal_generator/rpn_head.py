@@ -2,7 +2,7 @@
 
 Conventions:
     Feature maps are NHWC float32, a list ordered fine to coarse. Outputs are flattened over
-    levels in the anchor order of DESIGN.md: within a level ``index = (y * W + x) * A + a``
+    levels in the anchor order of docs/design.md: within a level ``index = (y * W + x) * A + a``
     (row-major cells, then anchors), levels concatenated fine to coarse. Deltas are encoded
     ``(dy, dx, dh, dw)`` relative to the anchor at the same index (RPN weights (1, 1, 1, 1)).
 

@@ -7,10 +7,10 @@ reduces the stride-16 features to ``channels`` (1024 in the paper), and two sibl
 (each bin of the ``k x k`` grid reads its own group of maps, Eq. 1) and voting (mean over the
 bins, Eq. 2) remain, giving K+1 class logits and 4 box deltas.
 
-Conventions (DESIGN.md):
+Conventions (docs/design.md):
     Boxes ``[y1, x1, y2, x2]`` float32 in input-image pixels; classes 0 background, 1..K.
     Channel of bin ``(i, j)`` for output ``c`` is ``(c*k + i)*k + j`` in each map group (the
-    R-FCN / torchvision layout of ``ops.roi_ops.ps_roi_*``). Concatenating the class maps and
+    R-FCN / torchvision layout of ``ops.ps_roi_pool``). Concatenating the class maps and
     the box maps along channels keeps that layout with ``c`` running over K+1 classes and then
     the 4 deltas, so one pooling call serves both.
     Deltas ``(dy, dx, dh, dw)`` use the R-CNN coder weights (10, 10, 5, 5).
@@ -27,7 +27,7 @@ import keras
 import tensorflow as tf
 
 from tf_rcnn.layers.ps_roi_pooling import PSRoIPooling
-from tf_rcnn.ops import roi_ops
+from tf_rcnn.ops import roi_align as roi_align_ops
 
 NUM_BOX_DELTAS = 4
 
@@ -73,7 +73,7 @@ class RFCNHead(keras.layers.Layer):
         channels: int = 1024,
         spatial_scale: float = 1.0 / 16.0,
         mode: str = "pool",
-        sampling_ratio: int = roi_ops.DEFAULT_SAMPLING_RATIO,
+        sampling_ratio: int = roi_align_ops.DEFAULT_SAMPLING_RATIO,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

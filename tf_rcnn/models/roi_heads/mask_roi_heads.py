@@ -1,12 +1,12 @@
 """MaskRoIHeads: the R-CNN box heads plus Mask R-CNN's mask branch (He et al., 2017).
 
-Training: the box branch samples RoIs (``RoISampler``) exactly as in Faster R-CNN. The mask
-branch takes the POSITIVE sampled RoIs only (Sec. 3.1: "L_mask is defined only on positive
-RoIs"), pools 14x14 features with its own RoIAlign pooler (``MultiLevelRoIAlign`` on FPN levels),
-runs the ``MaskHead`` and scores the channel of the RoI's GT class with per-pixel sigmoid
-binary cross-entropy against the matched GT mask cut out of the RoI (``ops.masks.mask_targets``:
-bilinear, thresholded at 0.5). The loss is the mean over the pixels of each positive RoI,
-averaged over the positives of the batch.
+Training: the box branch takes its training RoIs (``RoISampler`` or OHEM) exactly as Faster
+R-CNN does. The mask branch takes the POSITIVE training RoIs only (Sec. 3.1: "L_mask is defined
+only on positive RoIs"), pools 14x14 features with its own RoIAlign pooler
+(``MultiLevelRoIAlign`` on FPN levels), runs the ``MaskHead`` and scores the channel of the
+RoI's GT class with per-pixel sigmoid binary cross-entropy against the matched GT mask cut out of
+the RoI (``ops.masks.mask_targets``: bilinear, thresholded at 0.5). The loss is the mean over the
+pixels of each positive RoI, averaged over the positives of the batch.
 
 To keep the head's batch small, the positives are moved to the front of each image's sampled rows
 and the first q rows are kept, q = the largest positive count of an image in the batch (at least
@@ -29,34 +29,12 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tf_rcnn.models.heads.mask import select_class_masks
-from tf_rcnn.models.roi_heads import RoIHeads, pool_features
-from tf_rcnn.models.serialization import deserialize_keys, serialize_optional
+from tf_rcnn.models.roi_heads.base import pool_features
+from tf_rcnn.models.roi_heads.mask_head import select_class_masks
+from tf_rcnn.models.roi_heads.standard import RoIHeads
+from tf_rcnn.models.serialization import serialize_optional
+from tf_rcnn.ops import losses as loss_lib
 from tf_rcnn.ops import masks as mask_ops
-
-
-def mask_rcnn_loss(
-    mask_logits: tf.Tensor,
-    mask_targets: tf.Tensor,
-    weights: tf.Tensor,
-) -> tf.Tensor:
-    """Per-pixel sigmoid cross-entropy, mean over pixels, weighted mean over RoIs.
-
-    Args:
-        mask_logits: ``[B, Q, Sm, Sm]`` float32 logits of each RoI's GT-class channel.
-        mask_targets: ``[B, Q, Sm, Sm]`` float32 in {0, 1}.
-        weights: ``[B, Q]`` float32, 1 for positive RoIs and 0 for the rest.
-
-    Returns:
-        Scalar float32: ``sum_r w_r * mean_pixels(BCE_r) / max(sum_r w_r, 1)``; 0 without
-        positives.
-    """
-    bce = tf.nn.sigmoid_cross_entropy_with_logits(
-        labels=tf.cast(mask_targets, tf.float32), logits=tf.cast(mask_logits, tf.float32)
-    )
-    per_roi = tf.reduce_mean(bce, axis=[2, 3])  # [B, Q]
-    weights = tf.cast(weights, tf.float32)
-    return tf.reduce_sum(per_roi * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
 
 
 @keras.saving.register_keras_serializable(package="tf_rcnn")
@@ -64,15 +42,16 @@ class MaskRoIHeads(RoIHeads):
     """``RoIHeads`` with a mask branch (Mask R-CNN).
 
     Args:
-        pooler, box_head, box_predictor, sampler, decoder, box_loss_beta, focal_gamma: as in
-            ``RoIHeads``.
+        pooler, box_head, box_predictor, sampler, decoder, box_loss_beta, focal_gamma, ohem: as
+            in ``RoIHeads``.
         mask_pooler: RoI feature extractor of the mask branch (its own instance, 14x14:
             ``MultiLevelRoIAlign`` for FPN, ``RoIAlign`` on C4).
         mask_head: ``MaskHead``: ``[B, R, 14, 14, C]`` -> ``mask_logits [B, R, Sm, Sm, K']``.
         mask_loss_weight: multiplier of the mask loss (1.0 in the paper).
 
     Call arguments:
-        As ``RoIHeads``; in training ``targets`` must also hold ``masks [B, M, Hm, Wm]`` float32
+        As ``RoIHeads``; in training ``targets`` must also hold
+        ``masks [B, M, Hm, Wm]`` float32
         (GT masks cropped to their boxes, padded rows 0).
 
     Returns:
@@ -81,7 +60,9 @@ class MaskRoIHeads(RoIHeads):
         probabilities in [0, 1] (box-relative; zero for padding rows).
     """
 
-    loss_names: tuple[str, ...] = (*RoIHeads.loss_names, "mask_loss")
+    loss_names: tuple[str, ...] = (*RoIHeads.loss_names, loss_lib.MASK_LOSS_NAME)
+    predicts_masks = True
+    sublayer_keys = (*RoIHeads.sublayer_keys, "mask_pooler", "mask_head")
 
     def __init__(
         self,
@@ -95,6 +76,7 @@ class MaskRoIHeads(RoIHeads):
         box_loss_beta: float = 1.0,
         focal_gamma: float | None = None,
         mask_loss_weight: float = 1.0,
+        ohem: keras.layers.Layer | None = None,
         **kwargs,
     ):
         super().__init__(
@@ -105,6 +87,7 @@ class MaskRoIHeads(RoIHeads):
             decoder=decoder,
             box_loss_beta=box_loss_beta,
             focal_gamma=focal_gamma,
+            ohem=ohem,
             **kwargs,
         )
         if mask_pooler is None or mask_head is None:
@@ -115,7 +98,10 @@ class MaskRoIHeads(RoIHeads):
 
     @property
     def max_positives(self) -> int:
-        """Q: the most positives the sampler returns per image, ``floor(S * fraction)``."""
+        """Q: the most positive training RoIs per image: ``floor(S * fraction)`` of the
+        sampler, or every RoI OHEM selects (OHEM has no foreground quota)."""
+        if self.ohem is not None:
+            return self.ohem.batch_size_per_image
         sampler = self.sampler
         return max(1, int(sampler.batch_size_per_image * sampler.positive_fraction))
 
@@ -154,14 +140,15 @@ class MaskRoIHeads(RoIHeads):
         mask_targets = mask_ops.mask_targets(
             targets["masks"], targets["boxes"], rois, gt_index, output_size=size
         )
-        return self.mask_loss_weight * mask_rcnn_loss(logits, tf.stop_gradient(mask_targets),
-                                                      weights)
+        return self.mask_loss_weight * loss_lib.mask_loss(
+            logits, tf.stop_gradient(mask_targets), weights)
 
     def compute_losses(self, features, proposals, proposal_valid, targets, training=True):
         losses, sampled = super().compute_losses(features, proposals, proposal_valid, targets,
                                                  training=training)
         losses = dict(losses)
-        losses["mask_loss"] = self.mask_loss(features, sampled, targets, training=training)
+        losses[loss_lib.MASK_LOSS_NAME] = self.mask_loss(features, sampled, targets,
+                                                         training=training)
         return losses, sampled
 
     def detect(self, features, proposals, proposal_valid, image_shape):
@@ -181,9 +168,3 @@ class MaskRoIHeads(RoIHeads):
             mask_loss_weight=self.mask_loss_weight,
         )
         return config
-
-    @classmethod
-    def from_config(cls, config: dict) -> MaskRoIHeads:
-        keys = ("pooler", "box_head", "box_predictor", "sampler", "decoder", "mask_pooler",
-                "mask_head")
-        return cls(**deserialize_keys(config, keys))

@@ -13,10 +13,10 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tf_rcnn import losses as loss_lib
 from tf_rcnn.layers.proposal_layer import ProposalLayer
-from tf_rcnn.layers.target_assigners import RPNTargetAssigner
+from tf_rcnn.layers.rpn_target_assigner import RPNTargetAssigner
 from tf_rcnn.models.serialization import deserialize_keys, serialize_optional
+from tf_rcnn.ops import losses as loss_lib
 
 
 @keras.saving.register_keras_serializable(package="tf_rcnn")
@@ -41,6 +41,8 @@ class RegionProposalNetwork(keras.layers.Layer):
         dict with ``proposals [B, P, 4]``, ``proposal_scores [B, P]``, ``proposal_valid [B, P]``
         and, when ``targets`` is given, ``rpn_objectness_loss`` and ``rpn_box_loss``.
     """
+
+    loss_names: tuple[str, ...] = loss_lib.RPN_LOSS_NAMES
 
     def __init__(
         self,

@@ -24,15 +24,17 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from tf_rcnn.models.serialization import deserialize_keys, serialize_optional
 
-def _fold_rois(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """``[B, R, ...] -> [B*R, ...]``; also returns ``[B, R]`` to unfold with ``_unfold_rois``."""
+
+def fold_rois(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """``[B, R, ...] -> [B*R, ...]``; also returns ``[B, R]`` to unfold with ``unfold_rois``."""
     shape = tf.shape(x)
     return tf.reshape(x, tf.concat([[shape[0] * shape[1]], shape[2:]], axis=0)), shape[:2]
 
 
-def _unfold_rois(x: tf.Tensor, batch_rois: tf.Tensor) -> tf.Tensor:
-    """``[B*R, ...] -> [B, R, ...]`` with ``batch_rois = [B, R]`` from ``_fold_rois``."""
+def unfold_rois(x: tf.Tensor, batch_rois: tf.Tensor) -> tf.Tensor:
+    """``[B*R, ...] -> [B, R, ...]`` with ``batch_rois = [B, R]`` from ``fold_rois``."""
     return tf.reshape(x, tf.concat([batch_rois, tf.shape(x)[1:]], axis=0))
 
 
@@ -102,13 +104,13 @@ class FPNBoxHead(keras.layers.Layer):
             size = fc.units
 
     def call(self, pooled_features: tf.Tensor) -> tf.Tensor:
-        x, batch_rois = _fold_rois(pooled_features)
+        x, batch_rois = fold_rois(pooled_features)
         # [B*R, S, S, C] -> [B*R, S*S*C] (row-major y, x, c; a no-op for flat [B*R, D] input).
         # Static size so that R = 0 works.
         x = tf.reshape(x, [tf.shape(x)[0], self.fcs[0].kernel.shape[0]])
         for fc in self.fcs:
             x = fc(x)
-        return _unfold_rois(x, batch_rois)
+        return unfold_rois(x, batch_rois)
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return (input_shape[0], input_shape[1], self.fc_dims[-1])
@@ -161,13 +163,13 @@ class VGGBoxHead(keras.layers.Layer):
             size = fc.units
 
     def call(self, pooled_features: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        x, batch_rois = _fold_rois(pooled_features)
+        x, batch_rois = fold_rois(pooled_features)
         # [B*R, S, S, C] -> [B*R, S*S*C] (row-major y, x, c like keras' Flatten; a no-op for
         # flat [B*R, D] input).
         x = tf.reshape(x, [tf.shape(x)[0], self.fcs[0].kernel.shape[0]])
         for fc, drop in zip(self.fcs, self.dropouts, strict=True):
             x = drop(fc(x), training=training)
-        return _unfold_rois(x, batch_rois)
+        return unfold_rois(x, batch_rois)
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return (input_shape[0], input_shape[1], self.fc_dims[-1])
@@ -248,14 +250,14 @@ class ResNetC4BoxHead(keras.layers.Layer):
             self.res5.build((None, *input_shape[2:]))
 
     def call(self, pooled_features: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        x, batch_rois = _fold_rois(pooled_features)
+        x, batch_rois = fold_rois(pooled_features)
         num = tf.shape(x)[0]
         # [B*R, S, S, C] -> [B*R + 1, S, S, C]: one dummy RoI so the conv batch is never empty.
         x = tf.concat([x, tf.zeros(tf.concat([[1], tf.shape(x)[1:]], axis=0), x.dtype)], axis=0)
         x = self.res5(x, training=training)[:num]
         # [B*R, S', S', C5] -> [B*R, C5]: global average pooling.
         x = tf.reduce_mean(x, axis=[1, 2])
-        return _unfold_rois(x, batch_rois)
+        return unfold_rois(x, batch_rois)
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         out = self.res5.compute_output_shape((None, *input_shape[2:]))
@@ -263,14 +265,12 @@ class ResNetC4BoxHead(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update({"res5": keras.saving.serialize_keras_object(self.res5)})
+        config.update({"res5": serialize_optional(self.res5)})
         return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ResNetC4BoxHead:
-        config = dict(config)
-        config["res5"] = keras.saving.deserialize_keras_object(config["res5"])
-        return cls(**config)
+        return cls(**deserialize_keys(config, ("res5",)))
 
 
 @keras.saving.register_keras_serializable(package="tf_rcnn")
@@ -323,15 +323,15 @@ class BoxPredictor(keras.layers.Layer):
         self.box_dense.build((None, input_shape[-1]))
 
     def call(self, box_features: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        x, batch_rois = _fold_rois(box_features)
-        class_logits = _unfold_rois(self.class_dense(x), batch_rois)
+        x, batch_rois = fold_rois(box_features)
+        class_logits = unfold_rois(self.class_dense(x), batch_rois)
         # [B*R, G*4] -> [B*R, G, 4], G = K + 1 groups (or 1 when class agnostic); channel
         # g*4 + j is coordinate j of class g.
         groups = 1 if self.class_agnostic else self.num_classes + 1
         deltas = tf.reshape(self.box_dense(x), [tf.shape(x)[0], groups, 4])
         if self.class_agnostic:
             deltas = tf.tile(deltas, [1, self.num_classes + 1, 1])
-        return class_logits, _unfold_rois(deltas, batch_rois)
+        return class_logits, unfold_rois(deltas, batch_rois)
 
     def compute_output_shape(self, input_shape: tuple) -> tuple[tuple, tuple]:
         b, r = input_shape[0], input_shape[1]

@@ -1,9 +1,9 @@
 """SavedModel export for TF Serving: preprocessing and postprocessing inside the graph.
 
 Works for every ``TwoStageDetector`` (Fast/Faster R-CNN, R-FCN, Mask R-CNN). The only
-per-model differences are read off the model: a detector without an RPN (``model.rpn is None``,
-Fast R-CNN) takes a ``proposals`` input in every signature, and ``detection_masks`` is exported
-when the model returns it.
+per-model differences are read off the model: a family that takes its proposals with the inputs
+(``model.needs_proposals``, Fast R-CNN) has a ``proposals`` input in every signature, and
+``detection_masks`` is exported when the model returns it.
 
 Signatures (all dynamic in batch size B and image size H x W):
     ``serving_default``: ``images`` uint8 ``[B, H, W, 3]`` RGB.
@@ -43,15 +43,17 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from tf_rcnn.data.builder import pixel_stats
 from tf_rcnn.data.pipeline import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     decode_image,
     preprocess_image_for_inference,
 )
+from tf_rcnn.label_map import LABEL_MAP_FILE
+from tf_rcnn.models.checkpoint import restore_detector
 
 SIGNATURES = ("serving_default", "image_bytes", "tf_example")
-LABEL_MAP_FILE = "label_map.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,9 +77,8 @@ class PreprocessConfig:
     @classmethod
     def from_recipe(cls, config: Any) -> PreprocessConfig:
         """From a full recipe (``configs/*.py``): ``config.data`` and the pixel statistics
-        training used (``builder.pixel_stats``: the backbone's, or ``data.pixel_mean/std``)."""
-        from tf_rcnn.models.builder import pixel_stats
-
+        training used (``tf_rcnn.data.builder.pixel_stats``: the backbone's, or
+        ``data.pixel_mean/std``)."""
         mean, std = pixel_stats(config)
         d = config.data
         return cls(tuple(int(s) for s in d.scales), float(d.max_size), int(d.size_divisor),
@@ -181,7 +182,7 @@ def make_serving_functions(model: Any, preprocess: PreprocessConfig) -> dict[str
     entries = label_map_entries(model)
     # Contiguous class c -> dataset id; entry 0 (background / padding rows) -> 0.
     table = tf.constant([0] + [e["dataset_id"] for e in entries], tf.int32)
-    needs_proposals = getattr(model, "rpn", None) is None
+    needs_proposals = model.needs_proposals
 
     def detect(images, image_shape, scale, original, proposals=None):
         inputs = {"images": images, "image_shape": image_shape}
@@ -246,7 +247,7 @@ def export_saved_model(
     """Writes ``model`` as a SavedModel with the three signatures and ``label_map.json``.
 
     Args:
-        model: a built ``TwoStageDetector`` (call it once, e.g. ``initialize_model``).
+        model: a built ``TwoStageDetector`` (e.g. ``model.build_with_dummy_inputs()``).
         output_dir: SavedModel directory (for TF Serving: ``MODEL_BASE/<version>``).
         preprocess: the recipe's inference preprocessing (``PreprocessConfig.from_recipe``).
         overwrite: replace an existing SavedModel in ``output_dir``.
@@ -255,8 +256,8 @@ def export_saved_model(
         ``output_dir``.
     """
     if not model.built or not model.weights:
-        raise ValueError("The model has no weights yet; build it first (e.g. "
-                         "tf_rcnn.models.builder.initialize_model(model, config)).")
+        raise ValueError("The model has no weights yet; build it first "
+                         "(model.build_with_dummy_inputs()).")
     if tf.io.gfile.exists(os.path.join(output_dir, "saved_model.pb")) and not overwrite:
         raise FileExistsError(f"{output_dir} already holds a SavedModel; pass overwrite=True "
                               "or choose another directory.")
@@ -281,29 +282,20 @@ def write_label_map(model: Any, output_dir: str) -> str:
     return path
 
 
-def export_from_checkpoint(config: Any, checkpoint: str, output_dir: str) -> str:
-    """Builds the recipe's model, restores ``checkpoint`` strictly and exports it.
+def export_from_checkpoint(checkpoint: str, output_dir: str, config: Any = None) -> str:
+    """Restores a trained run (``tf_rcnn.models.checkpoint.restore_detector``) and exports it.
 
-    The label map comes from ``label_map.json`` in the checkpoint's run directory (written by
-    training); without it class ids are exported as they are (1..K).
+    Args:
+        checkpoint: a run directory or checkpoint prefix.
+        output_dir: SavedModel directory.
+        config: the recipe (path or ConfigDict); default: the run's ``config.json``, so the
+            exported preprocessing (scales, max size, pixel statistics) is the one the run
+            was trained with.
+
+    The label map comes from the run's ``label_map.json``; without it class ids are exported as
+    they are (1..K).
     """
-    from absl import logging
-
-    from tf_rcnn.data.records import LabelMap
-    from tf_rcnn.models import builder
-    from tf_rcnn.training.checkpoints import load_weights_partial, resolve_checkpoint_path
-
-    checkpoint = resolve_checkpoint_path(checkpoint)
-    label_map_file = os.path.join(os.path.dirname(checkpoint), LABEL_MAP_FILE)
-    label_map = None
-    if tf.io.gfile.exists(label_map_file):
-        label_map = LabelMap.from_json(label_map_file).to_dict()
-    else:
-        logging.warning("No %s beside %s: exporting contiguous class ids 1..K.", LABEL_MAP_FILE,
-                        checkpoint)
-    model = builder.build_model(config, label_map=label_map)
-    builder.initialize_model(model, config)
-    load_weights_partial(model, checkpoint, skip_mismatch=False)
+    model, config, _ = restore_detector(checkpoint, config)
     return export_saved_model(model, output_dir, PreprocessConfig.from_recipe(config))
 
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from tf_rcnn import losses
+from tf_rcnn.ops import losses
 
 
 def test_smooth_l1_hand_values():

@@ -1,4 +1,5 @@
-"""Detection losses: RPN objectness and box terms, R-CNN classification and box terms.
+"""Detection losses: RPN objectness and box terms, R-CNN classification and box terms, the
+Mask R-CNN mask term, and per-RoI losses (for OHEM). The loss NAMES are declared here once.
 
 Conventions:
     Sampled-label tensors use 1 positive, 0 negative, -1 not sampled (RPN), and class ids
@@ -16,12 +17,23 @@ Normalisation (Detectron):
 Every loss is a mean over this replica's batch. Under ``tf.distribute`` the trainer scales by
 ``1 / num_replicas_in_sync`` so that summed gradients equal the global-batch mean.
 
-Shape shorthand: B batch, N anchors, R sampled RoIs per image, K classes.
+    Mask: per-pixel sigmoid cross-entropy on the GT class's channel, mean over the pixels of a
+        positive RoI, averaged over the positives (Mask R-CNN Sec. 3).
+
+Shape shorthand: B batch, N anchors, R sampled RoIs per image, K classes, Q mask RoIs per
+image, Sm mask resolution.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
+
+# The loss terms every part reports, by name (training logs, TensorBoard, loss_terms of the
+# 4-step schedule and the model's ``loss_names`` all use these).
+RPN_LOSS_NAMES = ("rpn_objectness_loss", "rpn_box_loss")
+RCNN_LOSS_NAMES = ("rcnn_class_loss", "rcnn_box_loss")
+MASK_LOSS_NAME = "mask_loss"
+TOTAL_LOSS_NAME = "total_loss"
 
 
 def smooth_l1(pred: tf.Tensor, target: tf.Tensor, beta: float) -> tf.Tensor:
@@ -101,7 +113,7 @@ def rpn_losses(
     box = tf.reduce_sum(smooth_l1(pred_deltas, box_targets, box_beta), axis=-1)
     batch = tf.cast(tf.shape(labels)[0], tf.float32)
     box_loss = tf.reduce_sum(box * positive) / tf.maximum(batch * batch_size_per_image, 1.0)
-    return {"rpn_objectness_loss": objectness_loss, "rpn_box_loss": box_loss}
+    return dict(zip(RPN_LOSS_NAMES, (objectness_loss, box_loss), strict=True))
 
 
 def rcnn_losses(
@@ -137,13 +149,69 @@ def rcnn_losses(
     num_valid = tf.maximum(tf.reduce_sum(validf), 1.0)
     class_loss = tf.reduce_sum(ce * validf) / num_valid
 
+    foreground = validf * tf.cast(labels > 0, tf.float32)
+    box = tf.reduce_sum(
+        smooth_l1(deltas_of_class(pred_deltas, labels), box_targets, box_beta), axis=-1)
+    box_loss = tf.reduce_sum(box * foreground) / num_valid
+    return dict(zip(RCNN_LOSS_NAMES, (class_loss, box_loss), strict=True))
+
+
+def deltas_of_class(pred_deltas: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """Each RoI's deltas for its label: ``[B, R, K+1|1, 4]`` -> ``[B, R, 4]``.
+
+    Class-agnostic deltas (one group) are returned as they are; ``labels`` must be >= 0.
+    """
     pred_deltas = tf.cast(pred_deltas, tf.float32)
     if pred_deltas.shape[-2] == 1:
-        deltas = pred_deltas[..., 0, :]
-    else:
-        # [B, R, K+1, 4] -> [B, R, 4]: the deltas predicted for each RoI's GT class.
-        deltas = tf.gather(pred_deltas, labels, axis=2, batch_dims=2)
-    foreground = validf * tf.cast(labels > 0, tf.float32)
-    box = tf.reduce_sum(smooth_l1(deltas, box_targets, box_beta), axis=-1)
-    box_loss = tf.reduce_sum(box * foreground) / num_valid
-    return {"rcnn_class_loss": class_loss, "rcnn_box_loss": box_loss}
+        return pred_deltas[..., 0, :]
+    # [B, R, K+1, 4] -> [B, R, 4]: the deltas predicted for each RoI's class.
+    return tf.gather(pred_deltas, labels, axis=2, batch_dims=2)
+
+
+def rcnn_per_roi_losses(
+    class_logits: tf.Tensor,
+    pred_deltas: tf.Tensor,
+    labels: tf.Tensor,
+    box_targets: tf.Tensor,
+    box_beta: float = 1.0,
+) -> tf.Tensor:
+    """Each RoI's own loss: softmax cross-entropy + smooth-L1 summed over the 4 deltas
+    (foreground only); OHEM ranks RoIs by it.
+
+    Args:
+        class_logits: ``[B, N, K+1]``.
+        pred_deltas: ``[B, N, 1, 4]`` class-agnostic or ``[B, N, K+1, 4]``.
+        labels: ``[B, N]`` int32; -1 rows are treated as background (mask them yourself).
+        box_targets: ``[B, N, 4]`` encoded targets.
+        box_beta: smooth-L1 beta.
+
+    Returns:
+        ``[B, N]`` float32 losses.
+    """
+    labels = tf.maximum(tf.cast(labels, tf.int32), 0)
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=labels, logits=tf.cast(class_logits, tf.float32))
+    box = tf.reduce_sum(
+        smooth_l1(deltas_of_class(pred_deltas, labels), box_targets, box_beta), axis=-1)
+    return ce + box * tf.cast(labels > 0, tf.float32)
+
+
+def mask_loss(mask_logits: tf.Tensor, mask_targets: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+    """Mask R-CNN's binary mask loss: per-pixel sigmoid cross-entropy, mean over pixels,
+    weighted mean over RoIs.
+
+    Args:
+        mask_logits: ``[B, Q, Sm, Sm]`` float logits of each RoI's GT-class channel.
+        mask_targets: ``[B, Q, Sm, Sm]`` float32 in {0, 1}.
+        weights: ``[B, Q]`` float32, 1 for positive RoIs and 0 for the rest.
+
+    Returns:
+        Scalar float32: ``sum_r w_r * mean_pixels(BCE_r) / max(sum_r w_r, 1)``; 0 without
+        positives.
+    """
+    bce = tf.nn.sigmoid_cross_entropy_with_logits(
+        labels=tf.cast(mask_targets, tf.float32), logits=tf.cast(mask_logits, tf.float32)
+    )
+    per_roi = tf.reduce_mean(bce, axis=[2, 3])  # [B, Q]
+    weights = tf.cast(weights, tf.float32)
+    return tf.reduce_sum(per_roi * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)

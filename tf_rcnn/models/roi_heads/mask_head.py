@@ -27,7 +27,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from tf_rcnn.models.heads.box import _fold_rois, _unfold_rois
+from tf_rcnn.models.roi_heads.box_head import fold_rois, unfold_rois
+from tf_rcnn.models.serialization import deserialize_keys, serialize_optional
 
 
 def _msra_fill() -> keras.initializers.Initializer:
@@ -133,7 +134,7 @@ class MaskHead(keras.layers.Layer):
         self.predictor.build(shape)
 
     def call(self, pooled_features: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        x, batch_rois = _fold_rois(pooled_features)
+        x, batch_rois = fold_rois(pooled_features)
         num = tf.shape(x)[0]
         # [B*R, S, S, C] -> [B*R + 1, S, S, C]: one dummy RoI so the conv batch is never empty.
         x = tf.concat([x, tf.zeros(tf.concat([[1], tf.shape(x)[1:]], axis=0), x.dtype)], axis=0)
@@ -143,7 +144,7 @@ class MaskHead(keras.layers.Layer):
             x = conv(x)
         x = self.deconv(x)  # [N, S', S', C'] -> [N, 2 S', 2 S', deconv_dim]
         x = tf.cast(self.predictor(x), tf.float32)[:num]  # [B*R, Sm, Sm, K']
-        return _unfold_rois(x, batch_rois)
+        return unfold_rois(x, batch_rois)
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         size = input_shape[2] if self.res5 is None else (input_shape[2] + 1) // 2
@@ -157,16 +158,13 @@ class MaskHead(keras.layers.Layer):
             conv_dims=list(self.conv_dims),
             deconv_dim=self.deconv_dim,
             class_agnostic=self.class_agnostic,
-            res5=None if self.res5 is None else keras.saving.serialize_keras_object(self.res5),
+            res5=serialize_optional(self.res5),
         )
         return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> MaskHead:
-        config = dict(config)
-        if config.get("res5") is not None:
-            config["res5"] = keras.saving.deserialize_keras_object(config["res5"])
-        return cls(**config)
+        return cls(**deserialize_keys(config, ("res5",)))
 
 
 def select_class_masks(mask_logits: tf.Tensor, classes: tf.Tensor) -> tf.Tensor:
