@@ -5,9 +5,10 @@
 #   VENV/bin/python benchmarks/peers/torchvision_bench.py infer --model=fasterrcnn_resnet50_fpn
 #   VENV/bin/python benchmarks/peers/make_checkpoint_fixtures.py   # test fixtures, see its doc
 #
-# Plain `pip install torch==2.14.1 torchvision==0.29.1` with nothing patched: these are PyPI's
-# default Linux wheels, built with CUDA (about 5.5 GB with their nvidia-* dependencies). They run
-# on a CPU-only machine; torchvision's compiled ops (nms, roi_align, ...) have CPU kernels.
+# Plain `pip install torch==2.14.1 torchvision==0.29.1` with nothing patched, plus numpy, pillow
+# and safetensors (for make_checkpoint_fixtures.py). These are PyPI's default Linux wheels, built
+# with CUDA (about 5.5 GB with their nvidia-* dependencies). They run on a CPU-only machine:
+# torchvision's compiled ops (nms, roi_align, ...) have CPU kernels.
 # The venv lives outside the repository; nothing in the repository is written.
 #
 # Environment:
@@ -44,7 +45,7 @@ else
   echo "== installing torch $TORCH_VERSION + torchvision $TORCHVISION_VERSION (PyPI default wheels)"
   pip_ "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 fi
-for pkg in numpy pillow; do
+for pkg in numpy pillow safetensors; do
   "$VPY" -c "import importlib.metadata as m; m.version('$pkg')" 2>/dev/null \
     || { echo "== installing $pkg"; pip_ "$pkg"; }
 done
