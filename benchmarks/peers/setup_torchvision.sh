@@ -1,27 +1,25 @@
 #!/usr/bin/env bash
-# Make a venv with CPU torch 2.13.0 + torchvision 0.28.0 usable on a CPU-only machine.
+# Make a venv with PyPI's default upstream torch 2.14.1 + torchvision 0.29.1 (the peer framework).
 #
 #   bash benchmarks/peers/setup_torchvision.sh [VENV]        # default VENV=/tmp/tvenv
-#   VENV/bin/python benchmarks/peers/check_shim.py          # kernels vs NumPy references
 #   VENV/bin/python benchmarks/peers/torchvision_bench.py infer --model=fasterrcnn_resnet50_fpn
+#   VENV/bin/python benchmarks/peers/make_checkpoint_fixtures.py   # test fixtures, see its doc
 #
-# PyPI's torchvision 0.28.0 wheel is installed with --no-deps (its requirement would pull a CUDA
-# torch), and its CUDA-linked _C.so is replaced at import time by our own CPU operator shim
-# (torchvision_cpu_ops.cpp, compiled here with torch.utils.cpp_extension; see tv_shim.py).
-# Nothing in the repository is written: build artefacts go to VENV/tv_shim/.
+# Plain `pip install torch==2.14.1 torchvision==0.29.1` with nothing patched, plus numpy, pillow
+# and safetensors (for make_checkpoint_fixtures.py). These are PyPI's default Linux wheels, built
+# with CUDA (about 5.5 GB with their nvidia-* dependencies). They run on a CPU-only machine:
+# torchvision's compiled ops (nms, roi_align, ...) have CPU kernels.
+# The venv lives outside the repository; nothing in the repository is written.
 #
 # Environment:
-#   PYTHON       interpreter used to create the venv (default: python3; must be 3.11 for the wheels)
-#   TORCH_WHEEL  explicit path of the torch wheel (default: `pip install torch==2.13.0`, which the
-#                machine's pip config resolves to the local CPU wheel in /opt/wheels)
-# Idempotent: re-running skips what is already installed and built.
+#   PYTHON   interpreter used to create the venv (default: python3; 3.10-3.13 have wheels)
+# Idempotent: re-running skips what is already installed and only repeats the smoke test.
 set -euo pipefail
 
 VENV="${1:-/tmp/tvenv}"
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PYTHON="${PYTHON:-python3}"
-TORCH_VERSION=2.13.0
-TORCHVISION_VERSION=0.28.0
+TORCH_VERSION=2.14.1
+TORCHVISION_VERSION=0.29.1
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "== creating venv $VENV"
@@ -30,7 +28,7 @@ fi
 VPY="$VENV/bin/python"
 pip_() { "$VPY" -m pip install --disable-pip-version-check -q "$@"; }
 
-installed() {  # installed NAME VERSION_PREFIX -> 0 if NAME's version starts with VERSION_PREFIX
+installed() {  # installed NAME VERSION -> 0 if NAME is installed at VERSION (any +local suffix)
   "$VPY" - "$1" "$2" <<'EOF' 2>/dev/null
 import importlib.metadata as md, sys
 try:
@@ -41,31 +39,38 @@ sys.exit(0 if v == sys.argv[2] or v.startswith(sys.argv[2] + "+") else 1)
 EOF
 }
 
-if installed torch "$TORCH_VERSION"; then
-  echo "== torch $TORCH_VERSION already installed"
+if installed torch "$TORCH_VERSION" && installed torchvision "$TORCHVISION_VERSION"; then
+  echo "== torch $TORCH_VERSION and torchvision $TORCHVISION_VERSION already installed"
 else
-  echo "== installing torch $TORCH_VERSION (CPU wheel)"
-  if [ -n "${TORCH_WHEEL:-}" ]; then
-    pip_ "$TORCH_WHEEL"
-  else
-    pip_ "torch==$TORCH_VERSION"
-  fi
+  echo "== installing torch $TORCH_VERSION + torchvision $TORCHVISION_VERSION (PyPI default wheels)"
+  pip_ "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 fi
-for pkg in numpy pillow ninja; do
-  "$VPY" -c "import importlib.metadata as m; m.version('$pkg')" 2>/dev/null || { echo "== installing $pkg"; pip_ "$pkg"; }
+for pkg in numpy pillow safetensors; do
+  "$VPY" -c "import importlib.metadata as m; m.version('$pkg')" 2>/dev/null \
+    || { echo "== installing $pkg"; pip_ "$pkg"; }
 done
 
-# Refuse to go on with a CUDA build (e.g. if the local CPU wheel was not picked up).
-"$VPY" -c "import torch, sys; sys.exit('torch is not a CPU build: %s' % torch.version.cuda if torch.version.cuda else 0)"
+echo "== smoke test (CPU)"
+"$VPY" - <<'EOF'
+import torch
+import torchvision
+from torchvision.ops import nms, roi_align
 
-if installed torchvision "$TORCHVISION_VERSION"; then
-  echo "== torchvision $TORCHVISION_VERSION already installed"
-else
-  echo "== installing torchvision $TORCHVISION_VERSION --no-deps"
-  pip_ --no-deps "torchvision==$TORCHVISION_VERSION"
-fi
+boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0], [20.0, 20.0, 30.0, 30.0]])
+scores = torch.tensor([0.9, 0.8, 0.7])
+keep = nms(boxes, scores, iou_threshold=0.5)
+assert keep.tolist() == [0, 2], keep
 
-echo "== building the CPU operator shim (skipped when up to date)"
-"$VPY" "$HERE/tv_shim.py" build
-echo "== smoke test"
-"$VPY" "$HERE/tv_shim.py" smoke
+# A linear ramp f(y, x) = 6y + x: bilinear sampling reproduces it exactly, so each output cell is
+# the ramp at the centre of its bin. RoI (1, 1)-(3, 3), 2x2 bins of 1 pixel, 2x2 samples each.
+feature = torch.arange(36.0).reshape(1, 1, 6, 6)
+rois = torch.tensor([[0.0, 1.0, 1.0, 3.0, 3.0]])
+pooled = roi_align(feature, rois, output_size=(2, 2), spatial_scale=1.0, sampling_ratio=2,
+                   aligned=False)
+expected = torch.tensor([[[[10.5, 11.5], [16.5, 17.5]]]])
+assert torch.allclose(pooled, expected), pooled
+
+print(f"torch {torch.__version__} (CUDA build {torch.version.cuda}, "
+      f"cuda available: {torch.cuda.is_available()}), torchvision {torchvision.__version__}")
+print("nms and roi_align ran on the CPU: OK")
+EOF

@@ -1,7 +1,7 @@
 """torchvision's Faster/Mask R-CNN R50-FPN on the CPU: inference and training speed (peer numbers).
 
-Run with the venv made by ``benchmarks/peers/setup_torchvision.sh`` (torch 2.13.0 CPU +
-torchvision 0.28.0 whose ops come from our CPU shim, see ``tv_shim.py``)::
+Run with the venv made by ``benchmarks/peers/setup_torchvision.sh`` (PyPI's default torch 2.14.1
++ torchvision 0.29.1 wheels, CUDA builds running on the CPU with torchvision's own CPU kernels)::
 
     /tmp/tvenv/bin/python benchmarks/peers/torchvision_bench.py infer \\
         --model=fasterrcnn_resnet50_fpn --size=640 --proposals=1000 --runs=5
@@ -43,24 +43,20 @@ import json
 import os
 import resource
 import statistics
-import sys
 import time
 import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import tv_shim
-
-torchvision = tv_shim.import_torchvision()
-import torch  # noqa: E402
-from torchvision.models import resnet50  # noqa: E402
-from torchvision.models.detection import (  # noqa: E402
+import torch
+import torchvision
+from torchvision.models import resnet50
+from torchvision.models.detection import (
     FasterRCNN,
     MaskRCNN,
     fasterrcnn_resnet50_fpn,
     maskrcnn_resnet50_fpn,
 )
-from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor  # noqa: E402
-from torchvision.ops import misc as misc_nn_ops  # noqa: E402
+from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.ops import misc as misc_nn_ops
 
 MODELS = {
     "fasterrcnn_resnet50_fpn": (fasterrcnn_resnet50_fpn, FasterRCNN),
@@ -102,7 +98,8 @@ def _common(args) -> dict:
         "torchvision": torchvision.__version__,
         "threads": torch.get_num_threads(),
         "backbone_config": args.backbone_config,
-        "ops": "tf_rcnn CPU shim (benchmarks/peers/torchvision_cpu_ops.cpp): " + tv_shim.info(),
+        "ops": "torchvision's own CPU kernels (PyPI default wheel, CUDA build "
+        f"{torch.version.cuda}, cuda available: {torch.cuda.is_available()})",
     }
 
 
@@ -249,12 +246,6 @@ def main(argv=None) -> None:
             default=os.cpu_count(),
             help="torch.set_num_threads (default: os.cpu_count())",
         )
-        p.add_argument(
-            "--roi_align_serial",
-            "--roi-align-serial",
-            action="store_true",
-            help="run the shim's roi_align single-threaded (like upstream's CPU kernel)",
-        )
         if mode == "infer":
             p.add_argument("--size", type=int, default=640)
             p.add_argument("--proposals", type=int, default=1000)
@@ -281,8 +272,6 @@ def main(argv=None) -> None:
             p.add_argument("--steps", type=int, default=5)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.roi_align_serial:
-        tv_shim.set_roi_align_parallel(False)
     result = infer(args) if args.mode == "infer" else train(args)
     print("RESULT " + json.dumps(result), flush=True)
 
