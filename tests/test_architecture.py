@@ -23,6 +23,8 @@ TIERS = {
     "tf_rcnn.config": 0,
     "tf_rcnn.label_map": 0,
     "tf_rcnn.visualize": 0,
+    "tf_rcnn.formats": 0,  # NumPy-only readers of other frameworks' files
+    "tf_rcnn.pretrained.synthetic": 0,  # NumPy-only, loadable by file path
     "tf_rcnn.ops": 1,
     "tf_rcnn.layers": 2,
     "tf_rcnn.models": 3,

@@ -92,11 +92,11 @@ def reference(model, images: list[np.ndarray], pre: export_lib.PreprocessConfig,
     inputs = {"images": batch["images"], "image_shape": batch["image_shape"]}
     scale = batch["scale"].numpy()
     if proposals is not None:
-        inputs["proposals"] = tf.constant(proposals * scale[:, None, None], tf.float32)
+        inputs["proposals"] = tf.constant(proposals * np.tile(scale, 2)[:, None], tf.float32)
     out = model.predict(inputs, verbose=0, batch_size=len(images))
     hw = batch["original_shape"].numpy().astype(np.float32)
     size = np.concatenate([hw, hw], axis=1)[:, None, :]
-    boxes = np.clip(out["detection_boxes"] / scale[:, None, None], 0, size) / size
+    boxes = np.clip(out["detection_boxes"] / np.tile(scale, 2)[:, None], 0, size) / size
     table = np.array([0, *DATASET_IDS])
     num = out["num_detections"]
     valid = np.arange(boxes.shape[1])[None] < num[:, None]

@@ -51,15 +51,21 @@ def default_config() -> ml_collections.ConfigDict:
             stride_in_1x1=True,  # MSRA/Caffe-style bottlenecks (keras.applications layout)
             dilate_c5=False,  # R-FCN: res5 at stride 16 with dilation 2
             widths=(16, 32, 64, 128),  # tiny backbone only
+            # ResNet norm epsilon; None: keras.applications' 1.001e-5 (torchvision 1e-5, its v1
+            # COCO detection weights 0).
+            norm_epsilon=placeholder(float),
         ),
-        neck=_cd(type="fpn", out_channels=256),  # type: fpn | none
+        # type: fpn | none; norm: None | frozen_bn | bn | sync_bn after each FPN conv (no bias).
+        neck=_cd(type="fpn", out_channels=256, norm=placeholder(str)),
         rpn=_cd(
             in_features=("P2", "P3", "P4", "P5", "P6"),
             # FPN paper Sec. 4.1: one size per level {32..512}, ratios {1:2, 1:1, 2:1}.
             anchor_sizes=((32.0,), (64.0,), (128.0,), (256.0,), (512.0,)),
             aspect_ratios=(0.5, 1.0, 2.0),
             anchor_offset=0.5,
+            round_anchors=False,  # round base anchors to integers (torchvision)
             head_channels=placeholder(int),  # None: same as the input features
+            head_num_convs=1,  # 3x3 convs of the RPN head (torchvision *_fpn_v2: 2)
             # Detectron FPN: per level 2000/1000 before NMS (train/test), 1000 after.
             pre_nms_topk_train=2000,
             post_nms_topk_train=1000,
@@ -83,6 +89,8 @@ def default_config() -> ml_collections.ConfigDict:
             aligned=True,
             spp_levels=(1, 2, 4),
             box_head="fpn_fc",  # fpn_fc | res5 | vgg_fc
+            conv_dims=(),  # fpn_fc: 3x3 convs before the fcs ("4conv1fc": four of 256)
+            norm=placeholder(str),  # None | frozen_bn | bn | sync_bn after those convs
             fc_dims=(1024, 1024),
             class_agnostic_box=False,
             batch_size_per_image=512,  # Detectron 1x
@@ -94,6 +102,7 @@ def default_config() -> ml_collections.ConfigDict:
             score_threshold=0.05,
             nms_threshold=0.5,
             detections_per_image=100,
+            min_size=0.0,  # detections smaller than this are dropped (0: only empty ones)
             # Online hard example mining (Shrivastava et al. 2016) instead of the sampled
             # mini-batch: the loss of every candidate, NMS 0.7 by loss, the hardest kept.
             ohem=False,  # R-FCN trains with it (R-FCN Sec. 2.2 "Training")
@@ -107,6 +116,11 @@ def default_config() -> ml_collections.ConfigDict:
             deconv_dim=256,  # the 2x2 stride-2 transposed conv
             pooler_resolution=14,  # RoIAlign 14x14 -> 28x28 masks (FPN head)
             sampling_ratio=2,  # Detectron MASK_RCNN.ROI_XFORM_SAMPLING_RATIO
+            aligned=True,  # RoIAlign's half-pixel shift (torchvision's models: False)
+            norm=placeholder(str),  # None | frozen_bn | bn | sync_bn after each 3x3 conv
+            # How eval, predict and drawings paste the 28x28 masks into the image: tf_rcnn
+            # (inverse of the target crop) | torchvision (its paste_masks_in_image).
+            paste_rule="tf_rcnn",
             class_agnostic=False,  # one mask per class (Sec. 4.2 "class-specific")
             loss_weight=1.0,  # L = L_cls + L_box + L_mask (Sec. 3)
         ),
@@ -135,6 +149,9 @@ def default_config() -> ml_collections.ConfigDict:
         shapes_val_seed=1,
         scales=(800,),  # shorter side (Detectron 1x)
         max_size=1333,
+        # tf_rcnn: content scaled by exactly the factor, canvas rounded up; torchvision: its
+        # detection transform (float64 factor, canvas floor(h * s), content stretched onto it).
+        resize_rule="tf_rcnn",
         scale_jitter=placeholder(float),
         random_flip=True,
         # None: the backbone family's statistics (tf_rcnn.data.pipeline.PIXEL_STATS).

@@ -32,6 +32,7 @@ from PIL import Image, UnidentifiedImageError
 
 from tf_rcnn import visualize
 from tf_rcnn.export import PreprocessConfig, label_map_entries, make_serving_functions
+from tf_rcnn.export.saved_model import EXPORT_INFO_FILE
 from tf_rcnn.models.checkpoint import restore_detector
 from tf_rcnn.ops.masks import paste_image_masks
 from tf_rcnn.tools import cli
@@ -70,7 +71,10 @@ def _read_label_map(path: str) -> dict[int, str]:
 def load_predictor(saved_model: str | None = None, checkpoint: str | None = None,
                    config: Any = None) -> tuple[Callable, dict[int, str]]:
     """A function ``bytes -> outputs dict`` (the ``image_bytes`` signature on one image) and the
-    class names ``{dataset_id: name}``, from a SavedModel or a trained run (+ optional recipe)."""
+    class names ``{dataset_id: name}``, from a SavedModel or a trained run (+ optional recipe).
+
+    The function carries ``paste_rule``, the mask paste rule of the model (``"tf_rcnn"`` for
+    models without masks or SavedModels without ``export_info.json``)."""
     if (saved_model is None) == (checkpoint is None):
         raise ValueError("Pass exactly one of --saved_model (an exported directory) or "
                          "--checkpoint (a run directory or checkpoint prefix).")
@@ -83,6 +87,11 @@ def load_predictor(saved_model: str | None = None, checkpoint: str | None = None
             return {k: v.numpy() for k, v in fn(images=tf.constant([data])).items()}
 
         predict.keep_alive = loaded  # the signature needs its SavedModel object alive
+        info_file = os.path.join(saved_model, EXPORT_INFO_FILE)
+        predict.paste_rule = "tf_rcnn"
+        if os.path.exists(info_file):
+            with open(info_file) as f:
+                predict.paste_rule = json.load(f).get("mask_paste_rule", "tf_rcnn")
         return predict, names
 
     model, config, _ = restore_detector(checkpoint, config)
@@ -92,6 +101,7 @@ def load_predictor(saved_model: str | None = None, checkpoint: str | None = None
     def predict(data: bytes) -> dict:
         return {k: v.numpy() for k, v in fn({"images": tf.constant([data])}).items()}
 
+    predict.paste_rule = getattr(model.roi_heads, "paste_rule", "tf_rcnn")
     return predict, names
 
 
@@ -111,25 +121,28 @@ def detections_for_image(outputs: dict, height: int, width: int,
     return out
 
 
-def pasted_masks(outputs: dict, height: int, width: int) -> np.ndarray | None:
+def pasted_masks(outputs: dict, height: int, width: int,
+                 rule: str = "tf_rcnn") -> np.ndarray | None:
     """Image 0's box-relative ``detection_masks`` pasted into ``[D, H, W]`` uint8 original-image
-    masks with tf_rcnn's one paste rule (the rule ``eval.py`` scores); None without masks."""
+    masks with tf_rcnn's one paste mechanism and the model's rule (what ``eval.py`` scores);
+    None without masks."""
     if "detection_masks" not in outputs:
         return None
     n = int(outputs["num_detections"][0])
     boxes = outputs["detection_boxes"][0, :n] * np.array([height, width, height, width])
-    return paste_image_masks(outputs["detection_masks"][0, :n], boxes, (height, width))
+    return paste_image_masks(outputs["detection_masks"][0, :n], boxes, (height, width),
+                             rule=rule)
 
 
 def annotate(image: np.ndarray, outputs: dict, names: dict[int, str],
-             score_threshold: float = 0.5) -> np.ndarray:
+             score_threshold: float = 0.5, paste_rule: str = "tf_rcnn") -> np.ndarray:
     """Draws image 0 of a serving output (normalised boxes, dataset ids, optional box-relative
     masks) on the original ``image [H, W, 3]`` uint8, enlarged when small."""
     height, width = image.shape[:2]
     n = int(outputs["num_detections"][0])
     boxes = outputs["detection_boxes"][0, :n] * np.array([height, width, height, width])
-    image, boxes, masks = visualize.upscale_for_drawing(image, boxes,
-                                                        pasted_masks(outputs, height, width))
+    masks = pasted_masks(outputs, height, width, paste_rule)
+    image, boxes, masks = visualize.upscale_for_drawing(image, boxes, masks)
     return visualize.draw_detections(image, boxes, outputs["detection_classes"][0, :n],
                                      outputs["detection_scores"][0, :n], names, masks=masks,
                                      score_threshold=score_threshold)
@@ -178,8 +191,10 @@ def predict_images(paths: Sequence[str], predict: Callable, names: dict[int, str
             k += 1
             name = f"{stem}_{k}"
         used.add(name)
-        visualize.save_image(os.path.join(output_dir, f"{name}.png"),
-                             annotate(image, outputs, names, score_threshold))
+        visualize.save_image(
+            os.path.join(output_dir, f"{name}.png"),
+            annotate(image, outputs, names, score_threshold,
+                     getattr(predict, "paste_rule", "tf_rcnn")))
         results.append({"image": path, "annotated": f"{name}.png", "height": height,
                         "width": width,
                         "detections": detections_for_image(outputs, height, width, names)})

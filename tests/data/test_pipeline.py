@@ -17,6 +17,9 @@ from tf_rcnn.data.pipeline import (
     decode_image,
     pixel_stats_for_backbone,
     preprocess_image_for_inference,
+    resize_geometry,
+    resize_image,
+    resized_shape,
 )
 from tf_rcnn.data.records import DetectionRecord
 from tf_rcnn.data.shapes import generate_shapes_dataset
@@ -62,7 +65,7 @@ def test_resize_and_flip_geometry_exact(tmp_path):
                              max_size=100, random_flip=flip, flip_probability=1.0, seed=0,
                              max_instances=3)
         images, t = _batches(pipe, 1)[0]
-        assert t["scale"][0] == pytest.approx(1.25)
+        assert t["scale"][0].tolist() == pytest.approx([1.25, 1.25])
         np.testing.assert_array_equal(t["image_shape"][0], [50, 75])
         np.testing.assert_array_equal(t["original_shape"][0], [40, 60])
         assert bool(t["flipped"][0]) == flip
@@ -206,7 +209,7 @@ def test_preprocess_for_inference_matches_eval_pipeline(tmp_path):
     image, shape, scale = fn(raw)
     np.testing.assert_allclose(image.numpy(), images[0], atol=1e-5)
     np.testing.assert_array_equal(shape.numpy(), t["image_shape"][0])
-    assert float(scale) == pytest.approx(1.25)
+    assert scale.numpy().tolist() == pytest.approx([1.25, 1.25])
 
 
 def test_pixel_stats_table():
@@ -230,18 +233,20 @@ def test_corrupt_file_at_run_time_is_skipped_not_fatal(tmp_path):
     assert [int(i) for _, t in batches for i in t["image_id"]] == [1]
 
 
-def _reference_resize(image: np.ndarray, scale: float, out_h: int, out_w: int) -> np.ndarray:
-    """NumPy bilinear resize by exactly ``scale``: output pixel c samples the input at
-    (c + 0.5) / scale - 0.5, clamped to the image (edge values), loops for clarity."""
+def _reference_resize(image: np.ndarray, scale, out_h: int, out_w: int) -> np.ndarray:
+    """NumPy bilinear resize by exactly ``scale`` (one factor, or (y, x)): output pixel c
+    samples the input at (c + 0.5) / scale - 0.5, clamped to the image (edge values), loops
+    for clarity."""
+    scale_y, scale_x = (scale, scale) if np.isscalar(scale) else scale
     h, w, _ = image.shape
     out = np.zeros((out_h, out_w, image.shape[2]), np.float64)
     for i in range(out_h):
-        y = min(max((i + 0.5) / scale - 0.5, 0.0), h - 1)
+        y = min(max((i + 0.5) / scale_y - 0.5, 0.0), h - 1)
         y0 = int(np.floor(y))
         y1 = min(y0 + 1, h - 1)
         fy = y - y0
         for j in range(out_w):
-            x = min(max((j + 0.5) / scale - 0.5, 0.0), w - 1)
+            x = min(max((j + 0.5) / scale_x - 0.5, 0.0), w - 1)
             x0 = int(np.floor(x))
             x1 = min(x0 + 1, w - 1)
             fx = x - x0
@@ -252,13 +257,31 @@ def _reference_resize(image: np.ndarray, scale: float, out_h: int, out_w: int) -
 
 @pytest.mark.parametrize("scale", [1.7, 1.0, 0.6])
 def test_resize_image_matches_reference(rng, scale):
-    from tf_rcnn.data.pipeline import resize_image, resized_shape
-
     image = rng.uniform(0, 255, (7, 9, 3)).astype(np.float32)
     shape = resized_shape(7, 9, scale).numpy()
     # e.g. scale 1.7: ceil(7 * 1.7) = ceil(11.9) = 12, ceil(9 * 1.7) = ceil(15.3) = 16.
-    out = resize_image(tf.constant(image), scale, shape).numpy()
+    out = resize_image(tf.constant(image), [scale, scale], shape).numpy()
     np.testing.assert_allclose(out, _reference_resize(image, scale, *shape), atol=1e-2)
+
+
+def test_torchvision_resize_rule_geometry_and_samples(rng):
+    # torchvision: s = min(320 / 301, 512 / 457) = min(1.063123, 1.120350) = 1.063123 (float64);
+    # canvas floor(301 * s) = 320, floor(457 * s) = floor(485.847) = 485; the content is
+    # stretched onto it, so each axis has its own factor: 320 / 301 and 485 / 457.
+    shape, scale = resize_geometry(301, 457, 320.0, 512.0, "torchvision")
+    assert shape.numpy().tolist() == [320, 485]
+    np.testing.assert_allclose(scale.numpy(), [320 / 301, 485 / 457], rtol=1e-7)
+    # The tf_rcnn rule on the same image: one factor, canvas rounded up (ceil(485.847) = 486).
+    shape, scale = resize_geometry(301, 457, 320.0, 512.0, "tf_rcnn")
+    assert shape.numpy().tolist() == [320, 486] and scale.numpy()[0] == scale.numpy()[1]
+    # Samples: (c + 0.5) / scale_axis - 0.5 with edge values, like the NumPy reference.
+    image = rng.uniform(0, 255, (7, 9, 3)).astype(np.float32)
+    shape, scale = resize_geometry(7, 9, 10.0, 100.0, "torchvision")  # 10 x floor(12.857) = 12
+    assert shape.numpy().tolist() == [10, 12]
+    out = resize_image(tf.constant(image), scale, shape, "torchvision").numpy()
+    np.testing.assert_allclose(out, _reference_resize(image, scale.numpy(), 10, 12), atol=1e-3)
+    with pytest.raises(ValueError, match="data.resize_rule"):
+        resize_geometry(7, 9, 10.0, 100.0, "bicubic")
 
 
 def test_run_time_guard_names_truncated_files(tmp_path):

@@ -188,7 +188,7 @@ def test_resnet_c4_trunk_and_config_round_trip(tmp_path):
     loaded = ResNet(50, stages=("C2",), weights=path)
     x = tf.random.normal((1, 32, 32, 3))
     np.testing.assert_allclose(loaded(x)["C2"].numpy(), small(x)["C2"].numpy(), rtol=1e-5)
-    with pytest.raises(ValueError, match="weights must be"):
+    with pytest.raises(ValueError, match=r"weights \(model.backbone.weights\) must be"):
         ResNet(50, weights="resnet.ckpt")
     with pytest.raises(ValueError, match="depth"):
         ResNet(34)

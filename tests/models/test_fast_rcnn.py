@@ -201,7 +201,7 @@ def test_exported_saved_model_takes_proposals_in_original_pixels(tmp_path):
     out = served(images=tf.constant(image[None]), proposals=tf.constant(proposals))
     # The Keras model on the same preprocessed image with the proposals scaled by 1.5.
     batch = export_lib.preprocess_batch([image], preprocess)
-    np.testing.assert_allclose(batch["scale"].numpy(), [1.5])
+    np.testing.assert_allclose(batch["scale"].numpy(), [[1.5, 1.5]])
     want = model({"images": batch["images"], "image_shape": batch["image_shape"],
                   "proposals": tf.constant(proposals * 1.5)})
     n = int(want["num_detections"][0])

@@ -381,7 +381,7 @@ def test_exported_saved_model_masks_match_the_python_model(trained_mask_run, tmp
         n = int(expected["num_detections"][b])
         assert n > 0 and int(served["num_detections"][b]) == n
         height, width = image.shape[:2]
-        ref_boxes = expected["detection_boxes"][b, :n] / float(batch["scale"][b])
+        ref_boxes = expected["detection_boxes"][b, :n] / np.tile(batch["scale"][b].numpy(), 2)
         got_boxes = served["detection_boxes"].numpy()[b, :n] * [height, width, height, width]
         np.testing.assert_allclose(got_boxes, ref_boxes, atol=1e-3 * max(height, width))
         ref = paste_image_masks(expected["detection_masks"][b, :n], ref_boxes, (height, width))

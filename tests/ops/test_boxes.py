@@ -125,6 +125,10 @@ def test_valid_size_and_remove_small():
                                   [[True, False, False]])
     scores = box_ops.remove_small_boxes(boxes, tf.constant([[0.5, 0.6, 0.7]]), 3.0).numpy()
     np.testing.assert_array_equal(scores, [[0.5, -np.inf, -np.inf]])
+    # A box exactly min_size high is kept (>=); with min_size 0 an empty box is not (> 0).
+    edge = tf.constant([[0, 0, 3, 5], [0, 0, 0, 5]], tf.float32)
+    assert box_ops.valid_size_mask(edge, 3.0).numpy().tolist() == [True, False]
+    assert box_ops.valid_size_mask(edge, 0.0).numpy().tolist() == [True, False]
 
 
 def test_normalize_denormalize_round_trip(rng):

@@ -143,6 +143,7 @@ def build_input_pipeline(
         batch_size=batch_size,
         scales=tuple(d.scales),
         max_size=d.max_size,
+        resize_rule=d.resize_rule,
         scale_jitter=d.scale_jitter if training else None,
         random_flip=bool(d.random_flip) and training,
         size_divisor=d.size_divisor,

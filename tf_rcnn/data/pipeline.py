@@ -10,20 +10,27 @@ Shape shorthand:
     Mc ``max_crowd``, P ``max_proposals``, S ``mask_crop_size``.
 
 Geometry, exactly (the tests check it to 1e-3 px):
-    ``scale = min(target / min(h, w), max_size / max(h, w))`` with ``target`` drawn uniformly
+    ``s = min(target / min(h, w), max_size / max(h, w))`` with ``target`` drawn uniformly
     from ``scales`` in training (the largest entry in evaluation), times a factor drawn from
-    ``scale_jitter=(lo, hi)`` when given (training only). The image content is scaled by exactly
-    ``scale`` (bilinear, half-pixel centres; see :func:`resize_image`) onto a canvas of
-    ``image_shape = ceil(h * scale), ceil(w * scale)`` pixels, so a box maps as
-    ``box * scale``; the last row/column may be part-filled (edge values), never cut.
-    A horizontal flip mirrors the original image: ``x' = (w - x) * scale`` with ``w`` the
+    ``scale_jitter=(lo, hi)`` when given (training only). Two resize rules
+    (``resize_rule``, :func:`resize_geometry`):
+
+    - ``"tf_rcnn"``: the content is scaled by exactly ``s`` (bilinear, half-pixel centres; see
+      :func:`resize_image`) onto a canvas of ``ceil(h * s), ceil(w * s)`` pixels; the last
+      row/column may be part-filled (edge values), never cut. ``scale = (s, s)``.
+    - ``"torchvision"``: torchvision's detection transform: ``s`` in float64, a canvas of
+      ``floor(h * s), floor(w * s)`` pixels, the content stretched onto it (bilinear, half-pixel
+      centres, no antialiasing), so each axis has its own factor ``scale = (H'/h, W'/w)``.
+
+    ``scale`` is ``[2]`` (y, x) and a box maps as ``[y1, x1, y2, x2] * (sy, sx, sy, sx)``.
+    A horizontal flip mirrors the original image: ``x' = (w - x) * sx`` with ``w`` the
     original width; box-cropped masks are flipped left-right; proposals and crowd boxes follow
     the same formulas. Detections map back to original pixels by dividing by ``scale`` (and
     un-flipping with ``w``).
 
 Batches (``dataset()`` elements): ``(images [B, H, W, 3] float32, targets)`` with targets
     ``boxes [B, M, 4]``, ``classes [B, M]`` int32, ``crowd_boxes [B, Mc, 4]``,
-    ``image_shape [B, 2]`` int32, ``image_id [B]`` int64, ``scale [B]`` float32,
+    ``image_shape [B, 2]`` int32, ``image_id [B]`` int64, ``scale [B, 2]`` float32 (y, x),
     ``original_shape [B, 2]`` int32, ``flipped [B]`` bool, and when enabled
     ``masks [B, M, S, S]`` float32 (each GT mask cropped to its box, padded 0) and
     ``proposals [B, P, 4]`` / ``proposal_scores [B, P]`` (padded -1).
@@ -110,22 +117,71 @@ def resized_shape(height: tf.Tensor, width: tf.Tensor, scale: tf.Tensor) -> tf.T
     return tf.maximum(tf.cast(tf.math.ceil(hw - 1e-3), tf.int32), 1)
 
 
-def resize_image(image: tf.Tensor, scale: tf.Tensor, out_shape: tf.Tensor) -> tf.Tensor:
-    """Scale ``image [H, W, C]`` content by exactly ``scale`` onto an ``out_shape`` canvas.
+RESIZE_RULES = ("tf_rcnn", "torchvision")
+
+
+def check_resize_rule(rule: str) -> str:
+    if rule not in RESIZE_RULES:
+        raise ValueError(f"Unknown resize rule {rule!r} (data.resize_rule); choose one of "
+                         f"{RESIZE_RULES}.")
+    return rule
+
+
+def resize_geometry(height: tf.Tensor, width: tf.Tensor, target: tf.Tensor, max_size: float,
+                    rule: str = "tf_rcnn", jitter: tf.Tensor | None = None
+                    ) -> tuple[tf.Tensor, tf.Tensor]:
+    """Canvas size and per-axis scale of an ``h x w`` image (module docstring, "Geometry").
+
+    Args:
+        height, width: original size (int scalars).
+        target: shorter-side target.
+        max_size: cap on the longer side.
+        rule: ``"tf_rcnn"`` or ``"torchvision"``.
+        jitter: optional factor multiplying the scale (training scale jitter).
+
+    Returns:
+        ``(out_shape [2] int32, scale [2] float32 (y, x))``.
+    """
+    check_resize_rule(rule)
+    if rule == "tf_rcnn":
+        s = compute_scale(height, width, target, max_size)
+        if jitter is not None:
+            s *= jitter
+        return resized_shape(height, width, s), tf.stack([s, s])
+    # torchvision (GeneralizedRCNNTransform): the factor in float64, floor of the products.
+    hw = tf.cast(tf.stack([height, width]), tf.float64)
+    s = tf.minimum(tf.cast(target, tf.float64) / tf.reduce_min(hw),
+                   float(max_size) / tf.reduce_max(hw))
+    if jitter is not None:
+        s *= tf.cast(jitter, tf.float64)
+    out_shape = tf.maximum(tf.cast(tf.floor(hw * s), tf.int32), 1)
+    return out_shape, tf.cast(out_shape, tf.float32) / tf.cast(hw, tf.float32)
+
+
+def resize_image(image: tf.Tensor, scale: tf.Tensor, out_shape: tf.Tensor,
+                 rule: str = "tf_rcnn") -> tf.Tensor:
+    """Resize ``image [H, W, C]`` onto an ``out_shape`` canvas by the per-axis ``scale [2]``.
 
     Output pixel ``c`` samples the input bilinearly at ``(c + 0.5) / scale - 0.5`` (half-pixel
-    centres), so a point ``x`` of the input lands at ``x * scale``. Implemented with
-    ``tf.image.crop_and_resize`` (corner-aligned, evenly spaced samples) on an edge-mirrored
-    copy of the image, so samples just past the border take the edge value. Measured on
-    640x480 -> 800x1067 JPEGs here: 64 images/s against 33 for
+    centres) with edge values past the border, so a point ``x`` of the input lands at
+    ``x * scale``.
+
+    ``rule="tf_rcnn"``: ``tf.image.crop_and_resize`` (corner-aligned, evenly spaced samples)
+    on an edge-mirrored copy of the image, which allows a canvas larger than the scaled
+    content. Measured on 640x480 -> 800x1067 JPEGs here: 64 images/s against 33 for
     ``tf.raw_ops.ScaleAndTranslate`` (same numbers inside the image to 2e-2 on 0-255 values).
+    ``rule="torchvision"``: the canvas is exactly the scaled content (``scale = out / in``),
+    which is ``tf.image.resize`` (bilinear, half-pixel centres, no antialiasing): the same
+    samples as PyTorch's ``interpolate(mode="bilinear", align_corners=False)``.
     """
     image = tf.cast(image, tf.float32)
+    out_shape = tf.cast(out_shape, tf.int32)
+    if check_resize_rule(rule) == "torchvision":
+        return tf.image.resize(image, out_shape, method="bilinear", antialias=False)
     shape = tf.shape(image)
     h = tf.cast(shape[0], tf.float32)
     w = tf.cast(shape[1], tf.float32)
-    scale = tf.cast(scale, tf.float32)
-    out_shape = tf.cast(out_shape, tf.int32)
+    scale = tf.cast(scale, tf.float32)[0]  # the tf_rcnn rule scales both axes alike
     # Mirror-pad enough that the outermost samples (up to 0.5 / scale px outside) stay inside.
     pad = tf.maximum(tf.cast(tf.math.ceil(0.5 / scale), tf.int32), 1)
     pad = tf.minimum(pad, tf.minimum(shape[0], shape[1]))
@@ -147,20 +203,30 @@ def resize_image(image: tf.Tensor, scale: tf.Tensor, out_shape: tf.Tensor) -> tf
     return out[0]
 
 
+def scale_boxes(boxes: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
+    """``boxes [..., 4]`` yxyx times the per-axis ``scale [..., 2]`` (y, x): ``(sy, sx, sy, sx)``.
+
+    ``scale`` broadcasts against ``boxes[..., :2]`` (e.g. ``[2]`` for one image, or
+    ``[B, 1, 2]`` for ``[B, N, 4]`` boxes).
+    """
+    scale = tf.cast(scale, tf.float32)
+    return tf.cast(boxes, tf.float32) * tf.concat([scale, scale], axis=-1)
+
+
 def transform_boxes(
     boxes: tf.Tensor, scale: tf.Tensor, original_width: tf.Tensor, flip: tf.Tensor
 ) -> tf.Tensor:
     """Original-pixel ``boxes [..., 4]`` yxyx to resized (and optionally flipped) pixels.
 
-    ``flip`` (bool scalar) mirrors first: ``x' = w - x`` with ``w = original_width``; then all
-    coordinates are multiplied by ``scale``.
+    ``flip`` (bool scalar) mirrors first: ``x' = w - x`` with ``w = original_width``; then the
+    coordinates are multiplied by ``scale [2]`` (y, x).
     """
     boxes = tf.cast(boxes, tf.float32)
     w = tf.cast(original_width, tf.float32)
     y1, x1, y2, x2 = tf.unstack(boxes, 4, axis=-1)
     fx1 = tf.where(flip, w - x2, x1)
     fx2 = tf.where(flip, w - x1, x2)
-    return tf.stack([y1, fx1, y2, fx2], axis=-1) * tf.cast(scale, tf.float32)
+    return scale_boxes(tf.stack([y1, fx1, y2, fx2], axis=-1), scale)
 
 
 def normalize_and_pad(
@@ -188,8 +254,10 @@ def resize_normalize_pad(
     pixel_mean: Sequence[float],
     pixel_std: Sequence[float],
     size_divisor: int,
+    rule: str = "tf_rcnn",
 ) -> tf.Tensor:
-    """Normalise, resize by ``scale`` onto ``out_shape`` and zero-pad to ``size_divisor``.
+    """Normalise, resize by ``scale [2]`` onto ``out_shape`` (:func:`resize_image` with
+    ``rule``) and zero-pad to ``size_divisor``.
 
     Normalising is affine and bilinear weights sum to 1, so normalising before resizing gives
     the same numbers as after it; it is done on the (usually smaller) input, which measured
@@ -197,7 +265,7 @@ def resize_normalize_pad(
     """
     image = tf.cast(image, tf.float32)
     image = (image - tf.constant(pixel_mean, tf.float32)) / tf.constant(pixel_std, tf.float32)
-    return normalize_and_pad(resize_image(image, scale, out_shape), (0.0, 0.0, 0.0),
+    return normalize_and_pad(resize_image(image, scale, out_shape, rule), (0.0, 0.0, 0.0),
                              (1.0, 1.0, 1.0), size_divisor)
 
 
@@ -208,6 +276,7 @@ def preprocess_image_for_inference(
     size_divisor: int = 32,
     pixel_mean: Sequence[float] = IMAGENET_MEAN,
     pixel_std: Sequence[float] = IMAGENET_STD,
+    resize_rule: str = "tf_rcnn",
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Evaluation-mode preprocessing of one image in pure TF (usable in an exported graph).
 
@@ -218,16 +287,19 @@ def preprocess_image_for_inference(
         size_divisor: pad height/width up to multiples of this.
         pixel_mean: RGB mean, 0-255 units.
         pixel_std: RGB std, 0-255 units.
+        resize_rule: ``"tf_rcnn"`` or ``"torchvision"`` (module docstring, "Geometry").
 
     Returns:
         ``image [H', W', 3]`` float32 normalised and padded, ``image_shape [2]`` int32
-        (resized size before padding) and ``scale`` float32 scalar (resized = original * scale).
+        (resized size before padding) and ``scale [2]`` float32 (y, x; resized = original *
+        scale).
     """
     image = _to_rgb(tf.convert_to_tensor(image_uint8))
     shape = tf.shape(image)
-    scale = compute_scale(shape[0], shape[1], float(max(scales)), max_size)
-    out_shape = resized_shape(shape[0], shape[1], scale)
-    image = resize_normalize_pad(image, scale, out_shape, pixel_mean, pixel_std, size_divisor)
+    out_shape, scale = resize_geometry(shape[0], shape[1], float(max(scales)), max_size,
+                                       resize_rule)
+    image = resize_normalize_pad(image, scale, out_shape, pixel_mean, pixel_std, size_divisor,
+                                 resize_rule)
     return image, out_shape, scale
 
 
@@ -305,7 +377,8 @@ def to_original_pixels(
 
     Args:
         boxes: ``[B, D, 4]`` ``[y1, x1, y2, x2]`` in resized-image pixels.
-        scale: ``[B]`` resize factors (resized = original * scale).
+        scale: ``[B, 2]`` per-axis resize factors (y, x; resized = original * scale); a
+            ``[B]`` factor (both axes alike) is accepted too.
         original_shape: ``[B, 2]`` original (height, width).
         flipped: optional ``[B]`` bool; flipped images are un-flipped using ``input_width``.
         input_width: ``[B]`` resized widths (before padding), needed with ``flipped``.
@@ -316,7 +389,10 @@ def to_original_pixels(
         x1 = boxes[..., 1].copy()
         boxes[..., 1] = np.where(flipped[:, None], width - boxes[..., 3], x1)
         boxes[..., 3] = np.where(flipped[:, None], width - x1, boxes[..., 3])
-    boxes /= np.asarray(scale, np.float32)[:, None, None]
+    scale = np.asarray(scale, np.float32)
+    if scale.ndim == 1:
+        scale = np.stack([scale, scale], axis=-1)
+    boxes /= np.concatenate([scale, scale], axis=-1)[:, None, :]  # (sy, sx, sy, sx)
     h = np.asarray(original_shape, np.float32)[:, 0][:, None]
     w = np.asarray(original_shape, np.float32)[:, 1][:, None]
     boxes[..., 0] = np.clip(boxes[..., 0], 0, h)
@@ -337,6 +413,7 @@ class InputPipeline:
             ``input_context.get_per_replica_batch_size(batch_size)``.
         scales: shorter-side targets (one drawn per training image; max used in evaluation).
         max_size: cap on the longer side.
+        resize_rule: ``"tf_rcnn"`` or ``"torchvision"`` (module docstring, "Geometry").
         scale_jitter: ``(lo, hi)`` multiplicative factor on the scale, training only.
         random_flip: random horizontal flips (default: ``training``).
         size_divisor: pad images to multiples of this (the coarsest feature stride).
@@ -376,6 +453,7 @@ class InputPipeline:
         batch_size: int,
         scales: Sequence[int] = (600,),
         max_size: float = 1000,
+        resize_rule: str = "tf_rcnn",
         scale_jitter: tuple[float, float] | None = None,
         random_flip: bool | None = None,
         size_divisor: int = 32,
@@ -403,6 +481,7 @@ class InputPipeline:
         self.batch_size = int(batch_size)
         self.scales = tuple(int(s) for s in scales)
         self.max_size = float(max_size)
+        self.resize_rule = check_resize_rule(resize_rule)
         self.scale_jitter = tuple(scale_jitter) if scale_jitter is not None else None
         self.random_flip = self.training if random_flip is None else bool(random_flip)
         self.size_divisor = int(size_divisor)
@@ -596,10 +675,14 @@ class InputPipeline:
         targets = self.scales if self.training else (max(self.scales),)
         out = set()
         for target in targets:
-            scale = np.float32(min(np.float32(target) / np.float32(min(h, w)),
-                                   np.float32(self.max_size) / np.float32(max(h, w))))
-            rh = max(math.ceil(np.float32(h) * scale - 1e-3), 1)
-            rw = max(math.ceil(np.float32(w) * scale - 1e-3), 1)
+            if self.resize_rule == "torchvision":
+                scale = min(target / min(h, w), self.max_size / max(h, w))
+                rh, rw = max(math.floor(h * scale), 1), max(math.floor(w * scale), 1)
+            else:
+                scale = np.float32(min(np.float32(target) / np.float32(min(h, w)),
+                                       np.float32(self.max_size) / np.float32(max(h, w))))
+                rh = max(math.ceil(np.float32(h) * scale - 1e-3), 1)
+                rw = max(math.ceil(np.float32(w) * scale - 1e-3), 1)
             d = self.size_divisor
             out.add((-(-rh // d) * d, -(-rw // d) * d))
         return next(iter(out)) if len(out) == 1 else None
@@ -627,18 +710,19 @@ class InputPipeline:
             target = tf.gather(tf.constant(self.scales, tf.float32), pick)
         else:
             target = tf.constant(float(max(self.scales)))
-        scale = compute_scale(orig_h, orig_w, target, self.max_size)
+        jitter = None
         if self.training and self.scale_jitter is not None:
             lo, hi = self.scale_jitter
-            scale *= tf.random.stateless_uniform([], seed + 1, lo, hi)
+            jitter = tf.random.stateless_uniform([], seed + 1, lo, hi)
+        out_shape, scale = resize_geometry(orig_h, orig_w, target, self.max_size,
+                                           self.resize_rule, jitter)
         if self.random_flip:
             flip = tf.random.stateless_uniform([], seed + 2) < self.flip_probability
         else:
             flip = tf.constant(False)
-        out_shape = resized_shape(orig_h, orig_w, scale)
         image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
         image = resize_normalize_pad(image, scale, out_shape, self.pixel_mean, self.pixel_std,
-                                     self.size_divisor)
+                                     self.size_divisor, self.resize_rule)
         targets = {
             "boxes": transform_boxes(rows("boxes"), scale, orig_w, flip),
             "classes": rows("classes"),
@@ -671,7 +755,7 @@ class InputPipeline:
         m, s = self.max_instances, self.mask_crop_size
         shapes: dict[str, Any] = {
             "boxes": [m, 4], "classes": [m], "crowd_boxes": [self.max_crowd, 4],
-            "image_shape": [2], "image_id": [], "scale": [], "original_shape": [2],
+            "image_shape": [2], "image_id": [], "scale": [2], "original_shape": [2],
             "flipped": [],
         }
         values: dict[str, Any] = {

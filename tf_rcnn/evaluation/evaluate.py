@@ -76,7 +76,8 @@ def evaluate_checkpoint(
             count = config.eval.visualize if visualize is None else visualize
             masker = MaskPastingEvaluator(
                 coco, {r.image_id: (r.height, r.width) for r in records},
-                keep_masks_for=[r.image_id for r in records[:count or 0]])
+                keep_masks_for=[r.image_id for r in records[:count or 0]],
+                rule=model.roi_heads.paste_rule)
         evaluators.append(masker if with_masks else coco)
     voc = None
     if "voc" in config.eval.metrics:

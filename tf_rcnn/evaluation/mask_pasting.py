@@ -30,14 +30,17 @@ class MaskPastingEvaluator:
             other attribute are delegated to it.
         image_sizes: ``{image_id: (H, W)}`` original size of every image that may be seen.
         keep_masks_for: image ids whose pasted masks are kept in ``kept_masks`` (for drawing).
+        rule: the paste rule (``"tf_rcnn"`` or ``"torchvision"``, the model's
+            ``roi_heads.paste_rule``).
     """
 
     def __init__(self, evaluator: Any, image_sizes: Mapping[int, tuple[int, int]],
-                 keep_masks_for: Iterable[int] = ()):
+                 keep_masks_for: Iterable[int] = (), rule: str = "tf_rcnn"):
         self.evaluator = evaluator
         self.image_sizes = {int(k): (int(v[0]), int(v[1])) for k, v in image_sizes.items()}
         self.keep_masks_for = {int(i) for i in keep_masks_for}
         self.kept_masks: dict[int, np.ndarray] = {}
+        self.rule = rule
 
     def update(self, detections: Mapping[str, Any]) -> None:
         """``detections`` as for ``COCOEvaluator.update`` but with box-relative
@@ -57,7 +60,8 @@ class MaskPastingEvaluator:
             if int(image_id) not in self.image_sizes:
                 raise ValueError(f"image_id {int(image_id)} has no known original size.")
             n = int(num[b])
-            full = paste_image_masks(masks[b, :n], boxes[b, :n], self.image_sizes[int(image_id)])
+            full = paste_image_masks(masks[b, :n], boxes[b, :n],
+                                     self.image_sizes[int(image_id)], rule=self.rule)
             pasted.append(full)
             if int(image_id) in self.keep_masks_for:
                 self.kept_masks[int(image_id)] = full

@@ -13,6 +13,7 @@ from tf_rcnn.export.saved_model import (
     label_map_entries,
     make_serving_functions,
     preprocess_batch,
+    write_export_info,
     write_label_map,
 )
 
@@ -25,5 +26,6 @@ __all__ = [
     "label_map_entries",
     "make_serving_functions",
     "preprocess_batch",
+    "write_export_info",
     "write_label_map",
 ]

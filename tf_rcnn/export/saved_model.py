@@ -49,6 +49,7 @@ from tf_rcnn.data.pipeline import (
     IMAGENET_STD,
     decode_image,
     preprocess_image_for_inference,
+    scale_boxes,
 )
 from tf_rcnn.label_map import LABEL_MAP_FILE
 from tf_rcnn.models.checkpoint import restore_detector
@@ -66,6 +67,7 @@ class PreprocessConfig:
         size_divisor: pad height/width to multiples of this.
         pixel_mean: RGB mean, 0-255 units.
         pixel_std: RGB std, 0-255 units.
+        resize_rule: ``"tf_rcnn"`` or ``"torchvision"`` (``tf_rcnn.data.pipeline``).
     """
 
     scales: tuple[int, ...] = (600,)
@@ -73,6 +75,7 @@ class PreprocessConfig:
     size_divisor: int = 32
     pixel_mean: tuple[float, float, float] = IMAGENET_MEAN
     pixel_std: tuple[float, float, float] = IMAGENET_STD
+    resize_rule: str = "tf_rcnn"
 
     @classmethod
     def from_recipe(cls, config: Any) -> PreprocessConfig:
@@ -82,7 +85,7 @@ class PreprocessConfig:
         mean, std = pixel_stats(config)
         d = config.data
         return cls(tuple(int(s) for s in d.scales), float(d.max_size), int(d.size_divisor),
-                   tuple(mean), tuple(std))
+                   tuple(mean), tuple(std), str(d.resize_rule))
 
 
 def label_map_entries(model: Any) -> list[dict]:
@@ -117,7 +120,7 @@ def _decode_and_preprocess(decode: Any, items: tf.Tensor, pre: PreprocessConfig)
 
     Returns:
         ``images [B, Hp, Wp, 3]`` float32 normalised, ``image_shape [B, 2]`` int32 (resized size
-        before padding), ``scale [B]`` float32 (resized = original * scale) and
+        before padding), ``scale [B, 2]`` float32 (y, x; resized = original * scale) and
         ``original_shape [B, 2]`` int32.
     """
 
@@ -126,14 +129,14 @@ def _decode_and_preprocess(decode: Any, items: tf.Tensor, pre: PreprocessConfig)
         original = tf.shape(image)[:2]
         image, shape, scale = preprocess_image_for_inference(
             image, scales=pre.scales, max_size=pre.max_size, size_divisor=pre.size_divisor,
-            pixel_mean=pre.pixel_mean, pixel_std=pre.pixel_std)
+            pixel_mean=pre.pixel_mean, pixel_std=pre.pixel_std, resize_rule=pre.resize_rule)
         # [H', W', 3] -> ragged [H', (W'), 3] so images of different sizes can share one batch.
         return tf.RaggedTensor.from_tensor(image), shape, scale, original
 
     signature = (
         tf.RaggedTensorSpec(shape=[None, None, 3], dtype=tf.float32, ragged_rank=1),
         tf.TensorSpec([2], tf.int32),
-        tf.TensorSpec([], tf.float32),
+        tf.TensorSpec([2], tf.float32),
         tf.TensorSpec([2], tf.int32),
     )
     ragged, image_shape, scale, original = tf.map_fn(one, items, fn_output_signature=signature)
@@ -147,7 +150,8 @@ def _decode_and_preprocess(decode: Any, items: tf.Tensor, pre: PreprocessConfig)
 def _postprocess(outputs: dict, scale: tf.Tensor, original: tf.Tensor,
                  dataset_ids: tf.Tensor) -> dict:
     """Network-input pixels -> original image, normalised; contiguous -> dataset class ids."""
-    boxes = outputs["detection_boxes"] / scale[:, tf.newaxis, tf.newaxis]
+    # [B, D, 4] / [B, 1, 4] (sy, sx, sy, sx)
+    boxes = outputs["detection_boxes"] / tf.concat([scale, scale], axis=-1)[:, tf.newaxis, :]
     hw = tf.cast(original, tf.float32)  # [B, 2]
     size = tf.concat([hw, hw], axis=-1)[:, tf.newaxis, :]  # [B, 1, 4] (h, w, h, w)
     boxes = tf.clip_by_value(boxes, 0.0, size) / size
@@ -188,14 +192,14 @@ def make_serving_functions(model: Any, preprocess: PreprocessConfig) -> dict[str
         inputs = {"images": images, "image_shape": image_shape}
         if needs_proposals:
             # Original pixels -> network-input pixels (zero-area padding rows stay zero-area).
-            inputs["proposals"] = proposals * scale[:, tf.newaxis, tf.newaxis]
+            inputs["proposals"] = scale_boxes(proposals, scale[:, tf.newaxis, :])
         outputs = model(inputs, training=False)
         return _postprocess(dict(outputs), scale, original, table)
 
     # The network is traced once and shared by the three signatures (tracing a detector takes
     # seconds; the signatures differ only in decoding).
     core_spec = [tf.TensorSpec([None, None, None, 3], tf.float32),
-                 tf.TensorSpec([None, 2], tf.int32), tf.TensorSpec([None], tf.float32),
+                 tf.TensorSpec([None, 2], tf.int32), tf.TensorSpec([None, 2], tf.float32),
                  tf.TensorSpec([None, 2], tf.int32)]
     if needs_proposals:
         core_spec.append(tf.TensorSpec([None, None, 4], tf.float32))
@@ -269,7 +273,25 @@ def export_saved_model(
         archive.add_endpoint(name, functions[name])
     archive.write_out(output_dir, verbose=False)
     write_label_map(model, output_dir)
+    write_export_info(model, output_dir, preprocess)
     return output_dir
+
+
+EXPORT_INFO_FILE = "export_info.json"
+
+
+def write_export_info(model: Any, output_dir: str, preprocess: PreprocessConfig) -> str:
+    """Writes ``output_dir/export_info.json``: what a client needs besides the graph (the
+    detector class, class count, preprocessing and, for Mask R-CNN, the mask paste rule)."""
+    info = {"format": "tf_rcnn.export.v1", "model": type(model).__name__,
+            "num_classes": int(model.num_classes),
+            "preprocess": dataclasses.asdict(preprocess)}
+    if getattr(model.roi_heads, "predicts_masks", False):
+        info["mask_paste_rule"] = model.roi_heads.paste_rule
+    path = os.path.join(output_dir, EXPORT_INFO_FILE)
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(json.dumps(info, indent=1))
+    return path
 
 
 def write_label_map(model: Any, output_dir: str) -> str:
@@ -311,7 +333,7 @@ def preprocess_batch(images: Sequence[Any], preprocess: PreprocessConfig) -> dic
     outs = [preprocess_image_for_inference(
         im, scales=preprocess.scales, max_size=preprocess.max_size,
         size_divisor=preprocess.size_divisor, pixel_mean=preprocess.pixel_mean,
-        pixel_std=preprocess.pixel_std) for im in items]
+        pixel_std=preprocess.pixel_std, resize_rule=preprocess.resize_rule) for im in items]
     h = max(int(o[0].shape[0]) for o in outs)
     w = max(int(o[0].shape[1]) for o in outs)
     padded = [tf.pad(o[0], [[0, h - o[0].shape[0]], [0, w - o[0].shape[1]], [0, 0]])

@@ -33,6 +33,7 @@ class AnchorGenerator(keras.layers.Layer):
         strides: stride of each level in input pixels, e.g. ``[4, 8, 16, 32, 64]``.
         offset: cell-centre offset in units of the stride (0.5 = centre of the cell; see
             ``tf_rcnn.ops.anchors``).
+        round_coordinates: round the base anchors to integers (torchvision's anchors).
 
     Call arguments:
         features: list of L tensors ``[B, H_l, W_l, C_l]`` (only their dynamic shapes are read).
@@ -52,6 +53,7 @@ class AnchorGenerator(keras.layers.Layer):
         aspect_ratios: Sequence[float],
         strides: Sequence[int],
         offset: float = 0.5,
+        round_coordinates: bool = False,
         **kwargs,
     ) -> None:
         # Mixed precision: anchors stay float32 (float16: ~0.5 px steps at 1000 px).
@@ -78,6 +80,7 @@ class AnchorGenerator(keras.layers.Layer):
         self.aspect_ratios = aspect_ratios
         self.strides = strides
         self.offset = float(offset)
+        self.round_coordinates = bool(round_coordinates)
 
     @property
     def num_anchors_per_location(self) -> int:
@@ -96,7 +99,8 @@ class AnchorGenerator(keras.layers.Layer):
             shape = tf.shape(feature)  # [B, H_l, W_l, C_l]
             shapes.append((shape[1], shape[2]))
         return anchor_ops.multilevel_anchors(
-            shapes, self.strides, self.sizes, self.aspect_ratios, self.offset
+            shapes, self.strides, self.sizes, self.aspect_ratios, self.offset,
+            self.round_coordinates,
         )
 
     def compute_output_shape(self, input_shape) -> tuple:
@@ -115,6 +119,7 @@ class AnchorGenerator(keras.layers.Layer):
                 "aspect_ratios": self.aspect_ratios,
                 "strides": self.strides,
                 "offset": self.offset,
+                "round_coordinates": self.round_coordinates,
             }
         )
         return config

@@ -1,8 +1,9 @@
 """DetectionDecoder: R-CNN head outputs -> final per-class detections.
 
 Softmax over the K+1 classes, class-specific decode of each RoI (weights (10, 10, 5, 5)), clip
-to the true image shape, drop scores below ``score_threshold`` (0.05) and empty boxes, per-class
-NMS (IoU 0.5), keep the ``max_detections`` (100) best per image.
+to the true image shape, drop scores not above ``score_threshold`` (0.05) and boxes smaller than
+``min_size`` (empty ones by default), per-class NMS (IoU 0.5), keep the ``max_detections`` (100)
+best per image.
 
 Conventions: boxes ``[y1, x1, y2, x2]`` pixels; classes 1..K (0 = padding in the outputs).
 Shape shorthand: B batch, R RoIs per image, K classes, D = max_detections.
@@ -25,11 +26,13 @@ class DetectionDecoder(keras.layers.Layer):
     """Decodes class scores and class-specific deltas into detections.
 
     Args:
-        score_threshold: minimum class probability (0.05).
+        score_threshold: scores must be above it (0.05).
         nms_threshold: per-class NMS IoU (0.5).
         max_detections: detections kept per image (100).
         max_detections_per_class: per-class cap before the overall top-D (default D).
         box_weights: coder weights of the head's deltas.
+        min_size: boxes narrower or lower than this (pixels of the network input) are dropped;
+            0 drops only empty boxes (torchvision uses 0.01).
 
     Call arguments:
         class_logits: ``[B, R, K+1]``; pred_deltas ``[B, R, K+1, 4]`` (or ``[B, R, 1, 4]``
@@ -49,6 +52,7 @@ class DetectionDecoder(keras.layers.Layer):
         max_detections: int = 100,
         max_detections_per_class: int | None = None,
         box_weights: Sequence[float] = box_coder.RCNN_BOX_WEIGHTS,
+        min_size: float = 0.0,
         **kwargs,
     ):
         # Mixed precision: box decoding and NMS stay float32 (float16: ~0.5 px steps at 1000 px).
@@ -61,6 +65,7 @@ class DetectionDecoder(keras.layers.Layer):
             None if max_detections_per_class is None else int(max_detections_per_class)
         )
         self.box_weights = tuple(float(w) for w in box_weights)
+        self.min_size = float(min_size)
 
     def call(self, class_logits, pred_deltas, rois, roi_valid, image_shape, class_probs=None):
         if class_probs is None:
@@ -75,8 +80,10 @@ class DetectionDecoder(keras.layers.Layer):
         boxes = box_coder.decode(pred_deltas, rois[:, :, tf.newaxis, :], self.box_weights)
         image_shape_q = tf.cast(image_shape, tf.float32)[:, tf.newaxis, :]  # [B, 1, 2]
         boxes = box_ops.clip_boxes(boxes, image_shape_q)
-        # [B, R, K|1]: valid RoI and a non-empty box (class-agnostic boxes broadcast over K).
-        keep = tf.logical_and(roi_valid[..., tf.newaxis], box_ops.valid_size_mask(boxes, 0.0))
+        # [B, R, K|1]: valid RoI and a box of at least min_size (class-agnostic boxes broadcast
+        # over K).
+        keep = tf.logical_and(roi_valid[..., tf.newaxis],
+                              box_ops.valid_size_mask(boxes, self.min_size))
         scores = tf.where(keep, scores, 0.0)
         per_class = self.max_detections_per_class or self.max_detections
         result = nms_ops.multiclass_nms(
@@ -102,5 +109,6 @@ class DetectionDecoder(keras.layers.Layer):
             max_detections=self.max_detections,
             max_detections_per_class=self.max_detections_per_class,
             box_weights=list(self.box_weights),
+            min_size=self.min_size,
         )
         return config

@@ -69,6 +69,8 @@ def build_trunk(m: ml_collections.ConfigDict):
     elif b.name.startswith("resnet"):
         kwargs = {"freeze_at": b.freeze_at, "norm": b.norm, "stride_in_1x1": b.stride_in_1x1,
                   "dilate_c5": b.dilate_c5, "weights": b.weights, "include_c5": uses_c5}
+        if b.norm_epsilon is not None:
+            kwargs["norm_epsilon"] = b.norm_epsilon
     elif b.name == "vgg16":
         kwargs = {"freeze_at": b.freeze_at, "weights": b.weights}
     else:
@@ -80,6 +82,7 @@ def build_trunk(m: ml_collections.ConfigDict):
             in_features=in_features,
             in_strides=tuple(backbone.output_strides[n] for n in in_features),
             out_channels=m.neck.out_channels,
+            norm=m.neck.norm,
             name="fpn",
         )
     elif m.neck.type in ("none", None, ""):
@@ -113,8 +116,12 @@ def build_res5(backbone_cfg: ml_collections.ConfigDict, key: str, name: str = "r
                           f"{backbone_cfg.name!r}.")
     depth = 101 if backbone_cfg.name == "resnet101" else 50
     weights = backbone_cfg.weights if backbone_cfg.weights == "imagenet" else None
+    extra = {}
+    if backbone_cfg.norm_epsilon is not None:
+        extra["norm_epsilon"] = backbone_cfg.norm_epsilon
     return make_res5_head(depth=depth, norm=backbone_cfg.norm,
-                          stride_in_1x1=backbone_cfg.stride_in_1x1, weights=weights, name=name)
+                          stride_in_1x1=backbone_cfg.stride_in_1x1, weights=weights, name=name,
+                          **extra)
 
 
 # ------------------------------------------------------------------------------- first stage
@@ -133,9 +140,10 @@ def build_rpn(cfg: ml_collections.ConfigDict, strides: list[int]) -> RegionPropo
         aspect_ratios=list(map(float, cfg.aspect_ratios)),
         strides=strides,
         offset=cfg.anchor_offset,
+        round_coordinates=cfg.round_anchors,
     )
     head = RPNHead(num_anchors=anchor_generator.num_anchors_per_location,
-                   channels=cfg.head_channels, name="rpn_head")
+                   channels=cfg.head_channels, num_convs=cfg.head_num_convs, name="rpn_head")
     proposal_layer = ProposalLayer(
         pre_nms_topk_train=cfg.pre_nms_topk_train,
         post_nms_topk_train=cfg.post_nms_topk_train,
@@ -194,7 +202,8 @@ def build_pooler(cfg: ml_collections.ConfigDict, strides: list[int]):
 def build_box_head(cfg: ml_collections.ConfigDict, backbone_cfg: ml_collections.ConfigDict):
     """``config.model.roi_head.box_head`` -> a box head layer."""
     if cfg.box_head == "fpn_fc":
-        return FPNBoxHead(fc_dims=tuple(cfg.fc_dims), name="box_head")
+        return FPNBoxHead(fc_dims=tuple(cfg.fc_dims), conv_dims=tuple(cfg.conv_dims),
+                          norm=cfg.norm, name="box_head")
     if cfg.box_head == "vgg_fc":
         return VGGBoxHead(fc_dims=tuple(cfg.fc_dims), name="box_head")
     if cfg.box_head == "res5":
@@ -220,6 +229,7 @@ def training_rois_kwargs(cfg: ml_collections.ConfigDict) -> dict:
             score_threshold=cfg.score_threshold,
             nms_threshold=cfg.nms_threshold,
             max_detections=cfg.detections_per_image,
+            min_size=cfg.min_size,
         ),
         "box_loss_beta": cfg.box_loss_beta,
     }
@@ -254,11 +264,12 @@ def build_mask_branch(m: ml_collections.ConfigDict, strides: list[int]) -> dict:
         raise ConfigError(f"Unknown model.mask_head.head {cfg.head!r}; choose fpn_conv or res5.")
     return {
         "mask_pooler": build_roi_align(strides, cfg.pooler_resolution, cfg.sampling_ratio,
-                                       aligned=True),
+                                       aligned=cfg.aligned),
         "mask_head": MaskHead(m.num_classes, conv_dims=tuple(cfg.conv_dims),
                               deconv_dim=cfg.deconv_dim, class_agnostic=cfg.class_agnostic,
-                              res5=res5, name="mask_head"),
+                              res5=res5, norm=cfg.norm, name="mask_head"),
         "mask_loss_weight": cfg.loss_weight,
+        "paste_rule": cfg.paste_rule,
     }
 
 

@@ -39,6 +39,7 @@ from tf_rcnn.config import ConfigError, load_config_file, load_run_config, run_c
 from tf_rcnn.label_map import LABEL_MAP_FILE, LabelMap
 from tf_rcnn.models import builder
 from tf_rcnn.models.detectors.two_stage import TwoStageDetector
+from tf_rcnn.models.serialization import weight_key
 
 _VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 _GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
@@ -82,12 +83,6 @@ def checkpoint_keys(root: Any, prefix: str = "") -> dict[str, Any]:
             paths[id(child)] = f"{parent}/{_escape(name)}" if parent else _escape(name)
             queue.append(child)
     return keys
-
-
-def weight_key(variable: Any) -> str:
-    """A model variable's checkpoint name: its Keras path without the root model's name."""
-    path = getattr(variable, "path", None) or variable.name
-    return path.split("/", 1)[1] if "/" in path else path
 
 
 def model_weights_trackable(model: keras.Model) -> tf.train.Checkpoint:
@@ -239,6 +234,18 @@ def load_weights(
     for line in skipped:
         logging.warning("Skipped %s", line)
     return loaded, skipped
+
+
+def save_weights(model: keras.Model, run_dir: str, step: int = 0) -> str:
+    """Writes the model's weights as ``run_dir/ckpt-<step>``, keyed like a training checkpoint
+    (without optimizer state), so :func:`restore_detector` and ``init_checkpoint`` read it.
+
+    Returns:
+        The checkpoint prefix.
+    """
+    root = tf.train.Checkpoint(model=model_weights_trackable(model))
+    manager = tf.train.CheckpointManager(root, run_dir, max_to_keep=1, checkpoint_name="ckpt")
+    return manager.save(checkpoint_number=step)
 
 
 def _family_name(config: ml_collections.ConfigDict) -> str:

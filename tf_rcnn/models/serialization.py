@@ -7,7 +7,8 @@ Children are stored WITHOUT their ``build_config``: Keras would otherwise build 
 deserialising it, outside its parent's name scope, and its variables would get other paths
 (checkpoint keys) than the same model made by the builder, whose children build on their first
 call inside the parent. Unbuilt children build the same way on every route (builder,
-``from_config``, ``keras.models.load_model``), so a checkpoint fits them all.
+``from_config``, ``keras.models.load_model``), so a checkpoint fits them all: a weight's name
+there is :func:`weight_key`.
 """
 
 from __future__ import annotations
@@ -40,3 +41,10 @@ def deserialize_keys(config: dict, keys: tuple[str, ...]) -> dict:
         if key in config:
             config[key] = deserialize_optional(config[key])
     return config
+
+
+def weight_key(variable: Any) -> str:
+    """A model variable's checkpoint name: its Keras path without the root model's name
+    (``rpn/rpn_head/conv/kernel``), the same on every construction route."""
+    path = getattr(variable, "path", None) or variable.name
+    return path.split("/", 1)[1] if "/" in path else path

@@ -30,19 +30,22 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import tensorflow as tf
 
 
-def generate_base_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> tf.Tensor:
+def generate_base_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float],
+                          round_coordinates: bool = False) -> tf.Tensor:
     """Anchors of every (size, aspect ratio) pair centred at ``(0, 0)``.
 
     An anchor of size ``s`` and ratio ``r = h / w`` has ``h = s * sqrt(r)`` and
     ``w = s / sqrt(r)``, so its area is ``s**2`` whatever the ratio (Faster R-CNN, Sec. 3.1.1).
-    Coordinates are not rounded.
 
     Args:
         sizes: positive anchor sizes in pixels (square root of the area).
         aspect_ratios: positive ratios ``h / w``.
+        round_coordinates: round each coordinate to the nearest integer, halves to even
+            (torchvision's ``AnchorGenerator``); by default coordinates are not rounded.
 
     Returns:
         ``[A, 4]`` float32 ``[y1, x1, y2, x2]``, ``A = len(sizes) * len(aspect_ratios)``,
@@ -66,6 +69,8 @@ def generate_base_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]
             half_h = 0.5 * size * math.sqrt(ratio)
             half_w = 0.5 * size / math.sqrt(ratio)
             rows.append([-half_h, -half_w, half_h, half_w])
+    if round_coordinates:
+        rows = np.round(np.asarray(rows, np.float32))  # halves to even, like torch.round
     return tf.constant(rows, tf.float32)
 
 
@@ -116,6 +121,7 @@ def multilevel_anchors(
     sizes_per_level: Sequence[Sequence[float]],
     aspect_ratios: Sequence[float],
     offset: float = 0.5,
+    round_coordinates: bool = False,
 ) -> tf.Tensor:
     """Anchors of all levels, concatenated fine to coarse.
 
@@ -126,6 +132,7 @@ def multilevel_anchors(
             ``[[128, 256, 512]]`` for a single C4 level).
         aspect_ratios: ratios ``h / w`` shared by all levels.
         offset: cell-centre offset (see the module docstring).
+        round_coordinates: round the base anchors (:func:`generate_base_anchors`).
 
     Returns:
         ``[N, 4]`` float32 anchors, ``N = sum_l H_l * W_l * A_l``.
@@ -135,7 +142,7 @@ def multilevel_anchors(
     for (height, width), stride, sizes in zip(
         feature_shapes, strides, sizes_per_level, strict=True
     ):
-        base = generate_base_anchors(sizes, aspect_ratios)
+        base = generate_base_anchors(sizes, aspect_ratios, round_coordinates)
         per_level.append(grid_anchors(base, height, width, stride, offset))
     return tf.concat(per_level, axis=0)
 

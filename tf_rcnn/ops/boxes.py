@@ -92,13 +92,16 @@ def clip_boxes(boxes: tf.Tensor, image_shape: tf.Tensor) -> tf.Tensor:
 
 
 def valid_size_mask(boxes: tf.Tensor, min_size: float = 0.0) -> tf.Tensor:
-    """Boolean ``[...]``: boxes whose height and width are both ``> min_size`` (strictly
-    positive when ``min_size`` is 0). Batched code keeps a fixed shape, so "remove small"
-    is a mask the caller applies (e.g. by setting scores to -inf before NMS)."""
+    """Boolean ``[...]``: boxes whose height and width are both at least ``min_size`` (and
+    strictly positive when ``min_size`` is 0), torchvision's ``remove_small_boxes`` rule.
+    Batched code keeps a fixed shape, so "remove small" is a mask the caller applies (e.g. by
+    setting scores to -inf before NMS)."""
     boxes = tf.convert_to_tensor(boxes, tf.float32)
     height = boxes[..., 2] - boxes[..., 0]
     width = boxes[..., 3] - boxes[..., 1]
-    return tf.logical_and(height > min_size, width > min_size)
+    if min_size > 0:
+        return tf.logical_and(height >= min_size, width >= min_size)
+    return tf.logical_and(height > 0.0, width > 0.0)
 
 
 def remove_small_boxes(

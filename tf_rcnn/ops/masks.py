@@ -134,28 +134,82 @@ def mask_targets(
     return tf.reshape(targets, [batch, num_rois, size, size])
 
 
+PASTE_RULES = ("tf_rcnn", "torchvision")
+
+
+def _torchvision_paste(masks: tf.Tensor, boxes: tf.Tensor, image_size: tf.Tensor) -> tf.Tensor:
+    """torchvision's ``paste_masks_in_image`` for ``masks [N, S, S]``, ``boxes [N, 4]`` yxyx.
+
+    The ``S x S`` mask is zero-padded to ``(S + 2) x (S + 2)`` and its box widened by
+    ``(S + 2) / S`` about its centre; the widened box is truncated to integers ``(y1, x1, y2,
+    x2)`` (towards zero), the padded mask resized bilinearly (half-pixel centres, edge values)
+    onto the ``(y2 - y1 + 1) x (x2 - x1 + 1)`` pixels ``y1..y2, x1..x2`` and written there,
+    clipped to the image; every other pixel is 0. Returns ``[N, H, W]`` float32 probabilities.
+    """
+    size = tf.cast(tf.shape(masks)[1], tf.float32)  # S (square masks)
+    scale = (size + 2.0) / size
+    center = (boxes[:, :2] + boxes[:, 2:]) * 0.5  # [N, 2] (y, x)
+    half = (boxes[:, 2:] - boxes[:, :2]) * 0.5 * scale
+    lo = tf.cast(tf.cast(center - half, tf.int64), tf.float32)  # truncation, like .to(int64)
+    hi = tf.cast(tf.cast(center + half, tf.int64), tf.float32)
+    extent = tf.maximum(hi - lo + 1.0, 1.0)  # [N, 2] pixels covered (h, w)
+    padded = tf.pad(masks[..., tf.newaxis], [[0, 0], [1, 1], [1, 1], [0, 0]])  # zero border
+    cells = size + 2.0
+    # Pixel p of the image reads the padded mask at (p - lo + 0.5) * cells / extent - 0.5 (a
+    # linear function of p, so one crop_and_resize over the whole image). PyTorch clamps source
+    # positions to the grid; the padded grid's border is 0, and an extra replicated ring gives
+    # samples just past it that same 0 (farther ones get the extrapolation value 0).
+    ring = tf.pad(padded, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
+    image_f = tf.cast(image_size, tf.float32)
+
+    def index(position: tf.Tensor) -> tf.Tensor:
+        grid = (position - lo + 0.5) * cells / extent - 0.5
+        return (grid + 1.0) / (cells + 1.0)  # into the ring, corner-aligned normalised
+
+    first = tf.zeros_like(lo)
+    last = tf.broadcast_to(image_f - 1.0, tf.shape(lo))
+    crop_boxes = tf.concat([index(first), index(last)], axis=-1)
+    num = tf.shape(masks)[0]
+    out = tf.image.crop_and_resize(ring, crop_boxes, tf.range(num), image_size,
+                                   method="bilinear", extrapolation_value=0.0)[..., 0]
+    rows = tf.range(image_size[0], dtype=tf.float32)
+    cols = tf.range(image_size[1], dtype=tf.float32)
+    inside_y = (rows[None, :] >= lo[:, :1]) & (rows[None, :] <= hi[:, :1])  # [N, H]
+    inside_x = (cols[None, :] >= lo[:, 1:]) & (cols[None, :] <= hi[:, 1:])  # [N, W]
+    inside = inside_y[:, :, None] & inside_x[:, None, :]
+    return tf.where(inside, out, 0.0)
+
+
 def paste_masks(
     masks: tf.Tensor,
     boxes: tf.Tensor,
     image_size: Sequence[int] | tf.Tensor,
     threshold: float | None = 0.5,
+    rule: str = "tf_rcnn",
 ) -> tf.Tensor:
-    """Paste box-relative mask predictions into full-image masks (inverse of the target crop).
+    """Paste box-relative mask predictions into full-image masks.
 
-    Image pixel ``(py, px)`` reads the box's ``S x S`` mask bilinearly at its own centre
-    ``(py + 0.5, px + 0.5)``, with 0 outside the box (module docstring), so a full mask covers
-    exactly the pixels whose centres lie inside the box.
+    ``rule="tf_rcnn"`` (the inverse of the training target crop): image pixel ``(py, px)``
+    reads the box's ``S x S`` mask bilinearly at its own centre ``(py + 0.5, px + 0.5)``, with
+    0 outside the box (module docstring), so a full mask covers exactly the pixels whose centres
+    lie inside the box; binarised at ``>= threshold``. ``rule="torchvision"``: torchvision's
+    ``paste_masks_in_image`` (:func:`_torchvision_paste`), binarised at ``> threshold`` as its
+    COCO evaluation does.
 
     Args:
         masks: ``[B, D, S, S]`` float mask probabilities for each detection.
         boxes: ``[B, D, 4]`` float32 ``[y1, x1, y2, x2]`` detection boxes in image pixels.
         image_size: ``(H, W)`` of the output masks: Python ints or an int32 ``[2]`` tensor.
-        threshold: binarise at ``>= threshold`` and return uint8 {0, 1} (the dtype COCO RLE
-            encoding wants); ``None`` returns the float32 resampled probabilities.
+        threshold: binarise and return uint8 {0, 1} (the dtype COCO RLE encoding wants);
+            ``None`` returns the float32 resampled probabilities.
+        rule: ``"tf_rcnn"`` or ``"torchvision"`` (the model's ``mask_head.paste_rule``).
 
     Returns:
         ``[B, D, H, W]`` uint8 (with ``threshold``) or float32 (without).
     """
+    if rule not in PASTE_RULES:
+        raise ValueError(f"Unknown mask paste rule {rule!r} (model.mask_head.paste_rule); "
+                         f"choose one of {PASTE_RULES}.")
     masks = tf.convert_to_tensor(masks, tf.float32)
     boxes = tf.convert_to_tensor(boxes, tf.float32)
     if masks.shape.rank is not None and masks.shape.rank != 4:
@@ -173,32 +227,38 @@ def paste_masks(
     image_f = tf.cast(image_size, tf.float32)
     first = tf.fill([num, 2], 0.5)  # centre of pixel (0, 0)
     last = tf.broadcast_to(image_f - 0.5, [num, 2])  # centre of pixel (H-1, W-1)
-    pasted = _resample(
-        tf.reshape(masks, [-1, mask_h, mask_w, 1]),
-        flat_boxes,
-        tf.range(num),
-        first,
-        last,
-        image_size,
-    )  # [B*D, H, W, 1]
+    if rule == "torchvision":
+        pasted = _torchvision_paste(tf.reshape(masks, [-1, mask_h, mask_w]), flat_boxes,
+                                    image_size)  # [B*D, H, W]
+    else:
+        pasted = _resample(
+            tf.reshape(masks, [-1, mask_h, mask_w, 1]),
+            flat_boxes,
+            tf.range(num),
+            first,
+            last,
+            image_size,
+        )  # [B*D, H, W, 1]
     pasted = tf.reshape(pasted, tf.concat([[batch, num_dets], image_size], axis=0))
     static_hw = tf.get_static_value(image_size)
     if static_hw is not None:
         pasted = tf.ensure_shape(pasted, [None, None, int(static_hw[0]), int(static_hw[1])])
     if threshold is None:
         return pasted
-    return tf.cast(pasted >= threshold, tf.uint8)
+    keep = pasted > threshold if rule == "torchvision" else pasted >= threshold
+    return tf.cast(keep, tf.uint8)
 
 
 def paste_image_masks(masks: np.ndarray, boxes: np.ndarray, image_size: tuple[int, int],
-                      threshold: float = 0.5) -> np.ndarray:
-    """One image's box-relative masks -> binary full-image masks.
+                      threshold: float = 0.5, rule: str = "tf_rcnn") -> np.ndarray:
+    """One image's box-relative masks -> binary full-image masks (:func:`paste_masks`).
 
     Args:
         masks: ``[D, Sm, Sm]`` float probabilities (the model's ``detection_masks`` rows).
         boxes: ``[D, 4]`` float ``[y1, x1, y2, x2]`` in the pixels of the target image.
         image_size: ``(H, W)`` of the target image.
-        threshold: probability at or above which a pixel is foreground.
+        threshold: foreground probability (see :func:`paste_masks` for the comparison).
+        rule: ``"tf_rcnn"`` or ``"torchvision"``.
 
     Returns:
         ``[D, H, W]`` uint8 in {0, 1}.
@@ -214,5 +274,5 @@ def paste_image_masks(masks: np.ndarray, boxes: np.ndarray, image_size: tuple[in
     if boxes.shape[0] == 0:
         return np.zeros([0, height, width], np.uint8)
     pasted = paste_masks(masks[np.newaxis], boxes[np.newaxis], (height, width),
-                                  threshold=threshold)
+                         threshold=threshold, rule=rule)
     return pasted.numpy()[0]

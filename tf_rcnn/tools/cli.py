@@ -71,6 +71,7 @@ def define_config_flag(
     argv: Sequence[str],
     run_flag: str | None = None,
     help_string: str = "Recipe (configs/NAME.py) or a run's config.json.",
+    default_path: str | None = None,
 ) -> ConfigFlag:
     """Defines ``--config`` for a command; call before ``app.run``.
 
@@ -79,6 +80,7 @@ def define_config_flag(
         run_flag: the flag naming a trained run (``"checkpoint"``) whose ``config.json`` is the
             default; None makes ``--config`` the only source (``train.py``).
         help_string: the flag's help.
+        default_path: the recipe used when neither ``--config`` nor the run gives one.
 
     Exits with status 2 and a message naming the valid keys when an override names a key the
     config lacks, or when the config file cannot be read.
@@ -93,6 +95,8 @@ def define_config_flag(
         elif run is not None:
             config = load_run_config(run, upgrade=upgrade_saved_config)
             source = None if config is None else run_config_file(run)
+        if config is None and default_path is not None:
+            config, source = load_config_file(default_path), default_path
     except (ConfigError, FileNotFoundError, SyntaxError) as error:
         _exit(f"--config: {error}")
     prefix = "--config."

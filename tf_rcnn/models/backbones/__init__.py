@@ -11,7 +11,7 @@ from typing import Any
 
 import keras
 
-from tf_rcnn.models.backbones.frozen_bn import FrozenBatchNormalization
+from tf_rcnn.layers.normalization import FrozenBatchNormalization
 from tf_rcnn.models.backbones.resnet import ResNet, make_res5_head
 from tf_rcnn.models.backbones.tiny import TinyBackbone
 from tf_rcnn.models.backbones.vgg import VGG16

@@ -31,29 +31,24 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from tf_rcnn.models.backbones.frozen_bn import FrozenBatchNormalization
+from tf_rcnn.layers.normalization import NORMS, check_norm, make_norm
+from tf_rcnn.models.backbones.torchvision_resnet import load_torchvision_resnet50
 
 _BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
-_NORMS = ("frozen_bn", "bn", "sync_bn")
 _STAGE_NAMES = ("C2", "C3", "C4", "C5")
 _STAGE_FILTERS = (64, 128, 256, 512)  # bottleneck widths; outputs are 4x these
-_EPSILON = 1.001e-5  # keras.applications ResNet BatchNorm epsilon
+# keras.applications ResNet BatchNorm epsilon, the default; torchvision's is 1e-5 (0 for its
+# v1 COCO detection weights).
+DEFAULT_NORM_EPSILON = 1.001e-5
 # He init with fan_out (Detectron's "MSRA fill") for random initialisation.
 _CONV_INIT = {"class_name": "VarianceScaling",
               "config": {"scale": 2.0, "mode": "fan_out", "distribution": "untruncated_normal"}}
 
 
 def _check_norm(norm: str) -> None:
-    if norm not in _NORMS:
-        raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}.")
-
-
-def _make_norm(norm: str, name: str) -> keras.layers.Layer:
-    if norm == "frozen_bn":
-        return FrozenBatchNormalization(epsilon=_EPSILON, name=name)
-    # Momentum 0.9 (PyTorch's 0.1) suits the few hundred thousand steps of detection training.
-    return keras.layers.BatchNormalization(epsilon=_EPSILON, momentum=0.9,
-                                           synchronized=norm == "sync_bn", name=name)
+    if norm is None:
+        raise ValueError(f"norm must be one of {NORMS}, got None.")
+    check_norm(norm)
 
 
 def _conv(filters: int, kernel: int, stride: int, name: str, dilation: int = 1):
@@ -80,6 +75,7 @@ class Bottleneck(keras.layers.Layer):
         stride_in_1x1: put the stride in the first 1x1 conv (MSRA/Caffe and keras.applications)
             instead of the 3x3 conv (torchvision, "ResNet v1.5").
         norm: ``"frozen_bn"``, ``"bn"`` or ``"sync_bn"``.
+        norm_epsilon: epsilon of the norm layers.
         **kwargs: forwarded to ``keras.layers.Layer``; ``name`` prefixes the inner layer names.
 
     Call arguments:
@@ -98,6 +94,7 @@ class Bottleneck(keras.layers.Layer):
         projection: bool = False,
         stride_in_1x1: bool = True,
         norm: str = "frozen_bn",
+        norm_epsilon: float = DEFAULT_NORM_EPSILON,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -112,17 +109,19 @@ class Bottleneck(keras.layers.Layer):
         self.projection = projection
         self.stride_in_1x1 = stride_in_1x1
         self.norm = norm
+        self.norm_epsilon = float(norm_epsilon)
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
         p = self.name
+        eps = self.norm_epsilon
         self.conv_a = _conv(filters, 1, s1, f"{p}_1_conv")
-        self.norm_a = _make_norm(norm, f"{p}_1_bn")
+        self.norm_a = make_norm(norm, f"{p}_1_bn", eps)
         self.conv_b = _conv(filters, 3, s3, f"{p}_2_conv", dilation=dilation)
-        self.norm_b = _make_norm(norm, f"{p}_2_bn")
+        self.norm_b = make_norm(norm, f"{p}_2_bn", eps)
         self.conv_c = _conv(4 * filters, 1, 1, f"{p}_3_conv")
-        self.norm_c = _make_norm(norm, f"{p}_3_bn")
+        self.norm_c = make_norm(norm, f"{p}_3_bn", eps)
         if projection:
             self.conv_shortcut = _conv(4 * filters, 1, stride, f"{p}_0_conv")
-            self.norm_shortcut = _make_norm(norm, f"{p}_0_bn")
+            self.norm_shortcut = make_norm(norm, f"{p}_0_bn", eps)
 
     def conv_norm_pairs(self) -> list[tuple[keras.layers.Layer, keras.layers.Layer]]:
         """(conv, norm) pairs in keras.applications order, for weight copying."""
@@ -162,7 +161,8 @@ class Bottleneck(keras.layers.Layer):
         config = super().get_config()
         config.update({"filters": self.filters, "stride": self.stride,
                        "dilation": self.dilation, "projection": self.projection,
-                       "stride_in_1x1": self.stride_in_1x1, "norm": self.norm})
+                       "stride_in_1x1": self.stride_in_1x1, "norm": self.norm,
+                       "norm_epsilon": self.norm_epsilon})
         return config
 
 
@@ -177,6 +177,7 @@ class ResNetStage(keras.layers.Layer):
         dilation: dilation of every 3x3 conv in the stage.
         stride_in_1x1: see ``Bottleneck``.
         norm: ``"frozen_bn"``, ``"bn"`` or ``"sync_bn"``.
+        norm_epsilon: epsilon of the norm layers.
         **kwargs: forwarded to ``keras.layers.Layer``; ``name`` (e.g. ``"conv5"``) prefixes the
             block names ``<name>_block<i>``.
 
@@ -196,6 +197,7 @@ class ResNetStage(keras.layers.Layer):
         dilation: int = 1,
         stride_in_1x1: bool = True,
         norm: str = "frozen_bn",
+        norm_epsilon: float = DEFAULT_NORM_EPSILON,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -207,10 +209,11 @@ class ResNetStage(keras.layers.Layer):
         self.dilation = dilation
         self.stride_in_1x1 = stride_in_1x1
         self.norm = norm
+        self.norm_epsilon = float(norm_epsilon)
         self.blocks = [
             Bottleneck(filters, stride=stride if i == 0 else 1, dilation=dilation,
                        projection=i == 0, stride_in_1x1=stride_in_1x1, norm=norm,
-                       name=f"{self.name}_block{i + 1}")
+                       norm_epsilon=norm_epsilon, name=f"{self.name}_block{i + 1}")
             for i in range(num_blocks)
         ]
 
@@ -238,7 +241,8 @@ class ResNetStage(keras.layers.Layer):
         config = super().get_config()
         config.update({"num_blocks": self.num_blocks, "filters": self.filters,
                        "stride": self.stride, "dilation": self.dilation,
-                       "stride_in_1x1": self.stride_in_1x1, "norm": self.norm})
+                       "stride_in_1x1": self.stride_in_1x1, "norm": self.norm,
+                       "norm_epsilon": self.norm_epsilon})
         return config
 
 
@@ -292,7 +296,12 @@ def copy_keras_resnet_weights(
     return count
 
 
-def _check_weights_arg(weights: str | None, label: str, stride_in_1x1: bool) -> None:
+# torchvision ImageNet ResNet files (tf_rcnn.models.backbones.torchvision_resnet).
+TORCHVISION_EXTENSIONS = (".pth", ".pt", ".safetensors", ".npz")
+
+
+def _check_weights_arg(weights: str | None, label: str, stride_in_1x1: bool,
+                       depth: int = 50) -> None:
     """Fail fast (before building anything) on an unusable ``weights`` argument."""
     if weights == "imagenet" and not stride_in_1x1:
         raise ValueError(
@@ -300,12 +309,21 @@ def _check_weights_arg(weights: str | None, label: str, stride_in_1x1: bool) -> 
             "stride in the first 1x1 conv; use stride_in_1x1=True (or weights=None / a "
             "checkpoint path for torchvision-style blocks)."
         )
-    if weights not in (None, "imagenet") and not (
+    torchvision = isinstance(weights, str) and weights.endswith(TORCHVISION_EXTENSIONS)
+    if torchvision and (stride_in_1x1 or depth != 50):
+        raise ValueError(
+            f"{label}: {weights} is a torchvision ResNet-50 file; it needs a ResNet-50 with "
+            "the stride in the 3x3 conv: --config.model.backbone.name=resnet50 "
+            "--config.model.backbone.stride_in_1x1=False (and ImageNet mean/std pixel "
+            "statistics, --config.data.pixel_mean/pixel_std)."
+        )
+    if weights not in (None, "imagenet") and not torchvision and not (
         isinstance(weights, str) and weights.endswith((".weights.h5", ".keras"))
     ):
         raise ValueError(
-            f"{label}: weights must be None, 'imagenet' or a path ending in .weights.h5/.keras; "
-            f"got {weights!r}."
+            f"{label}: weights (model.backbone.weights) must be None, 'imagenet', a torchvision "
+            f"ResNet-50 file ({'/'.join(TORCHVISION_EXTENSIONS)}) or a path ending in "
+            f".weights.h5/.keras; got {weights!r}."
         )
 
 
@@ -319,6 +337,10 @@ def _load_weights(model: keras.layers.Layer, weights: str | None, label: str,
         copy_keras_resnet_weights(model, source)
         logging.info("%s: ImageNet weights copied from keras.applications.%s", label,
                      source.name)
+    elif weights.endswith(TORCHVISION_EXTENSIONS):
+        copied = load_torchvision_resnet50(model, weights)
+        logging.info("%s: %d tensors copied from the torchvision ResNet-50 file %s", label,
+                     copied, weights)
     else:
         model.load_weights(weights)
         logging.info("%s: weights loaded from %s", label, weights)
@@ -334,14 +356,18 @@ class ResNet(keras.Model):
             (Detectron default); k freezes the stem and stages conv2..conv<k> (up to 5).
             Frozen layers are ``trainable=False`` (their BatchNorms then run in inference mode).
         norm: ``"frozen_bn"`` (Detectron default), ``"bn"`` or ``"sync_bn"`` (cross-replica).
+        norm_epsilon: epsilon of the norm layers (keras.applications' 1.001e-5 by default;
+            torchvision 1e-5, its v1 COCO detection weights 0).
         stride_in_1x1: True (MSRA/Caffe, keras.applications) puts a block's stride in its first
             1x1 conv; False (torchvision) in its 3x3 conv.
         dilate_c5: C5 keeps stride 16: its first block has stride 1 and its 3x3 convs dilation 2
             (R-FCN).
         weights: ``None`` random init; ``"imagenet"`` copies ``keras.applications.ResNet<depth>``
-            (needs ``stride_in_1x1=True`` and a download); or a ``.weights.h5``/``.keras`` path
-            saved from an identically configured ResNet. Not kept in ``get_config`` (a saved
-            model already carries its weights).
+            (needs ``stride_in_1x1=True`` and a download); a torchvision ImageNet ResNet-50 file
+            (``.pth``, ``.safetensors``, ``.npz``; needs ``stride_in_1x1=False`` and ImageNet
+            mean/std inputs); or a ``.weights.h5``/``.keras`` path saved from an identically
+            configured ResNet. Not kept in ``get_config`` (a saved model already carries its
+            weights).
         stages: which of ``"C2".."C5"`` to output; the trunk stops after the last one (the C4
             detector uses ``("C2", "C3", "C4")`` or just ``("C4",)`` and runs res5 per RoI).
         include_c5: False drops ``"C5"`` from ``stages`` (shorthand for the C4 detector).
@@ -366,6 +392,7 @@ class ResNet(keras.Model):
         weights: str | None = None,
         stages: Sequence[str] = _STAGE_NAMES,
         include_c5: bool = True,
+        norm_epsilon: float = DEFAULT_NORM_EPSILON,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("name", f"resnet{depth}")
@@ -375,7 +402,7 @@ class ResNet(keras.Model):
         if not 0 <= freeze_at <= 5:
             raise ValueError(f"freeze_at must be in 0..5 (0 = train everything), got {freeze_at}.")
         _check_norm(norm)
-        _check_weights_arg(weights, f"ResNet-{depth} backbone", stride_in_1x1)
+        _check_weights_arg(weights, f"ResNet-{depth} backbone", stride_in_1x1, depth)
         stages = tuple(stages)
         unknown = [s for s in stages if s not in _STAGE_NAMES]
         if not stages or unknown:
@@ -383,6 +410,7 @@ class ResNet(keras.Model):
         self.depth = depth
         self.freeze_at = freeze_at
         self.norm = norm
+        self.norm_epsilon = float(norm_epsilon)
         self.stride_in_1x1 = stride_in_1x1
         self.dilate_c5 = dilate_c5
         self.weights_source = weights
@@ -393,7 +421,7 @@ class ResNet(keras.Model):
             raise ValueError("include_c5=False leaves no output stage; add C2..C4 to stages.")
 
         self.stem_conv = _conv(64, 7, 2, "conv1_conv")
-        self.stem_norm = _make_norm(norm, "conv1_bn")
+        self.stem_norm = make_norm(norm, "conv1_bn", self.norm_epsilon)
         num_stages = _STAGE_NAMES.index(self._outputs[-1]) + 1
         self.res_stages = []
         for i in range(num_stages):
@@ -402,7 +430,7 @@ class ResNet(keras.Model):
                 ResNetStage(_BLOCKS[depth][i], _STAGE_FILTERS[i],
                             stride=1 if i == 0 or dilated else 2,
                             dilation=2 if dilated else 1, stride_in_1x1=stride_in_1x1,
-                            norm=norm, name=f"conv{i + 2}")
+                            norm=norm, norm_epsilon=self.norm_epsilon, name=f"conv{i + 2}")
             )
         # Freeze: stem at freeze_at >= 1, stage conv<k> at freeze_at >= k.
         if freeze_at >= 1:
@@ -459,7 +487,8 @@ class ResNet(keras.Model):
         return {"name": self.name, "trainable": self.trainable, "depth": self.depth,
                 "freeze_at": self.freeze_at, "norm": self.norm,
                 "stride_in_1x1": self.stride_in_1x1, "dilate_c5": self.dilate_c5,
-                "weights": None, "stages": list(self.stages), "include_c5": self.include_c5}
+                "weights": None, "stages": list(self.stages), "include_c5": self.include_c5,
+                "norm_epsilon": self.norm_epsilon}
 
 
 def make_res5_head(
@@ -468,6 +497,7 @@ def make_res5_head(
     stride_in_1x1: bool = True,
     weights: str | None = None,
     name: str = "conv5",
+    norm_epsilon: float = DEFAULT_NORM_EPSILON,
 ) -> ResNetStage:
     """Build ResNet's res5 stage on its own, the per-RoI head of the C4 detector.
 
@@ -478,6 +508,7 @@ def make_res5_head(
         weights: ``None``, ``"imagenet"`` (copies ``conv5_*`` of keras.applications) or a
             ``.weights.h5``/``.keras`` path for this stage.
         name: layer name; inner layers are ``<name>_block<i>_...`` ("conv5" matches Keras).
+        norm_epsilon: epsilon of the norm layers.
 
     Returns:
         A ``ResNetStage`` mapping pooled RoI features ``[N, 14, 14, 1024]`` to
@@ -487,7 +518,8 @@ def make_res5_head(
         raise ValueError(f"depth must be one of {sorted(_BLOCKS)}, got {depth}.")
     _check_weights_arg(weights, f"ResNet-{depth} res5 head", stride_in_1x1)
     stage = ResNetStage(_BLOCKS[depth][3], _STAGE_FILTERS[3], stride=2,
-                        stride_in_1x1=stride_in_1x1, norm=norm, name=name)
+                        stride_in_1x1=stride_in_1x1, norm=norm, norm_epsilon=norm_epsilon,
+                        name=name)
     stage.build((None, None, None, 1024))
     _load_weights(stage, weights, f"ResNet-{depth} res5 head",
                   lambda: getattr(keras.applications, f"ResNet{depth}")(

@@ -25,6 +25,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from tf_rcnn.layers.normalization import check_norm, make_norm
+
 _TOP_BLOCKS = ("maxpool", None)
 
 
@@ -59,13 +61,15 @@ class FPN(keras.layers.Layer):
     pooling with a 1x1 window, as in the FPN paper's RPN), used only by the RPN.
 
     Convs use a fan-in uniform init (``lecun_uniform``, the "Xavier fill" of Caffe2/Detectron)
-    and zero bias.
+    and zero bias. With ``norm`` every conv is followed by a norm layer instead of a bias
+    (torchvision's ``*_fpn_v2`` models: BatchNorm, no activation).
 
     Args:
         in_features: backbone stage names, fine to coarse (e.g. ``("C2", "C3", "C4", "C5")``).
         in_strides: stride of each input, fine to coarse, powers of two, each twice the previous.
         out_channels: channels D of every output.
         top_block: ``"maxpool"`` adds ``P_{L+1}`` (``P6`` for C2..C5); ``None`` adds nothing.
+        norm: None, or ``"frozen_bn"`` / ``"bn"`` / ``"sync_bn"`` after every conv.
         **kwargs: forwarded to ``keras.layers.Layer``.
 
     Call arguments:
@@ -82,9 +86,11 @@ class FPN(keras.layers.Layer):
         in_strides: Sequence[int] = (4, 8, 16, 32),
         out_channels: int = 256,
         top_block: str | None = "maxpool",
+        norm: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        check_norm(norm, "norm (model.neck.norm)")
         in_features = tuple(in_features)
         in_strides = tuple(int(s) for s in in_strides)
         if not in_features or len(in_features) != len(in_strides):
@@ -108,8 +114,9 @@ class FPN(keras.layers.Layer):
         self.in_strides = in_strides
         self.out_channels = out_channels
         self.top_block = top_block
+        self.norm = norm
         self._levels = [round(math.log2(s)) for s in in_strides]
-        init = {"kernel_initializer": "lecun_uniform", "bias_initializer": "zeros"}
+        init = {"kernel_initializer": "lecun_uniform", "use_bias": norm is None}
         self.lateral_convs = [
             keras.layers.Conv2D(out_channels, 1, name=f"fpn_lateral{lvl}", **init)
             for lvl in self._levels
@@ -118,6 +125,14 @@ class FPN(keras.layers.Layer):
             keras.layers.Conv2D(out_channels, 3, padding="same", name=f"fpn_output{lvl}", **init)
             for lvl in self._levels
         ]
+        # Without a norm these are identities (no layers, so no change to the weights).
+        self.lateral_norms = [None] * len(self._levels)
+        self.output_norms = [None] * len(self._levels)
+        if norm is not None:
+            self.lateral_norms = [make_norm(norm, f"fpn_lateral{lvl}_norm")
+                                  for lvl in self._levels]
+            self.output_norms = [make_norm(norm, f"fpn_output{lvl}_norm")
+                                 for lvl in self._levels]
 
     @property
     def output_strides(self) -> dict[str, int]:
@@ -139,23 +154,36 @@ class FPN(keras.layers.Layer):
                 f"FPN expects input features {self.in_features}; missing {missing} among "
                 f"{sorted(input_shape)}. Check the backbone stages and FPN in_features."
             )
-        for name, lateral, output in zip(
-            self.in_features, self.lateral_convs, self.output_convs, strict=True
-        ):
+        for i, name in enumerate(self.in_features):
             channels = input_shape[name][-1]
-            lateral.build((None, None, None, channels))
-            output.build((None, None, None, self.out_channels))
+            self.lateral_convs[i].build((None, None, None, channels))
+            self.output_convs[i].build((None, None, None, self.out_channels))
+            for norm in (self.lateral_norms[i], self.output_norms[i]):
+                if norm is not None:
+                    norm.build((None, None, None, self.out_channels))
 
-    def call(self, features: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    @staticmethod
+    def _conv(conv: keras.layers.Layer, norm: keras.layers.Layer | None, x: tf.Tensor,
+              training: bool | None) -> tf.Tensor:
+        x = conv(x)
+        return x if norm is None else norm(x, training=training)
+
+    def call(self, features: Mapping[str, tf.Tensor],
+             training: bool | None = None) -> dict[str, tf.Tensor]:
         inputs = [features[name] for name in self.in_features]
         results = [None] * len(inputs)
+        last = len(inputs) - 1
         # Top-down: start at the coarsest level and add upsampled context level by level.
-        top_down = self.lateral_convs[-1](inputs[-1])
-        results[-1] = self.output_convs[-1](top_down)
-        for i in range(len(inputs) - 2, -1, -1):
-            lateral = self.lateral_convs[i](inputs[i])
+        top_down = self._conv(self.lateral_convs[last], self.lateral_norms[last], inputs[last],
+                              training)
+        results[last] = self._conv(self.output_convs[last], self.output_norms[last], top_down,
+                                   training)
+        for i in range(last - 1, -1, -1):
+            lateral = self._conv(self.lateral_convs[i], self.lateral_norms[i], inputs[i],
+                                 training)
             top_down = lateral + upsample_to(top_down, tf.shape(lateral)[1:3])
-            results[i] = self.output_convs[i](top_down)
+            results[i] = self._conv(self.output_convs[i], self.output_norms[i], top_down,
+                                    training)
         outputs = {f"P{lvl}": r for lvl, r in zip(self._levels, results, strict=True)}
         if self.top_block == "maxpool":
             # Max pooling with a 1x1 window and stride 2 is plain subsampling: [B,H,W,D] ->
@@ -182,6 +210,7 @@ class FPN(keras.layers.Layer):
                 "in_strides": list(self.in_strides),
                 "out_channels": self.out_channels,
                 "top_block": self.top_block,
+                "norm": self.norm,
             }
         )
         return config

@@ -36,13 +36,15 @@ def _init() -> dict[str, Any]:
 
 @keras.saving.register_keras_serializable(package="tf_rcnn")
 class RPNHead(keras.layers.Layer):
-    """A 3x3 conv + ReLU and two sibling 1x1 convs, shared by every pyramid level.
+    """3x3 conv(s) + ReLU and two sibling 1x1 convs, shared by every pyramid level.
 
     Init: weights normal with std 0.01, zero bias (Faster R-CNN, Sec. 3.1.3).
 
     Args:
         num_anchors: A, anchors per cell (the same on every level).
-        channels: width of the 3x3 conv; ``None`` uses the input channel count.
+        channels: width of the 3x3 conv(s); ``None`` uses the input channel count.
+        num_convs: 3x3 conv + ReLU layers before the sibling convs (1 in the paper, 2 in
+            torchvision's ``*_fpn_v2`` models); the first is ``conv``, the next ``conv2``...
         **kwargs: forwarded to ``keras.layers.Layer``.
 
     Call arguments:
@@ -52,19 +54,25 @@ class RPNHead(keras.layers.Layer):
         ``(objectness_logits [B, N] float32, deltas [B, N, 4] float32)``.
     """
 
-    def __init__(self, num_anchors: int, channels: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, num_anchors: int, channels: int | None = None, num_convs: int = 1,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if int(num_anchors) <= 0:
             raise ValueError(f"num_anchors must be a positive int, got {num_anchors}.")
         if channels is not None and int(channels) <= 0:
             raise ValueError(f"channels must be a positive int or None, got {channels}.")
+        if int(num_convs) < 1:
+            raise ValueError(f"num_convs (model.rpn.head_num_convs) must be >= 1, got "
+                             f"{num_convs}.")
         self.num_anchors = int(num_anchors)
         self.channels = None if channels is None else int(channels)
+        self.num_convs = int(num_convs)
         self.objectness_conv = keras.layers.Conv2D(self.num_anchors, 1, name="objectness",
                                                    **_init())
         self.deltas_conv = keras.layers.Conv2D(self.num_anchors * 4, 1, name="deltas",
                                                **_init())
         self.conv = None
+        self.extra_convs = []
 
     def build(self, input_shape: Sequence[tuple]) -> None:
         if not isinstance(input_shape, (list, tuple)) or not input_shape or not isinstance(
@@ -85,6 +93,13 @@ class RPNHead(keras.layers.Layer):
         self.conv = keras.layers.Conv2D(width, 3, padding="same", activation="relu",
                                         name="conv", **_init())
         self.conv.build((None, None, None, in_ch))
+        self.extra_convs = [
+            keras.layers.Conv2D(width, 3, padding="same", activation="relu",
+                                name=f"conv{i + 2}", **_init())
+            for i in range(self.num_convs - 1)
+        ]
+        for conv in self.extra_convs:
+            conv.build((None, None, None, width))
         self.objectness_conv.build((None, None, None, width))
         self.deltas_conv.build((None, None, None, width))
 
@@ -94,6 +109,8 @@ class RPNHead(keras.layers.Layer):
             shape = tf.shape(x)
             batch, cells = shape[0], shape[1] * shape[2]
             hidden = self.conv(x)
+            for conv in self.extra_convs:
+                hidden = conv(hidden)
             # [B, H, W, A] -> [B, H*W*A]: row-major (y, x) then anchor a, so the flat index is
             # (y * W + x) * A + a.
             logits_per_level.append(tf.reshape(self.objectness_conv(hidden),
@@ -115,5 +132,6 @@ class RPNHead(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update({"num_anchors": self.num_anchors, "channels": self.channels})
+        config.update({"num_anchors": self.num_anchors, "channels": self.channels,
+                       "num_convs": self.num_convs})
         return config

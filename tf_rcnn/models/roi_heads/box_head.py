@@ -24,6 +24,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from tf_rcnn.layers.normalization import check_norm, make_norm
 from tf_rcnn.models.serialization import deserialize_keys, serialize_optional
 
 
@@ -77,34 +78,69 @@ def _check_fc_dims(fc_dims: Sequence[int]) -> tuple[int, ...]:
 
 @keras.saving.register_keras_serializable(package="tf_rcnn")
 class FPNBoxHead(keras.layers.Layer):
-    """The FPN paper's "2fc" head: flatten, then fully connected + ReLU layers.
+    """The FPN paper's "2fc" head: flatten, then fully connected + ReLU layers; optionally
+    3x3 convs first ("4conv1fc", Detectron2's and torchvision's ``*_fpn_v2`` box head).
 
     Args:
         fc_dims: widths of the fully connected layers (default two of 1024).
+        conv_dims: widths of 3x3 conv + [norm] + ReLU layers run on the pooled map before the
+            fully connected ones (default none).
+        norm: None, or ``"frozen_bn"`` / ``"bn"`` / ``"sync_bn"`` after each conv (the convs
+            then have no bias).
         **kwargs: forwarded to ``keras.layers.Layer``.
 
     Call arguments:
         pooled_features: ``[B, R, S, S, C]`` float32 RoI features, or already flat
-            ``[B, R, D]`` (``SpatialPyramidPooling``).
+            ``[B, R, D]`` (``SpatialPyramidPooling``, without convs).
+        training: forwarded to the norm layers.
 
     Returns:
         ``[B, R, fc_dims[-1]]`` float32 box features.
     """
 
-    def __init__(self, fc_dims: Sequence[int] = (1024, 1024), **kwargs: Any) -> None:
+    def __init__(self, fc_dims: Sequence[int] = (1024, 1024), conv_dims: Sequence[int] = (),
+                 norm: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.fc_dims = _check_fc_dims(fc_dims)
+        self.conv_dims = tuple(int(d) for d in conv_dims)
+        if any(d <= 0 for d in self.conv_dims):
+            raise ValueError(f"conv_dims must be positive ints, got {conv_dims}.")
+        self.norm = check_norm(norm, "norm (model.roi_head.norm)")
+        self.convs = [
+            keras.layers.Conv2D(d, 3, padding="same", use_bias=norm is None,
+                                activation="relu" if norm is None else None,
+                                kernel_initializer="he_normal", name=f"conv{i + 1}")
+            for i, d in enumerate(self.conv_dims)
+        ]
+        self.conv_norms = [make_norm(norm, f"conv{i + 1}_norm") if norm else None
+                           for i in range(len(self.conv_dims))]
         self.fcs = _dense_stack(self.fc_dims, "fc")
 
     def build(self, input_shape: tuple) -> None:
-        _check_pooled_shape(self, input_shape, allow_flat=True)
-        size = _flat_size(input_shape)
+        _check_pooled_shape(self, input_shape, allow_flat=not self.conv_dims)
+        shape = (None, *input_shape[2:])
+        for conv, norm in zip(self.convs, self.conv_norms, strict=True):
+            conv.build(shape)
+            shape = conv.compute_output_shape(shape)
+            if norm is not None:
+                norm.build(shape)
+        size = _flat_size((None, None, *shape[1:]))
         for fc in self.fcs:
             fc.build((None, size))
             size = fc.units
 
-    def call(self, pooled_features: tf.Tensor) -> tf.Tensor:
+    def call(self, pooled_features: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         x, batch_rois = fold_rois(pooled_features)
+        if self.convs:
+            # [B*R, S, S, C] -> [B*R + 1, ...]: TF's CPU conv returns its input unchanged for an
+            # empty batch (see ResNetC4BoxHead), so one zero RoI is added and dropped after.
+            num = tf.shape(x)[0]
+            x = tf.concat([x, tf.zeros(tf.concat([[1], tf.shape(x)[1:]], axis=0), x.dtype)], 0)
+            for conv, norm in zip(self.convs, self.conv_norms, strict=True):
+                x = conv(x)
+                if norm is not None:
+                    x = tf.nn.relu(norm(x, training=training))
+            x = x[:num]
         # [B*R, S, S, C] -> [B*R, S*S*C] (row-major y, x, c; a no-op for flat [B*R, D] input).
         # Static size so that R = 0 works.
         x = tf.reshape(x, [tf.shape(x)[0], self.fcs[0].kernel.shape[0]])
@@ -117,7 +153,8 @@ class FPNBoxHead(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update({"fc_dims": list(self.fc_dims)})
+        config.update({"fc_dims": list(self.fc_dims), "conv_dims": list(self.conv_dims),
+                       "norm": self.norm})
         return config
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from tf_rcnn.layers.normalization import check_norm, make_norm
 from tf_rcnn.models.roi_heads.box_head import fold_rois, unfold_rois
 from tf_rcnn.models.serialization import deserialize_keys, serialize_optional
 
@@ -55,6 +56,8 @@ class MaskHead(keras.layers.Layer):
         class_agnostic: predict one mask per RoI instead of one per class.
         res5: optional res5 stage run on the pooled RoI features first (the C4 head, e.g.
             ``make_res5_head(...)``: ``[N, 14, 14, 1024] -> [N, 7, 7, 2048]``).
+        norm: None, or ``"frozen_bn"`` / ``"bn"`` / ``"sync_bn"`` after each 3x3 conv (the
+            convs then have no bias; torchvision's ``maskrcnn_resnet50_fpn_v2``).
         **kwargs: forwarded to ``keras.layers.Layer``.
 
     Call arguments:
@@ -78,6 +81,7 @@ class MaskHead(keras.layers.Layer):
         deconv_dim: int = 256,
         class_agnostic: bool = False,
         res5: keras.layers.Layer | None = None,
+        norm: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -100,11 +104,15 @@ class MaskHead(keras.layers.Layer):
         self.deconv_dim = int(deconv_dim)
         self.class_agnostic = bool(class_agnostic)
         self.res5 = res5
+        self.norm = check_norm(norm, "norm (model.mask_head.norm)")
         self.convs = [
-            keras.layers.Conv2D(d, 3, padding="same", activation="relu",
-                                kernel_initializer=_msra_fill(), name=f"mask_fcn{i + 1}")
+            keras.layers.Conv2D(d, 3, padding="same", activation="relu" if norm is None else None,
+                                use_bias=norm is None, kernel_initializer=_msra_fill(),
+                                name=f"mask_fcn{i + 1}")
             for i, d in enumerate(self.conv_dims)
         ]
+        self.conv_norms = [make_norm(norm, f"mask_fcn{i + 1}_norm") if norm else None
+                           for i in range(len(self.conv_dims))]
         self.deconv = keras.layers.Conv2DTranspose(
             self.deconv_dim, 2, strides=2, activation="relu", kernel_initializer=_msra_fill(),
             name="deconv",
@@ -126,9 +134,11 @@ class MaskHead(keras.layers.Layer):
             if not self.res5.built:
                 self.res5.build(shape)
             shape = self.res5.compute_output_shape(shape)
-        for conv in self.convs:
+        for conv, norm in zip(self.convs, self.conv_norms, strict=True):
             conv.build(shape)
             shape = conv.compute_output_shape(shape)
+            if norm is not None:
+                norm.build(shape)
         self.deconv.build(shape)
         shape = self.deconv.compute_output_shape(shape)
         self.predictor.build(shape)
@@ -140,8 +150,10 @@ class MaskHead(keras.layers.Layer):
         x = tf.concat([x, tf.zeros(tf.concat([[1], tf.shape(x)[1:]], axis=0), x.dtype)], axis=0)
         if self.res5 is not None:
             x = self.res5(x, training=training)  # [N, S, S, 1024] -> [N, S/2, S/2, 2048]
-        for conv in self.convs:
+        for conv, norm in zip(self.convs, self.conv_norms, strict=True):
             x = conv(x)
+            if norm is not None:
+                x = tf.nn.relu(norm(x, training=training))
         x = self.deconv(x)  # [N, S', S', C'] -> [N, 2 S', 2 S', deconv_dim]
         x = tf.cast(self.predictor(x), tf.float32)[:num]  # [B*R, Sm, Sm, K']
         return unfold_rois(x, batch_rois)
@@ -158,6 +170,7 @@ class MaskHead(keras.layers.Layer):
             conv_dims=list(self.conv_dims),
             deconv_dim=self.deconv_dim,
             class_agnostic=self.class_agnostic,
+            norm=self.norm,
             res5=serialize_optional(self.res5),
         )
         return config

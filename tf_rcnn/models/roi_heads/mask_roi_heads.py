@@ -48,6 +48,9 @@ class MaskRoIHeads(RoIHeads):
             ``MultiLevelRoIAlign`` for FPN, ``RoIAlign`` on C4).
         mask_head: ``MaskHead``: ``[B, R, 14, 14, C]`` -> ``mask_logits [B, R, Sm, Sm, K']``.
         mask_loss_weight: multiplier of the mask loss (1.0 in the paper).
+        paste_rule: how the 28x28 masks are pasted into images outside the graph
+            (``tf_rcnn.ops.masks.paste_masks``): ``"tf_rcnn"`` or ``"torchvision"``; kept with
+            the model so evaluation, prediction and drawings use the rule it was made for.
 
     Call arguments:
         As ``RoIHeads``; in training ``targets`` must also hold
@@ -77,6 +80,7 @@ class MaskRoIHeads(RoIHeads):
         focal_gamma: float | None = None,
         mask_loss_weight: float = 1.0,
         ohem: keras.layers.Layer | None = None,
+        paste_rule: str = "tf_rcnn",
         **kwargs,
     ):
         super().__init__(
@@ -95,6 +99,10 @@ class MaskRoIHeads(RoIHeads):
         self.mask_pooler = mask_pooler
         self.mask_head = mask_head
         self.mask_loss_weight = float(mask_loss_weight)
+        if paste_rule not in mask_ops.PASTE_RULES:
+            raise ValueError(f"paste_rule (model.mask_head.paste_rule) must be one of "
+                             f"{mask_ops.PASTE_RULES}, got {paste_rule!r}.")
+        self.paste_rule = paste_rule
 
     @property
     def max_positives(self) -> int:
@@ -166,5 +174,6 @@ class MaskRoIHeads(RoIHeads):
             mask_pooler=serialize_optional(self.mask_pooler),
             mask_head=serialize_optional(self.mask_head),
             mask_loss_weight=self.mask_loss_weight,
+            paste_rule=self.paste_rule,
         )
         return config

@@ -50,7 +50,7 @@ of a float32).
 
 Example::
 
-    from tf_rcnn.pretrained.torch_checkpoint import load_state_dict
+    from tf_rcnn.formats.torch_checkpoint import load_state_dict
     weights = load_state_dict("resnet50.pth")   # {"conv1.weight": float32 (64, 3, 7, 7), ...}
 """
 
@@ -952,7 +952,7 @@ def read_checkpoint(path: str | os.PathLike, key: str | None = None) -> Checkpoi
 def load_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str, np.ndarray]:
     """Read a PyTorch (or safetensors / npz) state dict as NumPy arrays, without torch.
 
-    Logs (INFO, logger ``tf_rcnn.pretrained.torch_checkpoint``) the format found and, for
+    Logs (INFO, logger ``tf_rcnn.formats.torch_checkpoint``) the format found and, for
     wrapped training checkpoints, the key the state dict was taken from; use
     :func:`read_checkpoint` to get these as values.
 

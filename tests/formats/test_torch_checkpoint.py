@@ -1,4 +1,4 @@
-"""tf_rcnn.pretrained.torch_checkpoint: PyTorch checkpoints read without torch.
+"""tf_rcnn.formats.torch_checkpoint: PyTorch checkpoints read without torch.
 
 The files in tests/fixtures/torch were written by torch 2.14.1 through
 benchmarks/peers/make_checkpoint_fixtures.py (see its docstring to re-create them); torch is not
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tf_rcnn.pretrained import torch_checkpoint as tc
+from tf_rcnn.formats import torch_checkpoint as tc
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "torch"
 MODULE_FILE = Path(tc.__file__)

@@ -1,4 +1,5 @@
-"""Frozen batch normalisation: a fixed per-channel affine transform, as used by Detectron.
+"""Normalisation layers of the backbones, FPN and heads: frozen BatchNorm and the factory
+that picks a norm by name (``norm="frozen_bn" | "bn" | "sync_bn"``, None for no norm).
 
 Conventions:
     Feature maps are NHWC float32 ``[B, H, W, C]`` (channels last). The layer normalises over the
@@ -72,3 +73,32 @@ class FrozenBatchNormalization(keras.layers.Layer):
         config = super().get_config()
         config.update({"epsilon": self.epsilon})
         return config
+
+
+NORMS = ("frozen_bn", "bn", "sync_bn")
+# BatchNorm epsilon of the FPN and heads (torchvision and Detectron2 both use 1e-5).
+NORM_EPSILON = 1e-5
+
+
+def check_norm(norm: str | None, key: str = "norm") -> str | None:
+    """``norm`` if it is None or one of :data:`NORMS`; ValueError naming ``key`` otherwise."""
+    if norm is not None and norm not in NORMS:
+        raise ValueError(f"{key} must be one of {NORMS} or None (no norm), got {norm!r}.")
+    return norm
+
+
+def make_norm(norm: str, name: str, epsilon: float = NORM_EPSILON) -> keras.layers.Layer:
+    """A normalisation layer over the channel axis.
+
+    Args:
+        norm: ``"frozen_bn"`` (fixed statistics, :class:`FrozenBatchNormalization`), ``"bn"``
+            (Keras BatchNormalization, momentum 0.9 = PyTorch's 0.1) or ``"sync_bn"``
+            (cross-replica statistics).
+        name: layer name.
+        epsilon: added to the variance.
+    """
+    check_norm(norm)
+    if norm == "frozen_bn":
+        return FrozenBatchNormalization(epsilon=epsilon, name=name)
+    return keras.layers.BatchNormalization(epsilon=epsilon, momentum=0.9,
+                                           synchronized=norm == "sync_bn", name=name)
