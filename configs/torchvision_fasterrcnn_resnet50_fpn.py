@@ -21,7 +21,7 @@ give torchvision's detections (torchvision 0.29, ``models/detection``):
 - detections: softmax, score > 0.05, boxes of at least 0.01 px, per-class NMS 0.5, 100 kept.
 
 Classes: torchvision's 91 outputs are background + COCO category ids 1..90 (ten of them unused
-by COCO), so ``num_classes = 90`` and class c is COCO id c.
+by COCO), so an imported model has ``num_classes = 90`` and class c is COCO id c.
 
 Training values (for fine-tuning an imported model) follow torchvision's references: RPN and
 R-CNN box losses with smooth-L1 beta 1/9, 512 RoIs at 25% foreground, no cross-boundary anchor
@@ -36,7 +36,8 @@ def get_config():
     config = default_config()
     m = config.model
     m.type = "faster_rcnn"
-    m.num_classes = 90  # torchvision: 91 outputs = background + COCO ids 1..90
+    # num_classes: 90 for torchvision's COCO weights (python -m tf_rcnn.tools.import_weights
+    # and tf_rcnn.pretrained.load set it); fine-tuning takes it from the training data.
     b = m.backbone
     b.name = "resnet50"
     b.weights = None  # the import writes every weight

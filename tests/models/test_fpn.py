@@ -88,3 +88,13 @@ def test_fpn_bad_arguments(kwargs):
 def test_fpn_missing_feature():
     with pytest.raises(ValueError, match="missing"):
         FPN(out_channels=4)({"C2": tf.zeros((1, 8, 8, 3))})
+
+
+def test_fpn_with_norm_has_no_conv_bias_and_a_norm_after_each_conv():
+    fpn = FPN(in_features=("C2", "C3", "C4", "C5"), in_strides=(4, 8, 16, 32),
+              out_channels=8, norm="frozen_bn")
+    check_layer_contract(fpn, _features([(16, 16), (8, 8), (4, 4), (2, 2)]))
+    paths = {w.path.split("/", 1)[1] for w in fpn.weights}
+    assert "fpn_lateral2/bias" not in paths and "fpn_output5/bias" not in paths
+    assert {"fpn_lateral2_norm/gamma", "fpn_output5_norm/moving_mean"} <= paths
+    assert len(paths) == 8 + 8 * 4  # 8 kernels, 8 norms of 4 vectors

@@ -163,3 +163,24 @@ def test_box_predictor_init_and_layout():
     np.testing.assert_allclose(deltas[0, 1, 7].numpy(), [28, 29, 30, 31])
     with pytest.raises(ValueError, match="num_classes"):
         BoxPredictor(num_classes=0)
+
+
+def test_rpn_head_with_two_convs_and_box_head_with_convs_and_norm():
+    # torchvision's *_fpn_v2: two 3x3 RPN convs ("conv", "conv2"), a 4conv1fc box head whose
+    # convs have BatchNorm and no bias.
+    head = RPNHead(num_anchors=3, num_convs=2)
+    check_layer_contract(head, [tf.random.normal([2, 8, 8, 16]), tf.random.normal([2, 4, 4, 16])])
+    names = sorted({w.path.split("/")[-2] for w in head.weights})
+    assert names == ["conv", "conv2", "deltas", "objectness"]
+    with pytest.raises(ValueError, match="model.rpn.head_num_convs"):
+        RPNHead(num_anchors=3, num_convs=0)
+    box = FPNBoxHead(fc_dims=(32,), conv_dims=(8, 8), norm="frozen_bn")
+    out = check_layer_contract(box, tf.random.normal([2, 5, 7, 7, 16]))
+    assert out.shape == (2, 5, 32)
+    paths = [w.path.split("/", 1)[1] for w in box.weights]
+    assert "conv1/kernel" in paths and "conv1/bias" not in paths
+    assert {"conv1_norm/gamma", "conv2_norm/moving_variance", "fc1/kernel"} <= set(paths)
+    # Zero RoIs still give [B, 0, D] (TF's CPU conv returns its input for an empty batch).
+    assert box(tf.zeros([2, 0, 7, 7, 16])).shape == (2, 0, 32)
+    with pytest.raises(ValueError, match="model.roi_head.norm"):
+        FPNBoxHead(conv_dims=(8,), norm="layer_norm")

@@ -101,3 +101,14 @@ def test_inside_image_mask_per_image_shapes():
     assert anchor_ops.inside_image_mask(tf.zeros([0, 4]), image_shape).shape == (2, 0)
     with pytest.raises(ValueError, match="image_shape"):
         anchor_ops.inside_image_mask(anchors, tf.constant([16, 16]))
+
+
+def test_rounded_base_anchors_like_torchvision():
+    # Size 32, ratio h/w 0.5: h = 32 * sqrt(0.5) = 22.627, w = 45.255; halves 11.31 and 22.63
+    # round to 11 and 23. Ratio 1: exactly 16. Ratio 2: the transpose of ratio 0.5.
+    rounded = anchor_ops.generate_base_anchors([32], [0.5, 1.0, 2.0], round_coordinates=True)
+    np.testing.assert_array_equal(rounded.numpy(), [[-11, -23, 11, 23], [-16, -16, 16, 16],
+                                                    [-23, -11, 23, 11]])
+    # Halves go to the even integer, like torch.round: size 5, ratio 1 -> +-2.5 -> +-2.
+    half = anchor_ops.generate_base_anchors([5], [1.0], round_coordinates=True).numpy()
+    np.testing.assert_array_equal(half, [[-2, -2, 2, 2]])

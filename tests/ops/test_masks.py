@@ -129,3 +129,61 @@ def test_bad_arguments():
                               tf.zeros([1, 1], tf.int32))
     with pytest.raises(ValueError, match="image_size"):
         mask_ops.paste_masks(tf.zeros([1, 1, 4, 4]), tf.zeros([1, 1, 4]), tf.zeros([2, 2]))
+
+
+def _torchvision_paste_reference(mask: np.ndarray, box_xyxy: np.ndarray, height: int,
+                                 width: int) -> np.ndarray:
+    """torchvision's paste_masks_in_image for one mask, from its definition (float64 loops):
+    pad the S x S mask with a zero cell, widen the box by (S + 2) / S about its centre, cast
+    its corners to int (towards zero), resize the padded mask bilinearly (half-pixel centres,
+    source positions clamped to the grid) to (y2 - y1 + 1) x (x2 - x1 + 1) and write it at
+    rows y1..y2, columns x1..x2 (clipped to the image)."""
+    size = mask.shape[0]
+    padded = np.zeros((size + 2, size + 2))
+    padded[1:-1, 1:-1] = mask
+    scale = (size + 2) / size
+    x1, y1, x2, y2 = box_xyxy
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    hw, hh = (x2 - x1) / 2 * scale, (y2 - y1) / 2 * scale
+    bx1, by1, bx2, by2 = (int(v) for v in (cx - hw, cy - hh, cx + hw, cy + hh))
+    w, h = max(bx2 - bx1 + 1, 1), max(by2 - by1 + 1, 1)
+
+    def source(i: int, out: int, n: int) -> tuple[int, int, float]:
+        s = max((i + 0.5) * n / out - 0.5, 0.0)
+        lo = min(int(np.floor(s)), n - 1)
+        return lo, min(lo + 1, n - 1), s - lo
+
+    resized = np.zeros((h, w))
+    n = size + 2
+    for r in range(h):
+        r0, r1, fr = source(r, h, n)
+        for c in range(w):
+            c0, c1, fc = source(c, w, n)
+            top = (1 - fc) * padded[r0, c0] + fc * padded[r0, c1]
+            bottom = (1 - fc) * padded[r1, c0] + fc * padded[r1, c1]
+            resized[r, c] = (1 - fr) * top + fr * bottom
+    out = np.zeros((height, width))
+    ys, ye = max(by1, 0), min(by2 + 1, height)
+    xs, xe = max(bx1, 0), min(bx2 + 1, width)
+    out[ys:ye, xs:xe] = resized[ys - by1:ye - by1, xs - bx1:xe - bx1]
+    return out
+
+
+def test_torchvision_paste_rule_matches_its_definition(rng):
+    # Boxes inside, across the border and tiny; masks smooth in [0, 1].
+    masks = rng.uniform(0, 1, (4, 7, 7)).astype(np.float32)
+    boxes_xyxy = np.array([[3.2, 2.7, 17.9, 11.1], [-4.0, 5.5, 9.0, 25.0],
+                           [10.0, 10.0, 10.6, 11.2], [0.0, 0.0, 23.0, 19.0]], np.float32)
+    boxes_yxyx = boxes_xyxy[:, [1, 0, 3, 2]]
+    got = mask_ops.paste_masks(masks[None], boxes_yxyx[None], (20, 24), threshold=None,
+                               rule="torchvision").numpy()[0]
+    for d in range(4):
+        want = _torchvision_paste_reference(masks[d], boxes_xyxy[d], 20, 24)
+        np.testing.assert_allclose(got[d], want, atol=2e-5, err_msg=f"detection {d}")
+    # Binarised as torchvision's COCO evaluation does: > 0.5 (the tf_rcnn rule keeps >= 0.5).
+    half = np.full((1, 1, 7, 7), 0.5, np.float32)
+    box = np.array([[[2.0, 2.0, 16.0, 16.0]]], np.float32)
+    assert mask_ops.paste_masks(half, box, (20, 20), rule="torchvision").numpy().sum() == 0
+    assert mask_ops.paste_masks(half, box, (20, 20)).numpy().sum() > 0
+    with pytest.raises(ValueError, match="model.mask_head.paste_rule"):
+        mask_ops.paste_masks(half, box, (20, 20), rule="nearest")

@@ -15,7 +15,13 @@ import keras
 
 from tf_rcnn.config import load_config_file
 from tf_rcnn.models import builder
-from tf_rcnn.pretrained.torchvision import ARCHS, coco_label_map, load_into, recipe_path
+from tf_rcnn.pretrained.torchvision import (
+    ARCHS,
+    NUM_CLASSES,
+    coco_label_map,
+    load_into,
+    recipe_path,
+)
 
 __all__ = ["ARCHS", "load"]
 
@@ -33,6 +39,7 @@ def load(arch: str, path: str) -> keras.Model:
         class c is COCO category id c, ``model.label_map`` names them).
     """
     config = load_config_file(recipe_path(arch))
+    config.model.num_classes = NUM_CLASSES
     model = builder.build_model(config, label_map=coco_label_map().to_dict())
     model.build_with_dummy_inputs()
     load_into(model, path, arch)

@@ -27,7 +27,13 @@ from tf_rcnn.label_map import LABEL_MAP_FILE
 from tf_rcnn.models import builder
 from tf_rcnn.models.backbones.torchvision_resnet import WeightsMismatchError
 from tf_rcnn.models.checkpoint import save_weights
-from tf_rcnn.pretrained.torchvision import ARCHS, coco_label_map, load_into, recipe_path
+from tf_rcnn.pretrained.torchvision import (
+    ARCHS,
+    NUM_CLASSES,
+    coco_label_map,
+    load_into,
+    recipe_path,
+)
 from tf_rcnn.tools import cli
 
 SOURCES = ("torchvision",)
@@ -42,6 +48,7 @@ def import_weights(arch: str, weights: str, output_dir: str,
     """
     if config is None:
         config = load_config_file(recipe_path(arch))
+    config.model.num_classes = NUM_CLASSES  # the weights' 90 COCO ids (+ background)
     label_map = coco_label_map()
     model = builder.build_model(config, label_map=label_map.to_dict())
     model.build_with_dummy_inputs()
