@@ -63,8 +63,9 @@ Files written to ``--out`` (default ``tests/fixtures/torchvision``):
   ``state_dict_numel`` (elements of all state-dict entries), ``spec`` (list of ``[key, shape,
   dtype]`` in state-dict order), ``legacy_keys`` (old key -> new key pairs checked in step 3),
   ``images`` (file, original size, resized size), ``feature_levels``, ``sample_points``,
-  ``box_head_rows``, ``pasted_masks``, ``detections_per_image``, ``versions`` (torch,
-  torchvision, numpy, python) and ``layout`` (a copy of the npz layout below).
+  ``box_head_rows``, ``pasted_masks``, ``detections_per_image``, ``weight_probes`` (for a few
+  keys of the synthetic weights: first 4 values, float64 sum and sum of squares), ``versions``
+  (torch, torchvision, numpy, python) and ``layout`` (a copy of the npz layout below).
 * ``transform.npz``: the transform's output, the same for all four archs (the script checks
   that): ``transform.image_sizes`` int64 (2, 2), ``transform.batch_shape`` int64 (4,) as below;
   ``transform.row_index`` int64 (R,) and ``transform.rows`` (2, 3, R, W_pad): full rows of the
@@ -258,6 +259,29 @@ def finish_v1(model: torch.nn.Module, arch: str) -> None:
         assert not frozen
     else:
         assert frozen and all(m.eps == 0.0 for m in frozen)
+
+
+def weight_probes(weights: dict[str, np.ndarray]) -> dict[str, dict]:
+    """A few values of the synthetic weights, so a reader can check it rebuilt the very weights
+    these outputs came from: per probed key the first 4 values, the float64 sum and sum of
+    squares."""
+    keys = list(weights)
+    probed = [keys[0], keys[1], keys[-1], keys[-2]] + [
+        k
+        for k in keys
+        if k.endswith(("layer4.2.bn3.weight", "fpn.layer_blocks.3.0.weight"))
+        or k.startswith(("rpn.head.cls_logits.", "roi_heads.box_predictor.cls_score."))
+        or k.endswith("conv5_mask.weight")
+    ]
+    out = {}
+    for key in dict.fromkeys(probed):
+        flat = weights[key].reshape(-1).astype(np.float64)
+        out[key] = {
+            "first": flat[:4].tolist(),
+            "sum": float(flat.sum()),
+            "sum_sq": float((flat * flat).sum()),
+        }
+    return out
 
 
 def norm_eps(model: torch.nn.Module) -> dict:
@@ -595,6 +619,7 @@ def main(argv=None) -> None:
             "detections_per_image": counts,
             "versions": versions,
             "layout": __doc__[__doc__.index("* ``<arch>.npz``") :].split("\nThe script fails")[0],
+            "weight_probes": weight_probes(weights),
             "legacy_keys": renames,
             "spec": [[k, list(s), d] for k, s, d in spec],
         }
