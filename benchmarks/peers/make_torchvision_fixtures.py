@@ -80,7 +80,7 @@ Files written to ``--out`` (default ``tests/fixtures/torchvision``):
     ``transform.valid_mean``, ``transform.valid_std`` (2, 3): per image and channel over the
     resized (unpadded) region; ``transform.batch_mean``, ``transform.batch_std`` (2, 3): the same
     over the padded image;
-    (full rows and columns of the padded batch are in ``transform.npz``, below).
+    (full rows and columns of the padded batch are in ``transform.npz``).
   backbone + FPN, for each level ``L`` in ``0 1 2 3 pool``:
     ``features.L.shape`` int64 (4,); ``features.L.mean``, ``features.L.std`` (2, 256): per image
     and channel over the whole (padded) map; ``features.L.positions`` int64 (2, P, 2): (y, x)

@@ -46,9 +46,10 @@ a uniform draw.
      normalisation of a ResNet bottleneck's residual branch, ``*.bn3``, whose output is added
      to the identity path: ``U(0.2, 0.4)`` (:data:`RESIDUAL_GAMMA`). Without that the
      variance grows at each of ResNet-50's 16 additions and ``layer4`` ends up orders of
-     magnitude above ``layer1``; with it every stage's output has a mean and standard deviation
-     around 0.4-0.7. (The projection shortcut's ``downsample.1`` is an ordinary one: it
-     carries the main path at the start of each stage.)
+     magnitude above ``layer1``; with it every stage's output (``layer1`` to ``layer4``) has a
+     mean of about 0.4 and a standard deviation of about 0.55-0.75. (The projection
+     shortcut's ``downsample.1`` is an ordinary one: it carries the main path at the start of
+     each stage.)
 3. Convolution weights (4-D): He-normal on fan in, ``N(0, sqrt(gain / fan_in))``, then centred
    (rule 6). ``fan_in`` is ``in_channels * kh * kw`` = ``shape[1] * shape[2] * shape[3]`` for
    ``Conv2d`` (layout ``(out, in, kh, kw)``). The Mask R-CNN predictor's ``*.conv5_mask.weight``
@@ -60,16 +61,16 @@ a uniform draw.
      convolutions (``backbone.fpn.layer_blocks.<i>.*``): gain ``FPN_LEVEL_GAIN ** i``
      (:data:`FPN_LEVEL_GAIN` = 2, so gains 1, 2, 4, 8 for levels '0' to '3'). The coarser
      levels come out of the top-down sum with a smaller spread; this evens the FPN maps' standard
-     deviations out to about 1.1-1.5 on every level (v1 and v2), so the RPN, whose head is
+     deviations out to about 1.0-1.6 on every level (v1 and v2), so the RPN, whose head is
      shared by the levels, scores the anchors of all levels alike and the final proposals
      include large boxes that RoIAlign takes from the coarser levels;
-   * ``*.mask_fcn_logits.weight``: :data:`MASK_LOGIT_GAIN` = 4, mask logits of about unit
-     spread, so the 28x28 mask probabilities spread over (0, 1) around 0.5;
+   * ``*.mask_fcn_logits.weight``: :data:`MASK_LOGIT_GAIN` = 4, so the 28x28 mask
+     probabilities spread over (0, 1) around 0.5 (standard deviation 0.25-0.3);
    * ``rpn.head.cls_logits.weight`` (objectness): :data:`RPN_LOGIT_GAIN` = 1, logits spread
-     by 0.3-0.9 per level, so sigmoid scores do not saturate and the per-level top-n and NMS
+     by about 1 on every level, so sigmoid scores do not saturate and the per-level top-n and NMS
      choose proposals all over the image;
    * ``rpn.head.bbox_pred.weight`` (anchor deltas): :data:`RPN_DELTA_GAIN` = 0.01, deltas of
-     about 0.04-0.1: proposals move off their anchors by a fraction of their size.
+     about 0.1: proposals move off their anchors by a fraction of their size.
 4. Linear weights (2-D, layout ``(out, in)``): ``N(0, sqrt(2 / in))``, then centred (rule 6),
    except the box predictor's (``roi_heads.box_predictor.*``, ``FastRCNNPredictor``):
 
@@ -78,7 +79,7 @@ a uniform draw.
      entry 0, the background class. Class scores are a softmax over 91 classes; the spread lifts
      some (proposal, class) pairs above torchvision's 0.05 threshold and the background bias
      keeps them few, so that each test image keeps a few dozen detections after the per-class
-     NMS, below the cap of 100, with 15-40 distinct labels and scores from 0.05 up to 0.3-0.8.
+     NMS, below the cap of 100, with 17-32 distinct labels and scores from 0.05 up to 0.45-0.86.
    * ``bbox_pred.weight``: ``N(0, BOX_DELTA_STD / sqrt(in))``, :data:`BOX_DELTA_STD` = 1, then
      centred. Its outputs are divided by the box coder weights (10, 10, 5, 5): boxes move by
      about a tenth of the proposal's size.
