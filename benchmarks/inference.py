@@ -184,7 +184,7 @@ def measure(name: str) -> dict:
 
         @tf.function
         def masks(f, det_boxes, det_classes):
-            return tf.sigmoid(heads._mask_logits(f, det_boxes, det_classes, training=False))
+            return tf.sigmoid(heads.predict_masks(f, det_boxes, det_classes, training=False))
 
         stages["mask_branch"] = _median_time(masks, roi_features,
                                              detections["detection_boxes"],

@@ -40,6 +40,10 @@ What it does, per architecture (``fasterrcnn_resnet50_fpn``, ``maskrcnn_resnet50
    ``mask_fcn<i+1>.weight``): load them into a fresh model and compare.
 4. Run ``model([image_0, image_1])`` once (both images in one batch) with hooks on every stage,
    and record the results.
+5. Run each image alone, ``model([image_i])``, and record its detections: a single image is
+   padded to its own size (multiples of 32) instead of the batch's 512x512, which changes the
+   features near the bottom and right edges, so ``python -m tf_rcnn.predict`` (one image at a
+   time) is compared with these.
 
 The inputs are two RGB uint8 images made from a NumPy seed (smooth colour gradients, Gaussian
 blobs, rectangles and ellipses, a little noise), ``image_0.png`` of 347x523 (height x width) and
@@ -117,6 +121,9 @@ Files written to ``--out`` (default ``tests/fixtures/torchvision``):
     ``mask.pasted_row_index.i`` int64 (M_i,) and ``mask.pasted_rows.i`` (M_i, W_orig): the
     pasted probabilities (before thresholding) along one image row through each of those boxes
     (the row of the box centre).
+  each image alone (step 5; batch of one, padded to 320x512 and 512x320):
+    ``single.det.boxes.i`` (S_i, 4) in the original image's coordinates, ``single.det.labels.i``
+    int64 (S_i,), ``single.det.scores.i`` (S_i,).
 
 The script fails (non-zero exit) if any recorded float is not finite, if an image has fewer
 than 20 detections, if a feature level is all zeros, or if the files exceed the size budget.
@@ -488,6 +495,20 @@ def record(
     return out
 
 
+def run_alone(model: torch.nn.Module, images: list[np.ndarray]) -> dict:
+    """Detections of each image run as a batch of one (step 5)."""
+    out: dict[str, np.ndarray] = {}
+    for i, image in enumerate(images):
+        tensor = torchvision.transforms.functional.convert_image_dtype(
+            torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), torch.float32)
+        with torch.no_grad():
+            (det,) = model([tensor])
+        out[f"single.det.boxes.{i}"] = to_np(det["boxes"])
+        out[f"single.det.labels.{i}"] = to_np(det["labels"]).astype(np.int64)
+        out[f"single.det.scores.{i}"] = to_np(det["scores"])
+    return out
+
+
 def check(arrays: dict, arch: str) -> list[int]:
     for key, value in arrays.items():
         if value.dtype.kind == "f":
@@ -581,6 +602,7 @@ def main(argv=None) -> None:
         is_mask = arch.startswith("mask")
         cap, detections = run(model, images, is_mask)
         arrays = record(model, cap, detections, images, is_mask)
+        arrays.update(run_alone(model, images))
         counts = check(arrays, arch)
         shared = {k: arrays.pop(k) for k in list(arrays) if k in TRANSFORM_SHARED}
         shared["transform.image_sizes"] = arrays["transform.image_sizes"]

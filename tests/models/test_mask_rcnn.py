@@ -172,13 +172,13 @@ def test_mask_head_runs_on_the_largest_positive_count_of_the_batch():
                    0, 2, (2, 2, 56, 56)).astype(np.float32))}
     valid = tf.ones([2, 2], tf.bool)
     seen = []
-    original = heads._mask_logits
+    original = heads.predict_masks
 
     def spy(features, rois, classes, training):
         seen.append(tuple(rois.shape))
         return original(features, rois, classes, training)
 
-    heads._mask_logits = spy
+    heads.predict_masks = spy
     losses, sampled = heads.compute_losses(features, proposals, valid, targets)
     positives = tf.reduce_sum(tf.cast(sampled["labels"] >= 1, tf.int32), axis=1).numpy()
     assert positives.tolist() == [4, 1] and heads.max_positives == 8
@@ -241,7 +241,7 @@ def test_predict_gives_detection_masks_of_the_detections(model):
     # Masks are those of the head on the final boxes, channel of the detected class.
     out = model(images)
     features = model._select(model.extract_features(images), model.roi_in_features)
-    expected = tf.sigmoid(model.roi_heads._mask_logits(
+    expected = tf.sigmoid(model.roi_heads.predict_masks(
         features, out["detection_boxes"], out["detection_classes"], training=False))
     n = int(out["num_detections"][0])
     np.testing.assert_allclose(out["detection_masks"][0, :n], expected[0, :n], atol=1e-5)

@@ -313,6 +313,10 @@ def test_fixture_layout(arch, metas):
         boxes = a[f"det.boxes.{i}"]
         assert np.all(boxes >= 0) and np.all(boxes[:, 2] <= ow + 1e-3)
         assert np.all(boxes[:, 3] <= oh + 1e-3)
+        single = len(a[f"single.det.scores.{i}"])  # the image alone (predict's batch of one)
+        assert a[f"single.det.boxes.{i}"].shape == (single, 4) and single >= 20
+        assert a[f"single.det.labels.{i}"].dtype == np.int64
+        assert np.all(np.diff(a[f"single.det.scores.{i}"]) <= 0)
         if is_mask:
             assert a[f"mask.probs.{i}"].shape == (d, 28, 28)
             probs = a[f"mask.probs.{i}"]

@@ -284,10 +284,14 @@ def convert_state_dict(state: Mapping[str, np.ndarray], model: keras.Model, arch
             raise WeightsMismatchError(
                 f"tf_rcnn's model has no weight {ours!r} for {key!r}; the recipe does not build "
                 f"{arch_name} (check configs/{arch.recipe}.py).")
-        value = np.asarray(convert(np.asarray(state[key], np.float32)), np.float32)
         variable = variables[ours]
-        if tuple(value.shape) != tuple(variable.shape):
-            wrong.append(f"{key} {list(np.shape(state[key]))} -> {ours} {list(value.shape)} "
+        try:
+            value = np.asarray(convert(np.asarray(state[key], np.float32)), np.float32)
+        except (ValueError, IndexError):  # e.g. a 2-D array where a conv kernel belongs
+            value = None
+        if value is None or tuple(value.shape) != tuple(variable.shape):
+            got = "not convertible" if value is None else list(value.shape)
+            wrong.append(f"{key} {list(np.shape(state[key]))} -> {ours} {got} "
                          f"(model {list(variable.shape)})")
             continue
         pairs.append((variable, value))

@@ -113,8 +113,10 @@ class MaskRoIHeads(RoIHeads):
         sampler = self.sampler
         return max(1, int(sampler.batch_size_per_image * sampler.positive_fraction))
 
-    def _mask_logits(self, features, rois, classes, training):
-        """``rois [B, R, 4]``, ``classes [B, R]`` -> class-channel logits ``[B, R, Sm, Sm]``."""
+    def predict_masks(self, features: list, rois: tf.Tensor, classes: tf.Tensor,
+                      training: bool = False) -> tf.Tensor:
+        """``rois [B, R, 4]``, ``classes [B, R]`` (1..K) -> the mask logits of each RoI's class,
+        ``[B, R, Sm, Sm]`` (box-relative; ``tf.sigmoid`` gives the probabilities)."""
         pooled = pool_features(self.mask_pooler, features, rois)  # [B, R, 14, 14, C]
         logits = self.mask_head(pooled, training=training)  # [B, R, Sm, Sm, K']
         return select_class_masks(logits, classes)
@@ -142,7 +144,7 @@ class MaskRoIHeads(RoIHeads):
         labels = tf.gather(sampled["labels"], order, batch_dims=1)  # [B, Q]
         matched = tf.gather(sampled["matched_gt_indices"], order, batch_dims=1)  # [B, Q]
         weights = tf.cast(tf.gather(positive, order, batch_dims=1), tf.float32)  # [B, Q]
-        logits = self._mask_logits(features, rois, labels, training)  # [B, Q, Sm, Sm]
+        logits = self.predict_masks(features, rois, labels, training)  # [B, Q, Sm, Sm]
         size = logits.shape[-1] if logits.shape[-1] is not None else tf.shape(logits)[-1]
         gt_index = tf.where(weights > 0, matched, -1)
         mask_targets = mask_ops.mask_targets(
@@ -163,7 +165,7 @@ class MaskRoIHeads(RoIHeads):
         detections = dict(super().detect(features, proposals, proposal_valid, image_shape))
         boxes = tf.stop_gradient(detections["detection_boxes"])  # [B, D, 4]
         classes = detections["detection_classes"]  # [B, D], 0 for padding
-        logits = self._mask_logits(features, boxes, classes, training=False)  # [B, D, Sm, Sm]
+        logits = self.predict_masks(features, boxes, classes, training=False)  # [B, D, Sm, Sm]
         valid = (classes >= 1)[..., tf.newaxis, tf.newaxis]
         detections["detection_masks"] = tf.where(valid, tf.sigmoid(logits), 0.0)
         return detections
