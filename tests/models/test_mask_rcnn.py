@@ -28,11 +28,13 @@ from tests.layer_contract import check_layer_contract
 from tests.support import tiny_batch, tiny_config, train_and_evaluate
 from tf_rcnn import export as export_lib
 from tf_rcnn import predict as predict_lib
+from tf_rcnn.config import ConfigError
+from tf_rcnn.evaluation.evaluate import evaluate_checkpoint
 from tf_rcnn.evaluation.mask_pasting import MaskPastingEvaluator
 from tf_rcnn.layers.roi_align import RoIAlign
 from tf_rcnn.layers.roi_sampler import RoISampler
 from tf_rcnn.models import builder
-from tf_rcnn.models.checkpoint import restore_detector
+from tf_rcnn.models.checkpoint import resolve_run_config, restore_detector
 from tf_rcnn.models.detectors.mask_rcnn import MaskRCNN
 from tf_rcnn.models.roi_heads import mask_head as mask_module
 from tf_rcnn.models.roi_heads.box_head import BoxPredictor, FPNBoxHead
@@ -425,3 +427,28 @@ def test_predict_draws_the_masks_eval_scores(trained_mask_run, tmp_path):
 def test_docstring_examples_run():
     result = doctest.testmod(mask_module, extraglobs={"tf": tf}, verbose=False)
     assert result.attempted >= 2 and result.failed == 0
+
+
+@pytest.mark.slow
+def test_box_only_ground_truth_scores_the_boxes_of_a_mask_model(trained_mask_run, tmp_path):
+    # A COCO file without segmentations (e.g. a box-only validation set): the Mask R-CNN is
+    # scored on its boxes, with the same box AP; a file with some masks missing is an error.
+    config, model_dir, _, _, metrics = trained_mask_run
+    annotation_file = os.path.join(config.data.shapes_dir, "val", "annotations.json")
+    with open(annotation_file) as f:
+        gt = json.load(f)
+    for a in gt["annotations"]:
+        del a["segmentation"]
+    boxes_only = tmp_path / "boxes_only.json"
+    boxes_only.write_text(json.dumps(gt))
+    run_config = resolve_run_config(model_dir)
+    run_config.data.dataset = "coco"
+    run_config.data.val_annotations = str(boxes_only)
+    run_config.data.val_images = os.path.join(config.data.shapes_dir, "val", "images")
+    box_metrics = evaluate_checkpoint(model_dir, str(tmp_path / "eval"), config=run_config)
+    assert not any(k.startswith("segm/") for k in box_metrics)
+    assert box_metrics["bbox/AP"] == pytest.approx(metrics["bbox/AP"], abs=1e-9)
+    gt["annotations"][0]["segmentation"] = [[0, 0, 4, 0, 4, 4]]
+    boxes_only.write_text(json.dumps(gt))
+    with pytest.raises(ConfigError, match=r"boxes_only.json: \d+ of \d+ annotations have no"):
+        evaluate_checkpoint(model_dir, str(tmp_path / "eval2"), config=run_config)

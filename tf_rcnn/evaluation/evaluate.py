@@ -31,6 +31,23 @@ from tf_rcnn.evaluation.voc_evaluator import VOCEvaluator
 from tf_rcnn.models.checkpoint import restore_detector
 
 
+def _has_segmentations(ground_truth: dict, annotation_file: str) -> bool:
+    """Whether mask AP can be computed: every annotation has a ``segmentation`` (True) or none
+    has (False: a box-only file, so a Mask R-CNN is scored on its boxes alone)."""
+    annotations = ground_truth.get("annotations") or []
+    lacking = [a.get("id") for a in annotations if "segmentation" not in a]
+    if not lacking:
+        return True
+    if len(lacking) == len(annotations):
+        logging.warning("%s has no segmentations: reporting box AP only (no segm/AP).",
+                        annotation_file)
+        return False
+    raise ConfigError(
+        f"{annotation_file}: {len(lacking)} of {len(annotations)} annotations have no "
+        f"'segmentation' (ids {lacking[:5]}); mask AP needs one (polygons or RLE) on every "
+        "annotation. Fix the file, or drop them all to score boxes only.")
+
+
 def evaluate_checkpoint(
     checkpoint: str,
     output_dir: str,
@@ -61,16 +78,21 @@ def evaluate_checkpoint(
     coco = masker = None
     if "coco" in config.eval.metrics:
         with_masks = model.needs_masks
-        iou_types = ("bbox", "segm") if with_masks else ("bbox",)
         if annotation_file is not None:
-            coco = COCOEvaluator(annotation_file, iou_types=iou_types, label_map=label_map)
+            with open(annotation_file) as f:
+                ground_truth = json.load(f)
+            if with_masks and not _has_segmentations(ground_truth, annotation_file):
+                with_masks = False
+            iou_types = ("bbox", "segm") if with_masks else ("bbox",)
+            coco = COCOEvaluator(gt_dataset=ground_truth, iou_types=iou_types,
+                                 label_map=label_map)
         elif with_masks:
             raise ConfigError("Mask AP needs a COCO annotation file with segmentations; this "
                               "dataset has none (use --config.eval.metrics='(\"voc\",)').")
         else:
             # VOC or custom data: the COCO ground truth is built from the records.
             coco = COCOEvaluator(gt_dataset=records_to_coco(records, label_map),
-                                 iou_types=iou_types, label_map=label_map)
+                                 iou_types=("bbox",), label_map=label_map)
         if with_masks:
             # Box-relative 28x28 masks -> original-image masks (kept for the drawn images).
             count = config.eval.visualize if visualize is None else visualize
