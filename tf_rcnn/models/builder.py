@@ -33,7 +33,7 @@ from tf_rcnn.layers.roi_sampler import RoISampler
 from tf_rcnn.layers.rpn_target_assigner import RPNTargetAssigner
 from tf_rcnn.layers.spp import SpatialPyramidPooling
 from tf_rcnn.models.backbones import build_backbone
-from tf_rcnn.models.backbones.resnet import make_res5_head
+from tf_rcnn.models.backbones.resnet import is_torchvision_file, make_res5_head
 from tf_rcnn.models.detectors.fast_rcnn import FastRCNN
 from tf_rcnn.models.detectors.faster_rcnn import FasterRCNN
 from tf_rcnn.models.detectors.mask_rcnn import MaskRCNN
@@ -115,7 +115,9 @@ def build_res5(backbone_cfg: ml_collections.ConfigDict, key: str, name: str = "r
         raise ConfigError(f"{key}='res5' needs a ResNet backbone, got model.backbone.name="
                           f"{backbone_cfg.name!r}.")
     depth = 101 if backbone_cfg.name == "resnet101" else 50
-    weights = backbone_cfg.weights if backbone_cfg.weights == "imagenet" else None
+    weights = backbone_cfg.weights
+    if not (weights == "imagenet" or is_torchvision_file(weights)):
+        weights = None  # a Keras file of the trunk holds no per-RoI res5
     extra = {}
     if backbone_cfg.norm_epsilon is not None:
         extra["norm_epsilon"] = backbone_cfg.norm_epsilon

@@ -24,7 +24,7 @@ Padding is explicit and symmetric (``pad k // 2 * dilation`` then a "valid" conv
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import keras
@@ -246,6 +246,25 @@ class ResNetStage(keras.layers.Layer):
         return config
 
 
+# keras.applications' name of each stage, by its bottleneck width.
+KERAS_STAGE_NAMES = {64: "conv2", 128: "conv3", 256: "conv4", 512: "conv5"}
+
+
+def keras_stage_name(stage: ResNetStage) -> str:
+    """``conv2`` ... ``conv5``: the name keras.applications (and our trunk) give ``stage``,
+    whatever its own name (the C4 heads' res5 is ``res5`` or ``mask_res5``)."""
+    return KERAS_STAGE_NAMES[int(stage.filters)]
+
+
+def _keras_layer_names(target: keras.layers.Layer) -> Callable[[str], str]:
+    """Our layer name -> keras.applications' (``res5_block1_1_conv`` -> ``conv5_block1_1_conv``
+    in a stage named ``res5``; the trunk's names are keras.applications' already)."""
+    if not isinstance(target, ResNetStage) or target.name == keras_stage_name(target):
+        return lambda name: name
+    ours, theirs = f"{target.name}_", f"{keras_stage_name(target)}_"
+    return lambda name: theirs + name[len(ours):] if name.startswith(ours) else name
+
+
 # The stem conv: the one whose input channels are image colours.
 RGB_INPUT_CONV = "conv1_conv"
 
@@ -271,10 +290,12 @@ def copy_keras_resnet_weights(
     Raises:
         ValueError: if a layer is missing in ``source`` or shapes differ.
     """
+    rename = _keras_layer_names(target)
     count = 0
     for conv, norm in target.conv_norm_pairs():
         try:
-            src_conv, src_norm = source.get_layer(conv.name), source.get_layer(norm.name)
+            src_conv, src_norm = (source.get_layer(rename(conv.name)),
+                                  source.get_layer(rename(norm.name)))
         except ValueError as err:
             raise ValueError(
                 f"Source model {source.name!r} has no layer {conv.name!r}/{norm.name!r}; "
@@ -300,6 +321,11 @@ def copy_keras_resnet_weights(
 TORCHVISION_EXTENSIONS = (".pth", ".pt", ".safetensors", ".npz")
 
 
+def is_torchvision_file(weights: Any) -> bool:
+    """Whether ``model.backbone.weights`` names a torchvision ResNet file (by its extension)."""
+    return isinstance(weights, str) and weights.endswith(TORCHVISION_EXTENSIONS)
+
+
 def _check_weights_arg(weights: str | None, label: str, stride_in_1x1: bool,
                        depth: int = 50) -> None:
     """Fail fast (before building anything) on an unusable ``weights`` argument."""
@@ -309,7 +335,7 @@ def _check_weights_arg(weights: str | None, label: str, stride_in_1x1: bool,
             "stride in the first 1x1 conv; use stride_in_1x1=True (or weights=None / a "
             "checkpoint path for torchvision-style blocks)."
         )
-    torchvision = isinstance(weights, str) and weights.endswith(TORCHVISION_EXTENSIONS)
+    torchvision = is_torchvision_file(weights)
     if torchvision and (stride_in_1x1 or depth != 50):
         raise ValueError(
             f"{label}: {weights} is a torchvision ResNet-50 file; it needs a ResNet-50 with "
@@ -337,8 +363,9 @@ def _load_weights(model: keras.layers.Layer, weights: str | None, label: str,
         copy_keras_resnet_weights(model, source)
         logging.info("%s: ImageNet weights copied from keras.applications.%s", label,
                      source.name)
-    elif weights.endswith(TORCHVISION_EXTENSIONS):
-        copied = load_torchvision_resnet50(model, weights)
+    elif is_torchvision_file(weights):
+        stage = (model.name, keras_stage_name(model)) if isinstance(model, ResNetStage) else None
+        copied = load_torchvision_resnet50(model, weights, stage=stage)
         logging.info("%s: %d tensors copied from the torchvision ResNet-50 file %s", label,
                      copied, weights)
     else:
@@ -505,8 +532,9 @@ def make_res5_head(
         depth: 50, 101 or 152 (res5 has 3 blocks for all; the argument picks the ImageNet source).
         norm: ``"frozen_bn"``, ``"bn"`` or ``"sync_bn"``.
         stride_in_1x1: see ``ResNet``.
-        weights: ``None``, ``"imagenet"`` (copies ``conv5_*`` of keras.applications) or a
-            ``.weights.h5``/``.keras`` path for this stage.
+        weights: ``None``, ``"imagenet"`` (copies ``conv5_*`` of keras.applications), a
+            torchvision ResNet-50 file (its ``layer4``) or a ``.weights.h5``/``.keras`` path for
+            this stage.
         name: layer name; inner layers are ``<name>_block<i>_...`` ("conv5" matches Keras).
         norm_epsilon: epsilon of the norm layers.
 

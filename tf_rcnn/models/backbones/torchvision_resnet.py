@@ -88,11 +88,18 @@ def resnet50_rules(prefix: str = "") -> dict[str, Rule]:
     return rules
 
 
-def load_torchvision_resnet50(backbone: keras.layers.Layer, path: str) -> int:
+def load_torchvision_resnet50(backbone: keras.layers.Layer, path: str,
+                              stage: tuple[str, str] | None = None) -> int:
     """torchvision ImageNet ``resnet50`` weights (``.pth`` zip or legacy, ``.safetensors``,
     ``.npz``) into a built tf_rcnn ``ResNet`` of depth 50 with ``stride_in_1x1=False``; the
     ``fc`` classifier is ignored, stages the trunk does not build (C5 of a C4 model) are
     skipped.
+
+    Args:
+        backbone: a built ``ResNet`` or a single ``ResNetStage`` (the C4 heads' res5).
+        path: the torchvision file.
+        stage: for a ``ResNetStage``: ``(its name, its keras.applications name)``, e.g.
+            ``("res5", "conv5")``, to find its weights among the trunk's rules.
 
     Returns:
         The number of tensors copied.
@@ -107,7 +114,12 @@ def load_torchvision_resnet50(backbone: keras.layers.Layer, path: str) -> int:
     if missing:
         raise WeightsMismatchError(f"{path} (model.backbone.weights) is not a torchvision "
                                    f"ResNet-50 state dict; missing {missing[:10]}.")
-    variables = {weight_key(v): v for v in backbone.weights}
+    if stage is None:
+        variables = {weight_key(v): v for v in backbone.weights}
+    else:  # res5_block1/res5_block1_1_conv/kernel -> conv5/conv5_block1/conv5_block1_1_conv/...
+        ours, theirs = stage
+        variables = {f"{theirs}/" + weight_key(v).replace(f"{ours}_", f"{theirs}_"): v
+                     for v in backbone.weights}
     copied = 0
     for key, (ours, convert) in rules.items():
         variable = variables.get(ours)
@@ -117,7 +129,11 @@ def load_torchvision_resnet50(backbone: keras.layers.Layer, path: str) -> int:
         if tuple(value.shape) != tuple(variable.shape):
             raise WeightsMismatchError(
                 f"{path}: {key} {list(value.shape)} does not fit {ours} {list(variable.shape)}; "
-                "torchvision ResNets need --config.model.backbone.stride_in_1x1=False.")
+                "model.backbone.weights must be a torchvision ResNet-50 file.")
         variable.assign(value)
         copied += 1
+    if copied != len(variables):
+        raise WeightsMismatchError(
+            f"{path} (model.backbone.weights) filled {copied} of the {len(variables)} weights "
+            f"of {backbone.name}; it is not a ResNet-50 built like torchvision's.")
     return copied
