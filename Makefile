@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 export KERAS_BACKEND := tensorflow
-export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: install test lint demo benchmark-ops clean
 

@@ -14,11 +14,6 @@ original-image pixels) and ``OUT/detections.png`` (a few validation images with 
 from __future__ import annotations
 
 import os
-
-# TensorFlow's C++ warnings (e.g. the graph cost estimator on CropAndResize) drown the progress
-# lines; set TF_CPP_MIN_LOG_LEVEL=0 to see them.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import sys
 
 from absl import app, flags

@@ -13,12 +13,6 @@ instead of joint training.
 
 from __future__ import annotations
 
-import os
-
-# TensorFlow's C++ warnings (e.g. the graph cost estimator on CropAndResize) drown the progress
-# lines; set TF_CPP_MIN_LOG_LEVEL=0 to see them.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import json
 import sys
 

@@ -17,9 +17,6 @@ beside ``saved_model.pb``. See ``tf_rcnn/export/saved_model.py`` and ``export/cl
 from __future__ import annotations
 
 import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import sys
 
 from absl import app, flags

@@ -9,6 +9,8 @@ under a second on two CPU cores.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import ml_collections
 import numpy as np
@@ -186,3 +188,12 @@ def train_and_evaluate(root, name: str, steps: int) -> tuple:
     out = str(root / "eval")
     metrics = evaluate_checkpoint(model_dir, out)
     return config, model_dir, out, losses, metrics
+
+
+def run_command(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """``args`` (a script of the repository, or ``-m MODULE``) run by this Python from the
+    repository, as a user runs the commands; stdout and stderr are captured as text."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_CONFIG")}
+    env["PYTHONPATH"] = REPO
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)

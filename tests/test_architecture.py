@@ -1,10 +1,10 @@
 """The package's layering, checked over the import graph (function-level imports included).
 
-docs/design.md draws the layers: config / label_map / backend / visualize at the bottom, then
-ops -> layers -> models -> data -> {training, evaluation, export} -> {finetune, pretrained} ->
-tools (the shared command-line pieces and python -m commands) -> the other commands (predict,
-train.py, eval.py, export/*.py). A module may import its own
-package and anything below it, never above it and never a sibling of the same tier.
+docs/design.md draws the layers: config / console / label_map / backend / visualize at the
+bottom, then ops -> layers -> models -> data -> {training, evaluation, export} -> {finetune,
+pretrained} -> tools (the shared command-line pieces and python -m commands) -> the other
+commands (predict, train.py, eval.py, export/*.py). A module may import its own package and
+anything below it, never above it and never a sibling of the same tier.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from tests.support import REPO
 TIERS = {
     "tf_rcnn.backend": 0,
     "tf_rcnn.config": 0,
+    "tf_rcnn.console": 0,
     "tf_rcnn.label_map": 0,
     "tf_rcnn.visualize": 0,
     "tf_rcnn.formats": 0,  # NumPy-only readers of other frameworks' files

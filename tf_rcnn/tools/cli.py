@@ -1,10 +1,15 @@
-"""What every tf_rcnn command line shares: the ``--config`` flag and its overrides.
+"""What every tf_rcnn command line shares: the ``--config`` flag and its overrides, and
+``--verbose``.
 
 ``--config`` is a recipe (``configs/NAME.py``) or a run's ``config.json``; commands that read a
 trained run (``eval.py``, the exporters, ``predict``, ``dump_proposals``) make it optional and
 default to the run's own ``config.json``, so a run directory is all they need. In every case
 ``--config.a.b=v`` overrides apply on top, with ml_collections' typed parsing, and a misspelt key
 is refused with the valid keys of its section before anything runs.
+
+``--verbose`` shows TensorFlow's start-up lines and C++ log messages, which every command hides
+by default. It acts while ``tf_rcnn`` is imported, before flags are parsed
+(:mod:`tf_rcnn.console`); the flag is defined here so absl accepts it and lists it in ``--help``.
 
 Usage in a script, before ``app.run``::
 
@@ -23,6 +28,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from tf_rcnn import console
 from tf_rcnn.config import (
     ConfigError,
     default_config,
@@ -117,6 +123,7 @@ def define_config_flag(
     holder = config_flags.DEFINE_config_dict(
         "config", config if config is not None else default_config(), help_string,
         sys_argv=cleaned)
+    flags.DEFINE_bool("verbose", False, console.VERBOSE_HELP)
     return ConfigFlag(argv=cleaned, path=path, source=source, holder=holder)
 
 

@@ -13,10 +13,6 @@ ORIGINAL-image pixels; Fast R-CNN reads it back through ``data.proposals_train``
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import sys
 
 from absl import app, flags
