@@ -1,6 +1,6 @@
 """Shared fixtures of the test suite: tiny configs and batches of every family, a decisive
-random-init model, and the overfit-on-8-images run. Test modules import from here (never from
-each other).
+random-init model, the overfit-on-8-images run, and a user's own CSV dataset. Test modules import
+from here (never from each other).
 
 Tiny means: 64x64 images, 8-16 channel backbones, a handful of RoIs, so a train step takes well
 under a second on two CPU cores.
@@ -8,7 +8,10 @@ under a second on two CPU cores.
 
 from __future__ import annotations
 
+import csv
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -17,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_rcnn.config import load_config_file
+from tf_rcnn.data.shapes import generate_shapes_dataset
 from tf_rcnn.evaluation.evaluate import evaluate_checkpoint
 from tf_rcnn.models import builder
 from tf_rcnn.models.detectors.two_stage import TwoStageDetector
@@ -188,6 +192,35 @@ def train_and_evaluate(root, name: str, steps: int) -> tuple:
     out = str(root / "eval")
     metrics = evaluate_checkpoint(model_dir, out)
     return config, model_dir, out, losses, metrics
+
+
+def write_csv_dataset(folder, num_images: int, seed: int, classes=("circle", "square"),
+                      image_size: int = SIZE) -> str:
+    """A user's own data: ``folder/photos/*.png`` and ``folder/annotations.csv``
+    (``image,x1,y1,x2,y2,class``, paths relative to the CSV) made from shapes images, keeping the
+    boxes of ``classes`` only (an image left without one gets an empty row). Returns the CSV."""
+    folder = str(folder)
+    source = os.path.join(folder, "_generated")
+    with open(generate_shapes_dataset(source, num_images, image_size=image_size,
+                                      seed=seed)) as f:
+        data = json.load(f)
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    os.makedirs(os.path.join(folder, "photos"), exist_ok=True)
+    path = os.path.join(folder, "annotations.csv")
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "x1", "y1", "x2", "y2", "class"])
+        for image in data["images"]:
+            name = f"photos/{image['file_name']}"
+            shutil.copy(os.path.join(source, "images", image["file_name"]),
+                        os.path.join(folder, name))
+            rows = [(a["bbox"], names[a["category_id"]]) for a in data["annotations"]
+                    if a["image_id"] == image["id"] and names[a["category_id"]] in classes]
+            for (x, y, w, h), name_of_class in rows:
+                writer.writerow([name, x, y, x + w, y + h, name_of_class])
+            if not rows:
+                writer.writerow([name, "", "", "", "", ""])
+    return path
 
 
 def run_command(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:

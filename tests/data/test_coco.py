@@ -80,10 +80,15 @@ def test_label_map_json_round_trip_and_reuse(good, tmp_path):
     label_map.to_json(path)
     again = LabelMap.from_json(path)
     assert again == label_map and LabelMap.from_json(label_map.to_json()) == label_map
-    # A validation set read with the training map: a category missing from it is reported.
+    # A label map that leaves a category out on purpose (a subset of the classes, or the
+    # training map on another split): its annotations are left out and summed up in one line.
     partial = LabelMap([5, 90], ["cat", "zebra"])
     recs, _, report = load_coco(*good, label_map=partial)
-    assert report.skipped["unknown category id"] == 2  # the dog box and the dog crowd region
+    assert not report.skipped  # nothing wrong with the data
+    # The dog box and the dog crowd region.
+    assert report.left_out == {"categories not in the label map": {"dog (id 17)": 2}}
+    assert report.summary().endswith(
+        "; left out 2 annotations of categories not in the label map: dog (id 17)")
     assert recs[1].num_instances == 0
 
 

@@ -3,6 +3,10 @@
 What the model family needs from the data (instance masks, precomputed proposals) is passed in
 by the caller, who asks the family (``tf_rcnn.models.builder.family_class(config)``); this
 module never looks at ``model.type``.
+
+Data that cannot be trained or evaluated on (a missing or empty annotation file, no readable
+image, no box to train on) is a :class:`~tf_rcnn.config.ConfigError` naming the split and the
+``--config.data.*`` flag that points at it, so the commands print it without a traceback.
 """
 
 from __future__ import annotations
@@ -10,19 +14,58 @@ from __future__ import annotations
 import os
 
 import ml_collections
-from absl import logging
 
 from tf_rcnn.config import ConfigError
 from tf_rcnn.data.coco import load_coco
 from tf_rcnn.data.custom import load_custom
 from tf_rcnn.data.pipeline import InputPipeline, pixel_stats_for_backbone
 from tf_rcnn.data.proposals import load_proposals
-from tf_rcnn.data.records import DetectionRecord
+from tf_rcnn.data.records import DetectionRecord, LoadReport
 from tf_rcnn.data.shapes import generate_shapes_dataset
 from tf_rcnn.data.voc import load_voc
 from tf_rcnn.label_map import LabelMap
 
 SPLITS = ("train", "val")
+
+
+def split_flag(config: ml_collections.ConfigDict, split: str) -> str:
+    """The ``--config.data.*`` setting that names the data of ``split``, with its value, for
+    messages (e.g. ``--config.data.train_annotations=my_data/annotations.csv``)."""
+    d = config.data
+    if d.dataset == "shapes":
+        return f"--config.data.shapes_dir={d.shapes_dir}"
+    if d.dataset == "voc":
+        return f"--config.data.voc_root={d.voc_root}"
+    return f"--config.data.{split}_annotations={getattr(d, f'{split}_annotations')}"
+
+
+def _where_images_are(config: ml_collections.ConfigDict, split: str, source: str) -> str:
+    """How the reader of ``config.data.dataset`` turns the names in ``source`` into paths."""
+    d = config.data
+    if d.dataset == "custom":
+        folder = os.path.dirname(os.path.abspath(source))
+        return (f"Relative paths in the CSV's image column are resolved against the CSV's "
+                f"folder ({folder}).")
+    if d.dataset == "coco":
+        return (f"The json's file_name entries are resolved against --config.data.{split}_images="
+                f"{getattr(d, f'{split}_images')}.")
+    if d.dataset == "voc":
+        return "Images are read from VOC<year>/JPEGImages/<id>.jpg under --config.data.voc_root."
+    return f"Delete {d.shapes_dir} to have the shapes data generated again."
+
+
+def _no_images_error(config: ml_collections.ConfigDict, split: str, source: str,
+                     report: LoadReport) -> ConfigError:
+    """The error for a split without a single usable image."""
+    flag = split_flag(config, split)
+    failures = report.image_failures()
+    if not failures:
+        return ConfigError(f"The {split} split ({flag}) lists no images; point the flag at "
+                           "annotations of your images.")
+    examples = "; ".join(f"{file} ({detail or reason})" for reason, file, detail in failures[:2])
+    return ConfigError(
+        f"None of the {len(failures)} images listed in {flag} could be read, e.g. {examples}. "
+        + _where_images_are(config, split, source))
 
 
 def load_split(
@@ -45,6 +88,10 @@ def load_split(
     Returns:
         ``(records, label_map, annotation_file)``; ``annotation_file`` is the COCO json the
         COCO evaluator compares against (``None`` for VOC and custom data).
+
+    Raises:
+        ConfigError: the split's annotations cannot be read, or none of its images can (the
+            message names the ``--config.data`` flag and shows example paths).
     """
     d = config.data
     if split not in SPLITS:
@@ -61,32 +108,52 @@ def load_split(
             annotation_file, os.path.join(out, "images"), label_map=label_map,
             include_masks=with_masks,
         )
-    elif d.dataset == "coco":
-        annotation_file = d.train_annotations if split == "train" else d.val_annotations
-        image_dir = d.train_images if split == "train" else d.val_images
-        if not annotation_file or not image_dir:
-            raise ConfigError(
-                f"data.{split}_annotations and data.{split}_images must point at the COCO json "
-                f"and image folder (e.g. --config.data.{split}_annotations=.../instances_"
-                f"{split}2017.json --config.data.{split}_images=.../{split}2017)."
-            )
-        records, label_map, report = load_coco(annotation_file, image_dir, label_map=label_map,
-                                               include_masks=with_masks)
-    elif d.dataset == "voc":
-        sets = d.voc_train_sets if split == "train" else d.voc_val_sets
-        records, label_map, report = load_voc(
-            d.voc_root, image_sets=[tuple(s) for s in sets], training=split == "train"
-        )
-        annotation_file = None
-    elif d.dataset == "custom":
-        path = d.train_annotations if split == "train" else d.val_annotations
-        records, label_map, report = load_custom(path, label_map=label_map)
-        annotation_file = None
+        source = annotation_file
+    elif d.dataset in ("coco", "voc", "custom"):
+        records, label_map, report, source = _read_split(config, split, label_map, with_masks)
+        annotation_file = source if d.dataset == "coco" else None
     else:
         raise ConfigError(f"Unknown data.dataset {d.dataset!r}; choose shapes, coco, voc or "
                           "custom.")
-    logging.info("%s split: %s", split, report.summary())
+    if not records:
+        raise _no_images_error(config, split, source, report)
     return records, label_map, annotation_file
+
+
+def _read_split(config: ml_collections.ConfigDict, split: str, label_map: LabelMap | None,
+                with_masks: bool) -> tuple[list[DetectionRecord], LabelMap, LoadReport, str]:
+    """COCO, VOC or CSV data of ``split``; a reader's ValueError (missing file, bad format)
+    becomes a ConfigError naming the flag. The last value returned is the annotation file (the
+    VOC root for VOC data)."""
+    d = config.data
+    annotation_file = getattr(d, f"{split}_annotations")
+    flag = split_flag(config, split)
+    if d.dataset == "coco" and (not annotation_file or not getattr(d, f"{split}_images")):
+        raise ConfigError(
+            f"data.{split}_annotations and data.{split}_images must point at the COCO json "
+            f"and image folder (e.g. --config.data.{split}_annotations=.../instances_"
+            f"{split}2017.json --config.data.{split}_images=.../{split}2017)."
+        )
+    if d.dataset == "custom" and not annotation_file:
+        raise ConfigError(f"--config.data.{split}_annotations is unset; point it at the CSV "
+                          "of the split (image,x1,y1,x2,y2,class).")
+    try:
+        if d.dataset == "coco":
+            records, label_map, report = load_coco(
+                annotation_file, getattr(d, f"{split}_images"), label_map=label_map,
+                include_masks=with_masks)
+        elif d.dataset == "voc":
+            sets = d.voc_train_sets if split == "train" else d.voc_val_sets
+            records, label_map, report = load_voc(
+                d.voc_root, image_sets=[tuple(s) for s in sets], training=split == "train")
+            annotation_file = d.voc_root
+        else:
+            records, label_map, report = load_custom(annotation_file, label_map=label_map)
+    except ConfigError:
+        raise
+    except ValueError as error:
+        raise ConfigError(f"{flag}: {error}") from error
+    return records, label_map, report, annotation_file
 
 
 def pixel_stats(config: ml_collections.ConfigDict) -> tuple[tuple, tuple]:
@@ -121,7 +188,9 @@ def build_input_pipeline(
             ``data.proposals_val`` (Fast R-CNN); they must exist.
 
     Raises:
-        ConfigError: a needed proposal file is unset or missing (the message names the flag).
+        ConfigError: a needed proposal file is unset or missing, training records without a
+            single box, or records without the masks the model needs (the message names the
+            split's flag).
     """
     d = config.data
     mean, std = pixel_stats(config)
@@ -136,6 +205,22 @@ def build_input_pipeline(
             "with python -m tf_rcnn.tools.dump_proposals (or by hand, format in "
             f"tf_rcnn/data/proposals.py) and pass --config.{key}=FILE."
         )
+    split = "train" if training else "val"
+    if training and not any(r.num_instances > int(r.difficult.sum()) for r in records):
+        # The pipeline leaves images without (non-difficult) boxes out of training.
+        raise ConfigError(
+            f"The {split} split ({split_flag(config, split)}) has no box to train on: none of "
+            f"its {len(records)} image(s) has one (images without boxes are left out of "
+            "training). Give the images their boxes, or point the flag at annotated data.")
+    if with_masks:
+        lacking = [r for r in records if not r.has_masks]
+        if lacking:
+            raise ConfigError(
+                f"This model predicts instance masks, but {len(lacking)} of the "
+                f"{len(records)} images of the {split} split ({split_flag(config, split)}) "
+                f"have none, e.g. {lacking[0].image_path}. Give the data masks (a mask column "
+                "naming a binary PNG per box in a CSV, segmentations in a COCO json), or use "
+                "a recipe without masks.")
     return InputPipeline(
         records,
         label_map,

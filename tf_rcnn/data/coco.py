@@ -12,6 +12,8 @@ Conventions:
 Bad data (each counted in the :class:`LoadReport`, logged with the file, never silent):
     * missing, unreadable, truncated or wrongly-sized image file -> image skipped;
     * annotation of an unknown image id or category id -> annotation skipped;
+    * annotation of a category the json declares but a given ``label_map`` leaves out (a subset
+      of the classes chosen on purpose) -> left out, one summary line per category;
     * malformed ``bbox`` (not 4 numbers), NaN/inf, ``w <= 0``/``h <= 0``, entirely outside the
       image -> annotation skipped; partly outside -> clipped (repair);
     * malformed segmentation (polygon with < 3 points, RLE of another size) -> the instance
@@ -123,8 +125,8 @@ def load_coco(
         annotation_file: path of the COCO json.
         image_dir: folder the ``file_name`` entries are relative to.
         label_map: map to use instead of building one from the json's categories (pass the
-            training set's map when reading a validation set); categories outside it are
-            counted as unknown.
+            training set's map when reading a validation set); annotations of categories
+            outside it are left out and summed up per category in the report.
         include_masks: keep segmentations on the records (decoded lazily).
         verify_images: ``"none"``, ``"header"`` (default; PIL header + truncation check) or
             ``"decode"`` (full decode), see :func:`tf_rcnn.data.records.check_image_file`.
@@ -137,9 +139,10 @@ def load_coco(
     coco = _load_coco_api(annotation_file)
     data = coco.dataset
     report = LoadReport(f"COCO {annotation_file}")
+    categories = {c["id"]: c.get("name", str(c["id"])) for c in data.get("categories", [])}
     if label_map is None:
-        cats = sorted(data.get("categories", []), key=lambda c: int(c["id"]))
-        label_map = LabelMap([c["id"] for c in cats], [c.get("name", str(c["id"])) for c in cats])
+        ids = sorted(categories, key=int)
+        label_map = LabelMap(ids, [categories[i] for i in ids])
 
     images = data.get("images", [])
     seen: set[int] = set()
@@ -181,7 +184,7 @@ def load_coco(
         height, width = hw
         record = _record_from_annotations(
             path, im["id"], height, width, anns_by_image.get(im["id"], []), label_map,
-            has_segm, report,
+            categories, has_segm, report,
         )
         records.append(record)
     report.finish(records)
@@ -195,16 +198,22 @@ def _record_from_annotations(
     width: int,
     anns: list[dict[str, Any]],
     label_map: LabelMap,
+    categories: dict[Any, str],
     has_segm: bool,
     report: LoadReport,
 ) -> DetectionRecord:
     boxes, classes, segms, crowd = [], [], [], []
     for ann in anns:
+        category_id = ann.get("category_id")
         try:
-            category = label_map.from_dataset_id(ann.get("category_id"))
+            category = label_map.from_dataset_id(category_id)
         except (ValueError, TypeError):
-            report.skip("unknown category id", path,
-                        f"annotation {ann.get('id')} category_id {ann.get('category_id')!r}")
+            if category_id in categories:  # declared by the json, outside the chosen classes
+                report.leave_out("categories not in the label map",
+                                 f"{categories[category_id]} (id {category_id})")
+            else:
+                report.skip("unknown category id", path,
+                            f"annotation {ann.get('id')} category_id {category_id!r}")
             continue
         bbox = ann.get("bbox")
         try:

@@ -29,9 +29,10 @@ instance (non-zero = object). An optional ``classes.txt`` beside the CSV (one na
 fixes the class order; otherwise names are sorted.
 
 Bad data: as for every reader (missing/unreadable images skipped, boxes with NaN,
-``x2 <= x1``, outside the image skipped, partly outside clipped, unknown class names
-skipped), each counted in the LoadReport with the file; malformed CSV rows are counted with
-their line number.
+``x2 <= x1``, outside the image skipped, partly outside clipped), each counted in the report
+with the file; malformed CSV rows are counted with their line number. Boxes of classes outside
+a given label map or ``classes.txt`` are left out on purpose and summed up per class. A CSV
+without a single annotation row is an error naming the expected line format.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ def records_from_list(
         names = [str(c) for c in item.get("classes", [])]
         known = np.asarray([n in label_map.names for n in names], bool)
         for n in (n for n in names if n not in label_map.names):
-            report.skip("unknown class name", path, repr(n))
+            report.leave_out("classes not in the label map", repr(n))
         boxes, keep = sanitize_boxes(_to_yxyx(item.get("boxes", []), box_format), height, width,
                                      report, path)
         keep &= known if len(known) else keep
@@ -171,8 +172,9 @@ def load_custom(
         reader = csv.DictReader(f)
         required = {"image", "x1", "y1", "x2", "y2", "class"}
         if reader.fieldnames is None or not required <= set(reader.fieldnames):
-            raise ValueError(f"{csv_path}: the header must contain {sorted(required)}, got "
-                             f"{reader.fieldnames}.")
+            got = "an empty file" if not reader.fieldnames else ",".join(reader.fieldnames)
+            raise ValueError(f"{csv_path}: the first line must be the header "
+                             f"image,x1,y1,x2,y2,class (optionally ,mask); got {got}.")
         has_mask = "mask" in reader.fieldnames
         for line, row in enumerate(reader, start=2):
             image = (row.get("image") or "").strip()
@@ -201,6 +203,12 @@ def load_custom(
                 mask = (row.get("mask") or "").strip()
                 item["masks"].append(
                     (mask if os.path.isabs(mask) else os.path.join(base, mask)) if mask else None)
+    if not items and not pre_report.items:
+        raise ValueError(
+            f"{csv_path} has no annotation rows, only the header. Add one line per box, "
+            "image,x1,y1,x2,y2,class in pixels of the image file (e.g. "
+            "photos/cat1.jpg,10,20,110,140,cat), and one line photos/empty.jpg,,,,, for an "
+            "image without boxes; image paths are relative to the CSV's folder.")
     return records_from_list(
         list(items.values()), class_names, label_map=label_map, box_format="xyxy",
         verify_images=verify_images, source=f"custom {csv_path}", report=pre_report,

@@ -542,7 +542,10 @@ class InputPipeline:
             raise ValueError(f"fixed_image_size {self.fixed_image_size} must be multiples of "
                              f"size_divisor={self.size_divisor}.")
         if not records:
-            raise ValueError("records is empty; check the reader's LoadReport for why.")
+            raise ValueError(
+                "InputPipeline got no records: the reader kept no image. Its report (the third "
+                "value load_coco / load_voc / load_custom return) says why: "
+                "print(report.details()).")
         if self.with_masks and any(not r.has_masks for r in records):
             bad = next(r for r in records if not r.has_masks)
             raise ValueError(
@@ -600,8 +603,9 @@ class InputPipeline:
             out.append(item)
         if not out:
             raise ValueError(
-                "No images left for the pipeline (every image was empty or skipped); check the "
-                "dataset's LoadReport, or pass skip_empty=False."
+                f"No images left for the pipeline: none of the {len(records)} images has a box "
+                "to train on (difficult boxes are left out too) and skip_empty is on (the "
+                "training default). Give the images boxes, or pass skip_empty=False."
             )
         if self.stats:
             logging.warning("InputPipeline(training=%s): %d images; %s", self.training, len(out),

@@ -12,7 +12,8 @@ Shape shorthand:
     M ground-truth instances of one image, Mc crowd regions of one image, H/W original size.
 
 Every reader returns ``(records, label_map, report)``. The :class:`LoadReport` counts what was
-skipped or repaired, with the file and the reason for each, and logs one summary line
+skipped or repaired, with the file and the reason for each, and what was left out on purpose
+(annotations of classes outside a given label map), and logs it once when loading ends
 (``"N images, M boxes, skipped K: reasons"``) so nothing is dropped or altered silently.
 """
 
@@ -33,6 +34,11 @@ from tf_rcnn.label_map import LabelMap
 
 # How many example files each skip/repair reason keeps for the report (all are counted).
 _MAX_EXAMPLES = 5
+
+# The skip reasons that drop a whole image because its file cannot be used (check_image_file).
+MISSING_IMAGE = "missing image file"
+IMAGE_SKIP_REASONS = (MISSING_IMAGE, "unreadable image file", "unsupported image format",
+                      "truncated image file", "image size differs from annotation")
 
 
 @dataclasses.dataclass
@@ -118,7 +124,10 @@ class LoadReport:
     """Counts images, boxes and every skip or repair with its reason and file.
 
     ``skip(reason, file, detail)`` counts an item that was dropped; ``repair(...)`` one that was
-    changed (e.g. a box clipped to the image). ``summary()`` is the one line logged at load time.
+    changed (e.g. a box clipped to the image); ``leave_out(reason, label)`` an annotation left
+    out on purpose (a class outside the label map the caller chose), summarised per label
+    rather than listed. ``summary()`` is one line; :meth:`finish` logs it once (with the files
+    of every skip and repair when there are any).
     """
 
     def __init__(self, source: str) -> None:
@@ -132,13 +141,14 @@ class LoadReport:
         self.examples: dict[str, list[str]] = collections.defaultdict(list)
         # Every skip/repair: (kind "skip"|"repair", reason, file, detail).
         self.items: list[tuple[str, str, str, str]] = []
+        # Annotations left out on purpose: reason -> label -> count.
+        self.left_out: dict[str, collections.Counter[str]] = collections.defaultdict(
+            collections.Counter)
 
     def _note(self, kind: str, reason: str, file: str, detail: str) -> None:
         self.items.append((kind, reason, file, detail))
         if len(self.examples[reason]) < _MAX_EXAMPLES:
             self.examples[reason].append(f"{file}: {detail}" if detail else file)
-        logging.log_first_n(logging.WARNING, "%s: %s %s (%s)", 20, self.source, reason, file,
-                            detail)
 
     def skip(self, reason: str, file: str, detail: str = "", count: int = 1) -> None:
         """Count ``count`` dropped items (images or annotations) for ``reason`` in ``file``."""
@@ -149,6 +159,11 @@ class LoadReport:
         """Count ``count`` items that were kept after a documented change."""
         self.repaired[reason] += count
         self._note("repair", reason, file, detail)
+
+    def leave_out(self, reason: str, label: str, count: int = 1) -> None:
+        """Count ``count`` annotations of ``label`` left out on purpose, e.g. reason
+        ``"categories not in the label map"``, label ``"triangle (id 3)"``."""
+        self.left_out[reason][label] += count
 
     @property
     def num_skipped(self) -> int:
@@ -165,7 +180,19 @@ class LoadReport:
         if self.repaired:
             fixes = ", ".join(f"{n} {r}" for r, n in sorted(self.repaired.items()))
             text += f"; repaired {sum(self.repaired.values())}: {fixes}"
+        for reason, labels in sorted(self.left_out.items()):
+            if len(labels) == 1:
+                which = next(iter(labels))
+            else:
+                which = ", ".join(f"{label} {n}" for label, n in sorted(labels.items()))
+            text += f"; left out {sum(labels.values())} annotations of {reason}: {which}"
         return text
+
+    def image_failures(self) -> list[tuple[str, str, str]]:
+        """``(reason, file, detail)`` of every image skipped because its file could not be
+        used (missing, unreadable, truncated, unsupported, other size), in load order."""
+        return [(reason, file, detail) for kind, reason, file, detail in self.items
+                if kind == "skip" and reason in IMAGE_SKIP_REASONS]
 
     def details(self, max_per_reason: int | None = _MAX_EXAMPLES) -> str:
         """Multi-line text listing the files of every reason (``max_per_reason`` each;
@@ -187,6 +214,8 @@ class LoadReport:
         self.skipped.update(other.skipped)
         self.repaired.update(other.repaired)
         self.items.extend(other.items)
+        for reason, labels in other.left_out.items():
+            self.left_out[reason].update(labels)
         for reason, entries in other.examples.items():
             self.examples[reason].extend(entries[: _MAX_EXAMPLES - len(self.examples[reason])])
 
@@ -198,9 +227,10 @@ class LoadReport:
         self.num_empty_images = int(
             sum(1 for r in records if r.num_instances == 0 and len(r.crowd_boxes) == 0)
         )
-        logging.info("%s", self.summary())
         if self.skipped or self.repaired:
-            logging.warning("%s", self.details())
+            logging.warning("%s", self.details())  # the summary line, then the files
+        else:
+            logging.info("%s", self.summary())
         return self
 
     def __repr__(self) -> str:
@@ -283,7 +313,7 @@ def check_image_file(
     if verify not in ("none", "header", "decode"):
         raise ValueError(f"verify_images must be 'none', 'header' or 'decode', got {verify!r}.")
     if not os.path.isfile(path):
-        report.skip("missing image file", path, "file not found; fix the path or image_dir")
+        report.skip(MISSING_IMAGE, path, "file not found")
         return None
     if verify == "none" and expected_hw is not None:
         return expected_hw
