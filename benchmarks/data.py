@@ -85,6 +85,7 @@ def main(argv):
         from tf_rcnn.models.builder import build_model, build_optimizer_from_config
 
         config = get_config()
+        config.model.num_classes = 3  # the shapes classes (the recipe takes them from the data)
         model = build_model(config)
         model.compile(optimizer=build_optimizer_from_config(config, 8))
         ds = demo.dataset()

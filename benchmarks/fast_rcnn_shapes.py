@@ -68,6 +68,7 @@ def measure_speed(poolers, shapes_dir, files, steps, rounds=3):
         records, label_map, _ = builder.load_split(config, "train")
         data = iter(builder.build_input_pipeline(config, records, label_map,
                                                  training=True).dataset())
+        config.model.num_classes = label_map.num_classes
         model = builder.build_model(config)
         model.build_with_dummy_inputs()
         optimizer = keras.optimizers.SGD(0.01, momentum=0.9)

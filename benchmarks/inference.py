@@ -42,7 +42,7 @@ from absl import app, flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
-from speed_common import MODELS, run_result  # noqa: E402
+from speed_common import MODELS, dataset_num_classes, run_result  # noqa: E402
 
 _MODELS = flags.DEFINE_list("models", list(MODELS), f"Any of {sorted(MODELS)}.")
 _SIZE = flags.DEFINE_string("size", None, "H or HxW (default: per model, 640 / 600x1000).")
@@ -102,6 +102,7 @@ def measure(name: str) -> dict:
     height, width = _size(name)
     proposals = _PROPOSALS.value or default_proposals
     config = load_config_file(os.path.join(REPO, "configs", recipe))
+    config.model.num_classes = dataset_num_classes(recipe)
     config.model.backbone.weights = None
     config.model.rpn.post_nms_topk_test = proposals
     config.model.roi_head.score_threshold = _SCORE.value

@@ -72,6 +72,7 @@ def time_interleaved(fns: dict[str, Callable[[], object]], runs: int, warmup: in
 
 def build(recipe: str, num_proposals: int, height: int):
     config = load_config_file(os.path.join(REPO, "configs", recipe))
+    config.model.num_classes = 20 if "voc" in recipe else 3  # VOC or shapes (no data loaded)
     config.model.backbone.weights = None  # no download; timing does not need trained weights
     config.model.rpn.post_nms_topk_test = num_proposals
     config.model.rpn.pre_nms_topk_test = max(config.model.rpn.pre_nms_topk_test, num_proposals)

@@ -18,6 +18,12 @@ MODELS = {
 }
 
 
+def dataset_num_classes(recipe: str) -> int:
+    """The class count of a recipe's dataset (VOC 20, COCO 80, shapes 3): recipes take it from
+    the data, which the speed measurements do not load."""
+    return 20 if "voc" in recipe else 3 if "shapes" in recipe else 80
+
+
 def run_result(args: list[str]) -> dict:
     """Runs ``args`` (a measuring process) from the repo root; returns its ``RESULT {json}``."""
     proc = subprocess.run(args, capture_output=True, text=True, cwd=REPO,

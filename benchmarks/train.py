@@ -33,7 +33,7 @@ from absl import app, flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
-from speed_common import MODELS, run_result  # noqa: E402
+from speed_common import MODELS, dataset_num_classes, run_result  # noqa: E402
 
 _MODELS = flags.DEFINE_list("models", list(MODELS), f"Any of {sorted(MODELS)}.")
 _SIZE = flags.DEFINE_integer("size", 512, "Square image side.")
@@ -72,6 +72,7 @@ def measure(name: str) -> dict:
 
     recipe = MODELS[name][0]
     config = load_config_file(os.path.join(REPO, "configs", recipe))
+    config.model.num_classes = dataset_num_classes(recipe)
     config.model.backbone.weights = None
     config.data.train_batch_size = _BATCH.value
     tf.keras.utils.set_random_seed(0)

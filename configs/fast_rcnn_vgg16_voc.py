@@ -28,7 +28,6 @@ def get_config():
     config = default_config()
     m = config.model
     m.type = "fast_rcnn"
-    m.num_classes = 20  # VOC classes
     m.backbone.name = "vgg16"
     m.backbone.weights = "imagenet"  # FRCN Sec. 2.2: initialised from ImageNet VGG16
     m.backbone.freeze_at = 2  # FRCN Sec. 4.5: conv1_1..conv2_2 fixed, conv3_1 and up trained

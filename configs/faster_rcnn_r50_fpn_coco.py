@@ -17,7 +17,6 @@ from tf_rcnn.config import default_config
 def get_config():
     config = default_config()
     m = config.model
-    m.num_classes = 80  # COCO 2017 detection categories
     m.backbone.name = "resnet50"
     m.backbone.weights = "imagenet"  # ImageNet init (Detectron); random init with a log line if
     # keras.applications weights are not available locally.

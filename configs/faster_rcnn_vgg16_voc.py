@@ -11,7 +11,6 @@ from tf_rcnn.config import default_config
 def get_config():
     config = default_config()
     m = config.model
-    m.num_classes = 20  # VOC classes
     m.backbone.name = "vgg16"
     m.backbone.weights = "imagenet"
     m.backbone.freeze_at = 2  # conv1 and conv2 fixed (Fast R-CNN Sec. 4.5)

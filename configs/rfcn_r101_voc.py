@@ -18,7 +18,6 @@ def get_config():
     config = default_config()
     m = config.model
     m.type = "rfcn"
-    m.num_classes = 20  # VOC classes
     m.backbone.name = "resnet101"
     m.backbone.weights = "imagenet"
     m.backbone.freeze_at = 2  # stem and res2 fixed (Detectron / py-faster-rcnn ResNet practice)

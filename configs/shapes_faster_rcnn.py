@@ -11,7 +11,6 @@ from tf_rcnn.config import default_config
 def get_config():
     config = default_config()
     m = config.model
-    m.num_classes = 3  # square, circle, triangle
     m.backbone.name = "tiny"
     m.backbone.widths = (16, 32, 64, 128)
     m.backbone.freeze_at = 0  # random init: nothing to keep frozen

@@ -83,6 +83,7 @@ def tiny_config(family: str = "faster_rcnn", variant: str = "fpn", *, ohem: bool
             m.type = "mask_rcnn"
             m.mask_head.conv_dims = (8, 8)
             m.mask_head.deconv_dim = 8
+    m.num_classes = 3  # no data here to take it from (tiny_batch has classes 1..3)
     m.backbone.widths = (8, 8, 16, 16)
     if family != "rfcn":
         m.neck.out_channels = 16

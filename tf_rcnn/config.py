@@ -42,7 +42,10 @@ def default_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.model = _cd(
         type="faster_rcnn",  # faster_rcnn | fast_rcnn | rfcn | mask_rcnn
-        num_classes=80,
+        # K object classes (background excluded). None: the training data's label map decides
+        # (train.py writes the resolved value into the run's config.json); set it only to build
+        # a model without data.
+        num_classes=placeholder(int),
         backbone=_cd(
             name="resnet50",  # resnet50 | resnet101 | vgg16 | tiny
             weights=placeholder(str),  # None (random), "imagenet", or a weights file path

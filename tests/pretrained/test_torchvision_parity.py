@@ -85,6 +85,7 @@ def fixture_weights(meta: dict) -> dict[str, np.ndarray]:
 
 def fixture_config(arch: str, meta: dict):
     config = load_config_file(tvp.recipe_path(arch))
+    config.model.num_classes = tvp.NUM_CLASSES  # what the import sets (no data here)
     config.data.scales = (meta["min_size"],)
     config.data.max_size = meta["max_size"]
     return config

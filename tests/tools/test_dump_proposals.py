@@ -38,6 +38,7 @@ def shapes_records(root, num_images=4, size=64, seed=0):
 def tiny(config_name, shapes_dir, size=64, images=4):
     config = load_config_file(os.path.join(REPO, "configs", config_name))
     m = config.model
+    m.num_classes = 3  # some tests build the model without loading the data
     m.backbone.widths = (8, 8, 16, 16)
     m.neck.out_channels = 16
     m.roi_head.fc_dims = (32, 32)

@@ -426,11 +426,18 @@ def build_model(config: ml_collections.ConfigDict, label_map: dict | None = None
         variables.
 
     Raises:
-        ConfigError: an unknown type or option, or values that cannot work together (the message
-            names the config key).
+        ConfigError: an unknown type or option, values that cannot work together (the message
+            names the config key), or ``model.num_classes`` unset (it comes from the training
+            data: ``run_training`` and ``restore_detector`` fill it in).
     """
     m = _model_section(config)
     family = family_of(config)
+    if m.num_classes is None:
+        raise ConfigError(
+            "model.num_classes is not set: train.py takes it from the training data's classes "
+            "and saves it in the run's config.json. To build a model without data, give the "
+            "class count with --config.model.num_classes=K (config.model.num_classes = K in "
+            "Python).")
     if warn_ignored:
         ignored = ignored_settings(config)
         if ignored:

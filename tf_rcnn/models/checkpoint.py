@@ -27,6 +27,7 @@ directory (``config.json``, ``label_map.json``, ``ckpt-*``) into a detector.
 from __future__ import annotations
 
 import collections
+import copy
 import os
 from typing import Any
 
@@ -35,7 +36,13 @@ import ml_collections
 import tensorflow as tf
 from absl import logging
 
-from tf_rcnn.config import ConfigError, load_config_file, load_run_config, run_config_file
+from tf_rcnn.config import (
+    ConfigError,
+    load_config_file,
+    load_run_config,
+    run_config_file,
+    run_directory,
+)
 from tf_rcnn.label_map import LABEL_MAP_FILE, LabelMap
 from tf_rcnn.models import builder
 from tf_rcnn.models.detectors.two_stage import TwoStageDetector
@@ -258,6 +265,10 @@ def resolve_run_config(
     """The config to rebuild the model of a run: ``config`` when given (a recipe path or a
     ConfigDict), else the run's ``config.json``.
 
+    A recipe leaves ``model.num_classes`` to the training data; the run knows it (its
+    ``config.json``, or the class count of its ``label_map.json``), so a copy of the recipe
+    with that value is returned.
+
     Raises:
         ConfigError: neither is available, or the given recipe builds another detector family
             than the run holds (both named).
@@ -278,6 +289,16 @@ def resolve_run_config(
             f"{_family_name(run_config)} (its config.json), but the recipe builds a "
             f"{_family_name(config)}. Drop --config to use the run's own config, or point "
             "--checkpoint at a run of this recipe.")
+    if config.model.num_classes is None:
+        label_map_file = os.path.join(run_directory(checkpoint), LABEL_MAP_FILE)
+        known = None
+        if run_config is not None:
+            known = run_config.model.num_classes
+        elif os.path.exists(label_map_file):
+            known = LabelMap.from_json(label_map_file).num_classes
+        if known is not None:
+            config = copy.deepcopy(config)
+            config.model.num_classes = known
     return config
 
 

@@ -1,6 +1,7 @@
 """Training from a recipe: what ``train.py`` runs, callable in-process (tests, notebooks).
 
-``run_training(config, model_dir, strategy)`` loads the training split, builds the model and
+``run_training(config, model_dir, strategy)`` loads the training split, takes
+``model.num_classes`` from its label map (when the recipe leaves it unset), builds the model and
 optimiser under the strategy scope, writes ``config.json`` and ``label_map.json`` into the run
 directory (chief only), and trains with :class:`tf_rcnn.training.trainer.Trainer`, resuming from
 the newest checkpoint in ``model_dir``.
@@ -16,6 +17,7 @@ schedule of :mod:`tf_rcnn.training.alternating`, which runs each stage through t
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from collections.abc import Callable, Sequence
@@ -28,7 +30,7 @@ import tensorflow as tf
 from absl import logging
 
 from tf_rcnn.config import CONFIG_FILE, ConfigError
-from tf_rcnn.data.builder import build_input_pipeline, load_split
+from tf_rcnn.data.builder import build_input_pipeline, load_split, split_flag
 from tf_rcnn.label_map import LABEL_MAP_FILE, LabelMap
 from tf_rcnn.models import builder
 from tf_rcnn.models.checkpoint import load_weights, weight_key
@@ -39,6 +41,42 @@ from tf_rcnn.training.trainer import Trainer
 # make_eval_fn(config, model, label_map) -> eval_fn(step) -> metrics; make_image_fn likewise
 # -> image_fn(step) -> uint8 [H, W, 3] (see tf_rcnn.evaluation.watch).
 HookFactory = Callable[[ml_collections.ConfigDict, keras.Model, LabelMap], Callable[[int], Any]]
+
+# How many class names a message lists before "... (K in all)".
+_NAMES_SHOWN = 10
+
+
+def _class_names(label_map: LabelMap) -> str:
+    names = label_map.names[:_NAMES_SHOWN]
+    more = (f", ... ({label_map.num_classes} in all)"
+            if label_map.num_classes > _NAMES_SHOWN else "")
+    return ", ".join(names) + more
+
+
+def resolve_num_classes(config: ml_collections.ConfigDict, label_map: LabelMap
+                        ) -> ml_collections.ConfigDict:
+    """``config`` with ``model.num_classes`` taken from the training data's label map.
+
+    Returns ``config`` itself when it already matches, else a copy with the value filled in
+    (logged with the class names).
+
+    Raises:
+        ConfigError: ``model.num_classes`` is set and differs from the data's class count (the
+            message names both and says to drop the flag).
+    """
+    given, found = config.model.num_classes, label_map.num_classes
+    if given is None:
+        config = copy.deepcopy(config)
+        config.model.num_classes = found
+        logging.info("model.num_classes=%d from the training data: %s", found,
+                     _class_names(label_map))
+    elif given != found:
+        raise ConfigError(
+            f"--config.model.num_classes={given} does not match the training data: "
+            f"{split_flag(config, 'train')} has {found} classes ({_class_names(label_map)}). "
+            "Drop --config.model.num_classes (and any num_classes line in the recipe): the "
+            "class count follows the training data.")
+    return config
 
 
 def run_training(
@@ -66,8 +104,8 @@ def run_training(
 
     Raises:
         ConfigError: the batch does not split over the replicas, the data's class count
-            differs from ``model.num_classes``, or a hook is missing (the message gives the
-            override to use).
+            differs from ``model.num_classes``, the training data has nothing to train on, or a
+            hook is missing (the message gives the override to use).
     """
     strategy = strategy or tf.distribute.get_strategy()
     t = config.train
@@ -102,16 +140,11 @@ def run_training(
 
     family = builder.family_class(config)
     records, label_map, _ = load_split(config, "train", with_masks=family.needs_masks)
-    if label_map.num_classes != config.model.num_classes:
-        raise ConfigError(
-            f"The training data has {label_map.num_classes} classes but model.num_classes is "
-            f"{config.model.num_classes}; set --config.model.num_classes="
-            f"{label_map.num_classes}."
-        )
     # The pipeline takes the global batch and gives each replica its share.
     pipeline = build_input_pipeline(config, records, label_map, training=True,
                                     with_masks=family.needs_masks,
                                     needs_proposals=family.needs_proposals)
+    config = resolve_num_classes(config, label_map)
 
     with strategy.scope():
         model = builder.build_model(config, label_map=label_map.to_dict())
