@@ -8,7 +8,9 @@ model and its data, so ``--config`` is optional; overrides apply on top of it. W
 ``OUT/metrics.json`` (``bbox/AP``, ``bbox/AP50``, ... all 12 COCO stats, ``segm/...`` for Mask
 R-CNN; ``voc/mAP`` for VOC data; ``rpn/AR@100`` and ``rpn/AR@1000`` with ``--proposal_recall``),
 ``OUT/detections.json`` (COCO results format: dataset category ids, ``[x, y, w, h]`` in
-original-image pixels) and ``OUT/detections.png`` (a few validation images with detections).
+original-image pixels, and the ``file_name`` of each image as its annotations name it) and
+``OUT/detections.png`` (a few validation images with detections). ``--verbose`` shows
+TensorFlow's start-up and C++ log lines, hidden by default (as in every command).
 """
 
 from __future__ import annotations

@@ -97,6 +97,7 @@ def test_categories_left_out_on_purpose_are_one_summary_line(tmp_path, caplog):
     assert len(lines) == 1, lines
     assert lines[0].endswith(
         "left out 3 annotations of categories not in the label map: triangle (id 3)")
+    assert records[0].file_name == "a.png"
 
 
 def test_masks_missing_for_a_mask_model_names_the_split_and_what_to_add(tmp_path):

@@ -52,6 +52,10 @@ def test_bbox_and_segm_equal_pycocotools(gt_file, tmp_path):
     metrics = evaluator.evaluate()
     results_file = tmp_path / "detections.json"
     evaluator.write_detections(str(results_file))
+    # Every result names its image; pycocotools ignores the extra key: the numbers below, from
+    # the written file, equal the evaluator's, which are computed without it.
+    written = json.loads(results_file.read_text())
+    assert written and all(r["file_name"] == f"{r['image_id']}.png" for r in written)
 
     expected_bbox = _direct_cocoeval(gt_file, str(results_file), "bbox")
     # Mask AP is evaluated on results without 'bbox' (mask area decides s/m/l, module doc).

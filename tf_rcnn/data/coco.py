@@ -186,6 +186,7 @@ def load_coco(
             path, im["id"], height, width, anns_by_image.get(im["id"], []), label_map,
             categories, has_segm, report,
         )
+        record.file_name = str(im.get("file_name", ""))
         records.append(record)
     report.finish(records)
     return records, label_map, report

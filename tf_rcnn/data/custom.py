@@ -75,7 +75,9 @@ def records_from_list(
     Args:
         items: dicts with ``"image"`` (path), ``"boxes"`` (``[M, 4]`` in ``box_format``),
             ``"classes"`` (M names), optional ``"image_id"`` (int, default: position + 1),
-            ``"masks"`` (M ``[H, W]`` arrays or PNG paths), ``"crowd_boxes"``, ``"difficult"``.
+            ``"masks"`` (M ``[H, W]`` arrays or PNG paths), ``"crowd_boxes"``, ``"difficult"``,
+            ``"file_name"`` (the name written into evaluation results; default: the base name
+            of ``"image"``).
         class_names: class order (``1..K``); default: sorted names found in ``items``.
         label_map: use this map instead (e.g. the training set's map for a validation set).
         box_format: ``"xyxy"`` (default), ``"yxyx"`` or ``"xywh"`` (COCO).
@@ -143,7 +145,7 @@ def records_from_list(
             image_path=path, image_id=image_id, height=height, width=width,
             boxes=boxes[keep], classes=classes.reshape(-1)[keep], crowd_boxes=crowd_arr,
             difficult=difficult.reshape(-1)[keep], segmentations=masks,
-            source_name=os.path.basename(path),
+            source_name=os.path.basename(path), file_name=str(item.get("file_name", "")),
         ))
     report.finish(records)
     return records, label_map, report
@@ -182,7 +184,8 @@ def load_custom(
                 pre_report.skip("malformed CSV row", csv_path, f"line {line}: no image")
                 continue
             path = image if os.path.isabs(image) else os.path.join(base, image)
-            item = items.setdefault(path, {"image": path, "boxes": [], "classes": []})
+            item = items.setdefault(path, {"image": path, "boxes": [], "classes": [],
+                                           "file_name": image})
             if has_mask:
                 item.setdefault("masks", [])
             fields = [(row.get(k) or "").strip() for k in ("x1", "y1", "x2", "y2")]

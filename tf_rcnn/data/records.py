@@ -58,6 +58,10 @@ class DetectionRecord:
             polygon list, a COCO RLE dict, a ``[H, W]`` array, or a path to a binary PNG mask.
             Decoded lazily by :meth:`instance_masks`. ``None`` when the dataset has no masks.
         source_name: the dataset's own name for the image (file stem, VOC id), for messages.
+        file_name: the image's path as the annotations give it, relative to the dataset's
+            image root: COCO ``file_name`` (under the image folder), the CSV's ``image`` column
+            as written, ``VOC2007/JPEGImages/000005.jpg`` under the VOC root. Written into
+            evaluation results; empty means the file's base name.
     """
 
     image_path: str
@@ -72,6 +76,7 @@ class DetectionRecord:
     difficult: np.ndarray | None = None
     segmentations: list[Any] | None = None
     source_name: str = ""
+    file_name: str = ""
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)
@@ -85,6 +90,8 @@ class DetectionRecord:
                 f"{self.image_path}: boxes ({len(self.boxes)}), classes ({len(self.classes)}) "
                 f"and difficult ({len(self.difficult)}) must have one row per instance."
             )
+        if not self.file_name:
+            self.file_name = os.path.basename(self.image_path)
         if self.segmentations is not None and len(self.segmentations) != len(self.boxes):
             raise ValueError(
                 f"{self.image_path}: segmentations has {len(self.segmentations)} entries for "
@@ -384,7 +391,7 @@ def records_to_coco(records: Sequence[DetectionRecord], label_map: LabelMap) -> 
     for record in records:
         images.append({"id": int(record.image_id), "height": int(record.height),
                        "width": int(record.width),
-                       "file_name": os.path.basename(record.image_path)})
+                       "file_name": record.file_name})
         difficult = (np.zeros(len(record.classes), bool) if record.difficult is None
                      else np.asarray(record.difficult, bool))
         for box, class_id, hard in zip(record.boxes, record.classes, difficult, strict=True):

@@ -102,6 +102,7 @@ def load_voc(
             seen.add(image_id)
             record = _read_one(base, name, image_id, label_map, report, verify_images)
             if record is not None:
+                record.file_name = os.path.relpath(record.image_path, root)
                 records.append(record)
     report.finish(records)
     return records, label_map, report

@@ -6,7 +6,9 @@ Conventions:
     classes contiguous ``1..K`` (0 is background and never appears in detections). This module
     turns them into the COCO results format: ``bbox = [x, y, w, h]`` (no ``+1``), dataset
     category ids through the label map, masks as compressed RLE with ``counts`` as ``str`` so
-    the list is JSON-serialisable.
+    the list is JSON-serialisable. Each result also names its image with the ground truth's
+    ``file_name`` (for people reading the file; COCO tools ignore the key, and the metrics here
+    are computed without it).
 
 Shape shorthand:
     B batch, D detections per image (padded), H/W original image height/width.
@@ -156,6 +158,8 @@ class COCOEvaluator:
             int(im["id"]): (int(im["height"]), int(im["width"])) for im in gt_dataset["images"]
         }
         self._category_names = {int(c["id"]): str(c["name"]) for c in gt_dataset["categories"]}
+        self._file_names = {int(im["id"]): str(im["file_name"]) for im in gt_dataset["images"]
+                            if im.get("file_name")}
         if use_fast_eval:
             self._fast_eval_module()  # fail at construction, not after a long inference run
         self.reset()
@@ -260,12 +264,15 @@ class COCOEvaluator:
                     "bbox": [float(v) for v in xywh[d]],
                     "score": float(scores[b, d]),
                 }
+                if image_id in self._file_names:
+                    result["file_name"] = self._file_names[image_id]
                 if image_masks is not None:
                     result["segmentation"] = _encode_mask(image_masks[d] > 0.5)
                 self._results.append(result)
 
     def results(self) -> list[dict]:
-        """The accumulated detections in the COCO results format (a fresh list of dicts)."""
+        """The accumulated detections in the COCO results format, each with its image's
+        ``file_name`` when the ground truth has one (a fresh list of dicts)."""
         return copy.deepcopy(self._results)
 
     def write_detections(self, path: str) -> None:
@@ -304,7 +311,9 @@ class COCOEvaluator:
         image_ids = sorted(self._seen_image_ids) or sorted(self._image_sizes)
         metrics: dict[str, float] = {}
         for iou_type in self.iou_types:
-            results = copy.deepcopy(self._results)
+            # The metrics see the plain COCO results format (file_name is for readers only).
+            results = [{k: v for k, v in r.items() if k != "file_name"}
+                       for r in copy.deepcopy(self._results)]
             if iou_type == "segm":
                 # Without 'bbox', loadRes takes a result's area from its mask (see module doc).
                 for r in results:

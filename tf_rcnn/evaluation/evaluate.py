@@ -5,8 +5,9 @@ run's ``config.json`` and ``label_map.json`` unless a recipe is given; every var
 runs the model over the validation split, and writes into ``output_dir``:
 ``metrics.json`` (``bbox/AP`` ... all 12 COCO stats, ``segm/AP`` ... for Mask R-CNN, ``voc/mAP``
 for VOC data, ``rpn/AR@N`` when asked), ``detections.json`` (COCO results: dataset category
-ids, ``[x, y, w, h]`` in original-image pixels, RLE ``segmentation`` for Mask R-CNN) and
-``detections.png`` (a grid of drawn validation images, masks as translucent overlays).
+ids, ``[x, y, w, h]`` in original-image pixels, RLE ``segmentation`` for Mask R-CNN, and each
+image's ``file_name``: the COCO json's, the CSV's ``image`` column, the path under the VOC root)
+and ``detections.png`` (a grid of drawn validation images, masks as translucent overlays).
 """
 
 from __future__ import annotations
