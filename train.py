@@ -3,10 +3,12 @@
     python train.py --config=configs/shapes_faster_rcnn.py --model_dir=runs/shapes \
         [--config.train.total_steps=1000 ...] [--strategy=mirrored]
 
-Running the same command again resumes from the newest checkpoint in ``--model_dir``. The run
-directory receives checkpoints (``ckpt-<step>``), TensorBoard summaries (``train/``), the resolved
-config (``config.json``) and the label map (``label_map.json``) that ``eval.py``, the exporters,
-``predict`` and ``dump_proposals`` read back (their ``--config`` is optional).
+Running the same command again resumes from the newest checkpoint in ``--model_dir`` (a run
+already at ``train.total_steps`` is left alone). ``model.num_classes`` follows the training
+data's classes. The run directory receives checkpoints (``ckpt-<step>``), TensorBoard summaries
+(``train/``), the resolved config (``config.json``) and the label map (``label_map.json``) that
+``eval.py``, the exporters, ``predict`` and ``dump_proposals`` read back (their ``--config`` is
+optional). ``--verbose`` shows TensorFlow's start-up and C++ log lines (hidden by default).
 ``--config.train.schedule_mode=alternating`` runs the 4-step schedule of the Faster R-CNN paper
 instead of joint training.
 """
@@ -52,6 +54,11 @@ def main(argv):
                         make_image_fn=make_image_fn)
     except ConfigError as error:
         raise app.UsageError(str(error)) from error
+    if "total_loss" not in metrics:  # the run was finished already
+        print(f"{_MODEL_DIR.value} is already at step {int(metrics['step'])}/"
+              f"{int(metrics['total_steps'])}; nothing to train (a larger "
+              "--config.train.total_steps continues it; a new --model_dir starts a new run).")
+        return
     logging.info("Training finished: %s", json.dumps(metrics))
     print(f"Checkpoints, summaries, config.json and label_map.json are in {_MODEL_DIR.value}")
 

@@ -50,3 +50,14 @@ def test_logger_intervals_and_tensorboard_scalars(tmp_path, capsys):
     assert [step for step, _ in scalars["loss/total_loss"]] == [5, 10]
     assert scalars["loss/total_loss"][1][1] == pytest.approx(0.1)  # 1 / 10
     assert {"learning_rate", "images_per_second"} <= set(scalars)
+
+
+def test_first_line_does_not_count_tracing_in_speed_or_eta(capsys):
+    logger = ProgressLogger(10, global_batch=2, model_dir=None, log_every=1)
+    # The first update's interval held the tracing of the step function: no speed, no ETA.
+    first = logger.update(1, 0, {"total_loss": 1.0}, 0.1)
+    assert "| -- img/s | ETA --:-- |" in first
+    # From then on the clock runs from the end of the first update.
+    second = logger.update(2, 1, {"total_loss": 1.0}, 0.1)
+    assert "-- img/s" not in second and "ETA --:--" not in second
+    assert "step 2/10" in capsys.readouterr().out

@@ -6,13 +6,17 @@ Console format::
     ... | lr 0.0200
 
 ``img/s`` counts global-batch images over the wall time since the previous log line; the ETA
-extrapolates that speed to the remaining steps (``MM:SS``, or ``H:MM:SS`` past an hour).
+extrapolates that speed to the remaining steps (``MM:SS``, or ``H:MM:SS`` past an hour). The
+first update of a run also traced the step function, which takes far longer than a step: the
+clock restarts after it, and a line printed at that first update shows ``-- img/s`` and
+``ETA --:--``.
 TensorBoard scalars go to ``model_dir/train`` under ``loss/<name>``, ``learning_rate`` and
 ``images_per_second``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -43,8 +47,9 @@ def format_progress(
     names = sorted(losses, key=lambda name: (name != "total_loss", name))
     loss_text = " ".join(f"{name} {float(losses[name]):.3f}" for name in names)
     percent = 100.0 * step / max(total_steps, 1)
+    speed = f"{images_per_second:.1f}" if math.isfinite(images_per_second) else "--"
     return (
-        f"step {step}/{total_steps} ({percent:.1f}%) | {images_per_second:.1f} img/s | "
+        f"step {step}/{total_steps} ({percent:.1f}%) | {speed} img/s | "
         f"ETA {format_duration(eta_seconds)} | {loss_text} | lr {learning_rate:.4f}"
     )
 
@@ -100,18 +105,26 @@ class ProgressLogger:
             else None
         )
         self.reset_timer(start_step)
+        # Until the first update, the clock runs over start-up (tracing the step function).
+        self.timing_startup = True
         self.last_line = ""
 
     def reset_timer(self, step: int) -> None:
-        """Restarts the speed measurement at ``step`` (after restore, eval or checkpointing)."""
+        """Restarts the speed measurement at ``step`` (after tracing, restore, eval or
+        checkpointing)."""
         self._last_step = step
         self._last_time = time.perf_counter()
         self.images_per_second = 0.0
+        self.timing_startup = False
 
     def _measure(self, step: int) -> float:
+        """Images per second since the last measurement; NaN while that interval includes the
+        start-up (tracing)."""
         now = time.perf_counter()
         steps = step - self._last_step
-        if steps > 0 and now > self._last_time:
+        if self.timing_startup:
+            self.images_per_second = float("nan")
+        elif steps > 0 and now > self._last_time:
             self.images_per_second = steps * self.global_batch / (now - self._last_time)
         self._last_step, self._last_time = step, now
         return self.images_per_second
@@ -141,6 +154,14 @@ class ProgressLogger:
         Returns:
             The console line if one was printed, else None.
         """
+        try:
+            return self._update(step, previous_step, losses, learning_rate)
+        finally:
+            if self.timing_startup:  # the first update: measure speed from here on
+                self.reset_timer(step)
+
+    def _update(self, step: int, previous_step: int, losses: Mapping[str, float],
+                learning_rate: float) -> str | None:
         log = self.should_log(step, previous_step)
         summarise = self.writer is not None and self.should_summarise(step, previous_step)
         if not (log or summarise):
@@ -152,12 +173,13 @@ class ProgressLogger:
                 for name, value in values.items():
                     write_scalar(f"loss/{name}", value, step)
                 write_scalar("learning_rate", float(learning_rate), step)
-                write_scalar("images_per_second", speed, step)
+                if math.isfinite(speed):
+                    write_scalar("images_per_second", speed, step)
             self.writer.flush()
         if not log:
             return None
         remaining = self.total_steps - step
-        eta = remaining * self.global_batch / speed if speed > 0 else float("nan")
+        eta = remaining * self.global_batch / speed if speed > 0 else float("nan")  # NaN: --:--
         line = format_progress(step, self.total_steps, speed, eta, values, float(learning_rate))
         print(line, flush=True)
         self.last_line = line

@@ -2,9 +2,10 @@
 
 ``run_training(config, model_dir, strategy)`` loads the training split, takes
 ``model.num_classes`` from its label map (when the recipe leaves it unset), builds the model and
-optimiser under the strategy scope, writes ``config.json`` and ``label_map.json`` into the run
-directory (chief only), and trains with :class:`tf_rcnn.training.trainer.Trainer`, resuming from
-the newest checkpoint in ``model_dir``.
+optimiser under the strategy scope, and trains with :class:`tf_rcnn.training.trainer.Trainer`,
+resuming from the newest checkpoint in ``model_dir``. Once the checkpoint is known to fit (or
+there is none), the resolved config (``config.json``) and ``label_map.json`` are written into
+the run directory (chief only). A run already at ``train.total_steps`` is left as it is.
 
 Watching (chief only): ``train.eval_every`` evaluates every N steps and keeps the best
 checkpoint by ``train.eval_metric`` in ``model_dir/best``; ``train.image_summary_every`` writes a
@@ -79,6 +80,17 @@ def resolve_num_classes(config: ml_collections.ConfigDict, label_map: LabelMap
     return config
 
 
+def checkpoint_step(model_dir: str) -> int | None:
+    """The step of the newest checkpoint in ``model_dir`` (``ckpt-<step>``), or None."""
+    latest = tf.train.latest_checkpoint(model_dir) if tf.io.gfile.isdir(model_dir) else None
+    if latest is None:
+        return None
+    try:
+        return int(os.path.basename(latest).rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
 def run_training(
     config: ml_collections.ConfigDict,
     model_dir: str,
@@ -90,6 +102,10 @@ def run_training(
     loss_terms: Sequence[str] | None = None,
 ) -> dict[str, float]:
     """Trains the recipe's model into ``model_dir``; returns the final losses.
+
+    A run whose newest checkpoint is already at ``train.total_steps`` is not touched (no data
+    loaded, no model built); the result is then ``{"step": S, "total_steps": T}`` without
+    losses.
 
     Args:
         config: the full recipe.
@@ -125,6 +141,9 @@ def run_training(
     if t.mixed_precision:
         keras.mixed_precision.set_global_policy(t.mixed_precision)
         logging.info("Mixed precision policy: %s", t.mixed_precision)
+    done = checkpoint_step(model_dir)
+    if done is not None and done >= t.total_steps:  # the caller says so (train.py prints it)
+        return {"step": float(done), "total_steps": float(t.total_steps)}
     if config.data.seed is not None:
         keras.utils.set_random_seed(config.data.seed)
 
@@ -154,10 +173,14 @@ def run_training(
         optimizer = optimizer_from_config(config, global_batch)
 
     tf.io.gfile.makedirs(model_dir)
-    if is_chief(strategy):
-        with tf.io.gfile.GFile(os.path.join(model_dir, CONFIG_FILE), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-        label_map.to_json(os.path.join(model_dir, LABEL_MAP_FILE))
+
+    def write_run_files(step: int) -> None:
+        # After the restore check: a run directory of another model keeps its own files.
+        del step
+        if is_chief(strategy):
+            with tf.io.gfile.GFile(os.path.join(model_dir, CONFIG_FILE), "w") as f:
+                f.write(config.to_json_best_effort(indent=2))
+            label_map.to_json(os.path.join(model_dir, LABEL_MAP_FILE))
 
     eval_fn = image_fn = None
     if is_chief(strategy) and t.eval_every:
@@ -191,7 +214,7 @@ def run_training(
         logging.info("Initialised %d variables from %s (%d skipped).", len(loaded),
                      t.init_checkpoint, len(skipped))
     metrics = trainer.train(pipeline.dataset, total_steps=t.total_steps,
-                            global_batch=global_batch)
+                            global_batch=global_batch, after_restore=write_run_files)
     metrics = {k: float(v) for k, v in metrics.items()}
     # Fingerprints of the final weights, logged by train.py on every worker: replicas that
     # stayed in sync give the same sum of |w| and the same SHA-256 of the weight bytes.

@@ -362,6 +362,7 @@ class Trainer:
         total_steps: int,
         per_replica_batch: int | None = None,
         global_batch: int | None = None,
+        after_restore: Callable[[int], None] | None = None,
     ) -> dict[str, float]:
         """Trains until ``total_steps`` updates are done, resuming from ``model_dir`` if possible.
 
@@ -373,6 +374,9 @@ class Trainer:
             total_steps: total number of updates of the run (including resumed ones).
             per_replica_batch: images per replica per step.
             global_batch: images per step over all replicas.
+            after_restore: called with the start step once the newest checkpoint of
+                ``model_dir`` has been checked and restored (or found absent), before the first
+                update; ``run_training`` writes the run's config.json there.
 
         Returns:
             Final losses (mean over replicas of the last step) plus ``step`` and
@@ -393,6 +397,8 @@ class Trainer:
                 self.optimizer.build(self.model.trainable_variables)
 
         step = self.checkpoints.restore_or_initialize()
+        if after_restore is not None:
+            after_restore(step)
         progress = ProgressLogger(
             total_steps,
             global_batch,
