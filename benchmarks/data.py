@@ -69,14 +69,14 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     shapes = generate_shapes_dataset(os.path.join(FLAGS.work_dir, "shapes"), 1000)
     records, label_map, _ = load_coco(shapes, os.path.join(FLAGS.work_dir, "shapes", "images"))
-    demo = InputPipeline(records, label_map, training=True, batch_size=8, scales=(128,),
-                         max_size=128, seed=0)
+    demo = InputPipeline(records, label_map, backbone="tiny", training=True, batch_size=8,
+                         scales=(128,), max_size=128, seed=0)
     demo_rate = _throughput(demo, FLAGS.batches)
     print(f"demo  (128x128 PNG shapes, batch 8):        {demo_rate:8.1f} images/s")
 
     jrecords, jlabels, _ = _jpeg_records(FLAGS.work_dir)
-    coco = InputPipeline(jrecords, jlabels, training=True, batch_size=2, scales=(800,),
-                         max_size=1333, seed=0)
+    coco = InputPipeline(jrecords, jlabels, backbone="resnet50", training=True, batch_size=2,
+                         scales=(800,), max_size=1333, seed=0)
     coco_rate = _throughput(coco, max(FLAGS.batches // 2, 10))
     print(f"coco  (640x480 JPEG -> 800/1333, batch 2):  {coco_rate:8.1f} images/s")
 

@@ -31,8 +31,8 @@ for split, num_images, seed in (("train", 500, 10), ("val", 100, 11)):
     root = f"data_cache/shapes2/{split}"
     annotations = generate_shapes_dataset(root, num_images, image_size=128, seed=seed)
     records, _, _ = load_coco(annotations, f"{root}/images", label_map=subset)
-    pipeline = InputPipeline(records, subset, training=split == "train", batch_size=8,
-                             scales=(128,), max_size=128)
+    pipeline = InputPipeline(records, subset, backbone="tiny", training=split == "train",
+                             batch_size=8, scales=(128,), max_size=128)
     data[split] = (annotations, pipeline.dataset())
 
 # The demo detector (make demo); keep every weight that fits, freeze the backbone.

@@ -250,9 +250,11 @@ def test_label_map_entries_reject_a_label_map_of_another_class_count():
 
 
 def test_export_refuses_an_unbuilt_model(tmp_path):
-    model = builder.build_model(tiny_config())
+    config = tiny_config()
+    model = builder.build_model(config)
     with pytest.raises(ValueError, match="build it first"):
-        export_lib.export_saved_model(model, str(tmp_path), export_lib.PreprocessConfig())
+        export_lib.export_saved_model(model, str(tmp_path),
+                                      export_lib.PreprocessConfig.from_recipe(config))
 
 
 def test_rest_body_and_grpc_message():

@@ -188,9 +188,9 @@ def test_pipeline_skips_empty_training_images(good, tmp_path):
     with open(path2, "w") as f:
         json.dump(data, f)
     records, label_map, _ = load_coco(path2, img_dir)
-    train = InputPipeline(records, label_map, training=True, batch_size=1, scales=(20,),
-                          max_size=40, seed=0)
+    train = InputPipeline(records, label_map, backbone="tiny", training=True, batch_size=1,
+                          scales=(20,), max_size=40, seed=0)
     assert train.num_images == 1 and train.stats == {"images without boxes left out": 1}
-    evaluation = InputPipeline(records, label_map, training=False, batch_size=1)
+    evaluation = InputPipeline(records, label_map, backbone="tiny", training=False, batch_size=1)
     assert evaluation.num_images == 2
     assert os.path.basename(records[1].image_path) == "b.jpg"

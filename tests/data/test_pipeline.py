@@ -13,6 +13,9 @@ from PIL import Image
 from tf_rcnn.data import masks as masks_lib
 from tf_rcnn.data.coco import load_coco
 from tf_rcnn.data.pipeline import (
+    CAFFE_MEAN,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     InputPipeline,
     decode_image,
     pixel_stats_for_backbone,
@@ -61,9 +64,9 @@ def test_resize_and_flip_geometry_exact(tmp_path):
     # x' = 60 - x -> [4, 30, 20, 54] -> * 1.25 = [5, 37.5, 25, 67.5].
     rec = _record(tmp_path, "g", 40, 60, [[4, 6, 20, 30]])
     for flip, expected in ((False, [5, 7.5, 25, 37.5]), (True, [5, 37.5, 25, 67.5])):
-        pipe = InputPipeline([rec], LABELS, training=True, batch_size=1, scales=(50,),
-                             max_size=100, random_flip=flip, flip_probability=1.0, seed=0,
-                             max_instances=3)
+        pipe = InputPipeline([rec], LABELS, backbone="tiny", training=True, batch_size=1,
+                             scales=(50,), max_size=100, random_flip=flip,
+                             flip_probability=1.0, seed=0, max_instances=3)
         images, t = _batches(pipe, 1)[0]
         assert t["scale"][0].tolist() == pytest.approx([1.25, 1.25])
         np.testing.assert_array_equal(t["image_shape"][0], [50, 75])
@@ -84,7 +87,7 @@ def test_resize_and_flip_geometry_exact(tmp_path):
 def test_max_size_caps_longer_side(tmp_path):
     # 20x200: min(50/20, 100/200) = 0.5 -> canvas 10 x 100.
     rec = _record(tmp_path, "long", 20, 200, [[2, 10, 18, 190]])
-    pipe = InputPipeline([rec], LABELS, training=False, batch_size=1, scales=(50,),
+    pipe = InputPipeline([rec], LABELS, backbone="tiny", training=False, batch_size=1, scales=(50,),
                          max_size=100, size_divisor=1)
     images, t = _batches(pipe)[0]
     assert images.shape == (1, 10, 100, 3)
@@ -93,8 +96,8 @@ def test_max_size_caps_longer_side(tmp_path):
 
 def test_eval_keeps_every_image_once(shapes):
     records, label_map, _ = shapes
-    pipe = InputPipeline(records, label_map, training=False, batch_size=4, scales=(64,),
-                         max_size=64)
+    pipe = InputPipeline(records, label_map, backbone="tiny", training=False, batch_size=4,
+                         scales=(64,), max_size=64)
     batches = _batches(pipe)
     ids = np.concatenate([t["image_id"] for _, t in batches])
     assert sorted(ids.tolist()) == sorted(r.image_id for r in records)
@@ -104,8 +107,8 @@ def test_eval_keeps_every_image_once(shapes):
 
 def test_training_batches_static_and_masks_follow_flip(shapes):
     records, label_map, _ = shapes
-    pipe = InputPipeline(records, label_map, training=True, batch_size=4, scales=(64,),
-                         max_size=64, with_masks=True, mask_crop_size=16, seed=5,
+    pipe = InputPipeline(records, label_map, backbone="tiny", training=True, batch_size=4,
+                         scales=(64,), max_size=64, with_masks=True, mask_crop_size=16, seed=5,
                          max_instances=6)
     images_spec, t_spec = pipe.dataset().element_spec
     assert images_spec.shape.as_list() == [4, 64, 64, 3]
@@ -127,21 +130,22 @@ def test_training_batches_static_and_masks_follow_flip(shapes):
 
 def test_deterministic_mode_repeats_batches(shapes):
     records, label_map, _ = shapes
-    kwargs = {"training": True, "batch_size": 2, "scales": (48, 64), "max_size": 64,
-              "seed": 11, "deterministic": True, "scale_jitter": (0.8, 1.2)}
+    kwargs = {"backbone": "tiny", "training": True, "batch_size": 2, "scales": (48, 64),
+              "max_size": 64, "seed": 11, "deterministic": True, "scale_jitter": (0.8, 1.2)}
     first = _batches(InputPipeline(records, label_map, **kwargs), 3)
     second = _batches(InputPipeline(records, label_map, **kwargs), 3)
     for (i1, t1), (i2, t2) in zip(first, second, strict=True):
         np.testing.assert_array_equal(i1, i2)
         np.testing.assert_array_equal(t1["image_id"], t2["image_id"])
     with pytest.raises(ValueError, match="seed"):
-        InputPipeline(records, label_map, training=True, batch_size=2, deterministic=True)
+        InputPipeline(records, label_map, backbone="tiny", training=True, batch_size=2,
+                      deterministic=True)
 
 
 def test_input_context_shards_and_uses_per_replica_batch(shapes):
     records, label_map, _ = shapes
-    pipe = InputPipeline(records, label_map, training=False, batch_size=4, scales=(64,),
-                         max_size=64)
+    pipe = InputPipeline(records, label_map, backbone="tiny", training=False, batch_size=4,
+                         scales=(64,), max_size=64)
     ids = []
     for pid in range(2):
         ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pid,
@@ -155,8 +159,8 @@ def test_input_context_shards_and_uses_per_replica_batch(shapes):
 
 def test_works_with_distribute_datasets_from_function(shapes):
     records, label_map, _ = shapes
-    pipe = InputPipeline(records, label_map, training=True, batch_size=2, scales=(64,),
-                         max_size=64, seed=0)
+    pipe = InputPipeline(records, label_map, backbone="tiny", training=True, batch_size=2,
+                         scales=(64,), max_size=64, seed=0)
     strategy = tf.distribute.get_strategy()
     dist = strategy.distribute_datasets_from_function(pipe.dataset)
     images, targets = next(iter(dist))
@@ -168,8 +172,8 @@ def test_aspect_ratio_grouping(tmp_path):
     for i in range(8):
         h, w = (30, 50) if i % 2 else (50, 30)
         records.append(_record(tmp_path, f"ar{i}", h, w, [[2, 2, 20, 20]], image_id=i + 1))
-    pipe = InputPipeline(records, LABELS, training=True, batch_size=2, scales=(30,),
-                         max_size=50, seed=3)
+    pipe = InputPipeline(records, LABELS, backbone="tiny", training=True, batch_size=2,
+                         scales=(30,), max_size=50, seed=3)
     for _, t in _batches(pipe, 6):
         landscape = t["original_shape"][:, 1] >= t["original_shape"][:, 0]
         assert landscape.all() or not landscape.any()
@@ -178,8 +182,8 @@ def test_aspect_ratio_grouping(tmp_path):
 def test_instances_beyond_limit_keep_largest(tmp_path):
     boxes = [[0, 0, 5, 5], [0, 0, 20, 20], [0, 0, 2, 2], [0, 0, 10, 10]]
     rec = _record(tmp_path, "many", 30, 30, boxes, classes=[1, 2, 1, 2])
-    pipe = InputPipeline([rec], LABELS, training=True, batch_size=1, scales=(30,), max_size=30,
-                         max_instances=2, random_flip=False, seed=0)
+    pipe = InputPipeline([rec], LABELS, backbone="tiny", training=True, batch_size=1, scales=(30,),
+                         max_size=30, max_instances=2, random_flip=False, seed=0)
     assert pipe.stats == {"instances beyond max_instances=2 dropped": 2}
     _, t = _batches(pipe, 1)[0]
     np.testing.assert_allclose(t["boxes"][0], [[0, 0, 20, 20], [0, 0, 10, 10]])
@@ -201,11 +205,12 @@ def test_decode_grayscale_rgba_and_16bit(tmp_path):
 
 def test_preprocess_for_inference_matches_eval_pipeline(tmp_path):
     rec = _record(tmp_path, "inf", 40, 60, [[4, 6, 20, 30]])
-    pipe = InputPipeline([rec], LABELS, training=False, batch_size=1, scales=(50,),
+    pipe = InputPipeline([rec], LABELS, backbone="tiny", training=False, batch_size=1, scales=(50,),
                          max_size=100)
     images, t = _batches(pipe)[0]
     raw = tf.io.decode_png(tf.io.read_file(rec.image_path), channels=3)
-    fn = tf.function(lambda x: preprocess_image_for_inference(x, (50,), 100, 32))
+    fn = tf.function(lambda x: preprocess_image_for_inference(
+        x, (50,), 100, 32, pixel_mean=IMAGENET_MEAN, pixel_std=IMAGENET_STD))
     image, shape, scale = fn(raw)
     np.testing.assert_allclose(image.numpy(), images[0], atol=1e-5)
     np.testing.assert_array_equal(shape.numpy(), t["image_shape"][0])
@@ -227,8 +232,8 @@ def test_corrupt_file_at_run_time_is_skipped_not_fatal(tmp_path):
     bad_path = tmp_path / "bad.png"
     bad_path.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     bad = DetectionRecord(str(bad_path), 2, 20, 20, np.asarray([[2, 2, 10, 10]]), [1])
-    pipe = InputPipeline([bad, good], LABELS, training=False, batch_size=2, scales=(20,),
-                         max_size=20)
+    pipe = InputPipeline([bad, good], LABELS, backbone="tiny", training=False, batch_size=2,
+                         scales=(20,), max_size=20)
     batches = _batches(pipe)
     assert [int(i) for _, t in batches for i in t["image_id"]] == [1]
 
@@ -294,3 +299,17 @@ def test_run_time_guard_names_truncated_files(tmp_path):
     for data in (jpeg[: len(jpeg) // 2], png[: len(png) // 2], b"", b"not an image"):
         with pytest.raises(tf.errors.InvalidArgumentError, match="broken_file.xyz"):
             check_image_bytes(tf.constant(data), tf.constant("broken_file.xyz"))
+
+
+def test_pixel_statistics_come_from_the_backbone_or_are_given(tmp_path):
+    rec = _record(tmp_path, "stats", 20, 20, [[2, 2, 10, 10]])
+    with pytest.raises(ValueError, match="backbone=NAME"):
+        InputPipeline([rec], LABELS, training=False, batch_size=1)  # no silent default
+    resnet = InputPipeline([rec], LABELS, backbone="resnet50", training=False, batch_size=1)
+    # keras.applications' ImageNet ResNets: Caffe mean, std 1 (not the ImageNet mean/std).
+    assert resnet.pixel_mean == CAFFE_MEAN and resnet.pixel_std == (1.0, 1.0, 1.0)
+    tiny = InputPipeline([rec], LABELS, backbone="tiny", training=False, batch_size=1)
+    assert (tiny.pixel_mean, tiny.pixel_std) == (IMAGENET_MEAN, IMAGENET_STD)
+    given = InputPipeline([rec], LABELS, backbone="resnet50", pixel_std=(2, 2, 2),
+                          training=False, batch_size=1)
+    assert given.pixel_mean == CAFFE_MEAN and given.pixel_std == (2.0, 2.0, 2.0)

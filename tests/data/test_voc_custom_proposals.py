@@ -73,7 +73,7 @@ def test_voc_07_plus_12(voc_root):
     assert report.repaired["box clipped to image"] == 1
     assert "2008_000002.xml" in report.details() and "000009.jpg" in report.details()
     # Difficult boxes are left out of training by default, kept in evaluation.
-    train = InputPipeline(records, label_map, training=True, batch_size=1, seed=0)
+    train = InputPipeline(records, label_map, backbone="tiny", training=True, batch_size=1, seed=0)
     assert train.stats["difficult boxes left out of training"] == 1
     with pytest.raises(ValueError, match="image set file"):
         load_voc(voc_root, [("2007", "test")])
@@ -140,9 +140,9 @@ def test_proposals_round_trip_and_pipeline(tmp_path, ext):
     img = write_boxes_image(str(tmp_path / "i.png"), 20, 40, [[1, 2, 10, 20]])
     records, label_map, _ = records_from_list(
         [{"image": img, "boxes": [[2, 1, 20, 10]], "classes": ["x"], "image_id": 1}])
-    pipe = InputPipeline(records, label_map, training=True, batch_size=1, scales=(40,),
-                         max_size=80, proposals=path, max_proposals=2, random_flip=True,
-                         flip_probability=1.0, seed=0)
+    pipe = InputPipeline(records, label_map, backbone="tiny", training=True, batch_size=1,
+                         scales=(40,), max_size=80, proposals=path, max_proposals=2,
+                         random_flip=True, flip_probability=1.0, seed=0)
     _, t = next(iter(pipe.dataset()))
     # scale = min(40/20, 80/40) = 2; top-2 by score: [0,0,5,5] (0.9), [3,3,4,4] (0.5).
     # Flip in original pixels (w = 40): x' = 40 - x -> [0,35,5,40], [3,36,4,37]; then * 2.

@@ -66,9 +66,9 @@ def test_proposal_file_through_pipeline_into_the_model(tmp_path):
         proposals[rec.image_id] = (boxes, np.linspace(1.0, 0.5, len(boxes)))
     path = str(tmp_path / "proposals.npz")
     write_proposals(path, proposals)
-    pipeline = InputPipeline(records, label_map, training=True, batch_size=4, scales=(96,),
-                             max_size=96, random_flip=True, proposals=path, max_proposals=8,
-                             seed=3)
+    pipeline = InputPipeline(records, label_map, backbone="tiny", training=True, batch_size=4,
+                             scales=(96,), max_size=96, random_flip=True, proposals=path,
+                             max_proposals=8, seed=3)
     seen_flips = set()
     batches = list(pipeline.dataset().take(4))
     for _, targets in batches:

@@ -274,8 +274,9 @@ def preprocess_image_for_inference(
     scales: Sequence[int] = (600,),
     max_size: float = 1000,
     size_divisor: int = 32,
-    pixel_mean: Sequence[float] = IMAGENET_MEAN,
-    pixel_std: Sequence[float] = IMAGENET_STD,
+    *,
+    pixel_mean: Sequence[float],
+    pixel_std: Sequence[float],
     resize_rule: str = "tf_rcnn",
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Evaluation-mode preprocessing of one image in pure TF (usable in an exported graph).
@@ -285,8 +286,9 @@ def preprocess_image_for_inference(
         scales: shorter-side targets; inference uses the largest, like evaluation.
         max_size: cap on the longer side.
         size_divisor: pad height/width up to multiples of this.
-        pixel_mean: RGB mean, 0-255 units.
-        pixel_std: RGB std, 0-255 units.
+        pixel_mean: RGB mean, 0-255 units: the model's backbone's
+            (:func:`pixel_stats_for_backbone`), no default.
+        pixel_std: RGB std, 0-255 units, likewise.
         resize_rule: ``"tf_rcnn"`` or ``"torchvision"`` (module docstring, "Geometry").
 
     Returns:
@@ -419,8 +421,13 @@ class InputPipeline:
         size_divisor: pad images to multiples of this (the coarsest feature stride).
         max_instances: M, the fixed number of GT rows per image.
         max_crowd: Mc, the fixed number of crowd rows per image.
-        pixel_mean: RGB mean (0-255 units), see :func:`pixel_stats_for_backbone`.
-        pixel_std: RGB std (0-255 units).
+        backbone: the model's backbone name (``"resnet50"``, ``"vgg16"``, ``"tiny"``, ...): the
+            pixel statistics are then its family's (:data:`PIXEL_STATS` through
+            :func:`pixel_stats_for_backbone`). Give this or ``pixel_mean`` and ``pixel_std``;
+            there is no default, since the families differ (ResNet/VGG: Caffe mean, std 1;
+            tiny: ImageNet mean and std).
+        pixel_mean: RGB mean (0-255 units); overrides the backbone's.
+        pixel_std: RGB std (0-255 units); overrides the backbone's.
         with_masks: emit ``masks [B, M, S, S]`` (records need segmentations).
         mask_crop_size: S. Masks are cropped to their boxes at load time and held in memory as
             uint8: ``S * S`` bytes per instance (COCO train2017 at S = 56 is about 2.7 GB;
@@ -459,8 +466,9 @@ class InputPipeline:
         size_divisor: int = 32,
         max_instances: int = 100,
         max_crowd: int = 20,
-        pixel_mean: Sequence[float] = IMAGENET_MEAN,
-        pixel_std: Sequence[float] = IMAGENET_STD,
+        backbone: str | None = None,
+        pixel_mean: Sequence[float] | None = None,
+        pixel_std: Sequence[float] | None = None,
         with_masks: bool = False,
         mask_crop_size: int = 56,
         proposals: Mapping[int, Any] | str | None = None,
@@ -487,6 +495,15 @@ class InputPipeline:
         self.size_divisor = int(size_divisor)
         self.max_instances = int(max_instances)
         self.max_crowd = int(max_crowd)
+        if pixel_mean is None or pixel_std is None:
+            if backbone is None:
+                raise ValueError(
+                    "InputPipeline needs the pixel statistics of the model's backbone: pass "
+                    "backbone=NAME (e.g. 'resnet50', 'vgg16', 'tiny'; see PIXEL_STATS) or "
+                    "pixel_mean and pixel_std.")
+            mean, std = pixel_stats_for_backbone(backbone)
+            pixel_mean = mean if pixel_mean is None else pixel_mean
+            pixel_std = std if pixel_std is None else pixel_std
         self.pixel_mean = tuple(float(v) for v in pixel_mean)
         self.pixel_std = tuple(float(v) for v in pixel_std)
         self.with_masks = bool(with_masks)

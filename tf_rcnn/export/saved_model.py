@@ -44,13 +44,7 @@ import keras
 import tensorflow as tf
 
 from tf_rcnn.data.builder import pixel_stats
-from tf_rcnn.data.pipeline import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    decode_image,
-    preprocess_image_for_inference,
-    scale_boxes,
-)
+from tf_rcnn.data.pipeline import decode_image, preprocess_image_for_inference, scale_boxes
 from tf_rcnn.label_map import LABEL_MAP_FILE
 from tf_rcnn.models.checkpoint import restore_detector
 
@@ -65,17 +59,19 @@ class PreprocessConfig:
         scales: shorter-side targets; inference uses the largest.
         max_size: cap on the longer side.
         size_divisor: pad height/width to multiples of this.
-        pixel_mean: RGB mean, 0-255 units.
-        pixel_std: RGB std, 0-255 units.
-        resize_rule: ``"tf_rcnn"`` or ``"torchvision"`` (``tf_rcnn.data.pipeline``).
+        pixel_mean: RGB mean, 0-255 units (keyword only, no default: the backbone family's,
+            ``tf_rcnn.data.pipeline.pixel_stats_for_backbone``).
+        pixel_std: RGB std, 0-255 units, likewise.
+        resize_rule: ``"tf_rcnn"`` or ``"torchvision"`` (``tf_rcnn.data.pipeline``; keyword
+            only).
     """
 
     scales: tuple[int, ...] = (600,)
     max_size: float = 1000.0
     size_divisor: int = 32
-    pixel_mean: tuple[float, float, float] = IMAGENET_MEAN
-    pixel_std: tuple[float, float, float] = IMAGENET_STD
-    resize_rule: str = "tf_rcnn"
+    pixel_mean: tuple[float, float, float] = dataclasses.field(kw_only=True)
+    pixel_std: tuple[float, float, float] = dataclasses.field(kw_only=True)
+    resize_rule: str = dataclasses.field(default="tf_rcnn", kw_only=True)
 
     @classmethod
     def from_recipe(cls, config: Any) -> PreprocessConfig:
@@ -85,7 +81,8 @@ class PreprocessConfig:
         mean, std = pixel_stats(config)
         d = config.data
         return cls(tuple(int(s) for s in d.scales), float(d.max_size), int(d.size_divisor),
-                   tuple(mean), tuple(std), str(d.resize_rule))
+                   pixel_mean=tuple(mean), pixel_std=tuple(std),
+                   resize_rule=str(d.resize_rule))
 
 
 def label_map_entries(model: Any) -> list[dict]:
