@@ -224,6 +224,26 @@ def write_csv_dataset(folder, num_images: int, seed: int, classes=("circle", "sq
     return path
 
 
+def own_data_config(train_csv: str, val_csv: str, steps: int = 3) -> ml_collections.ConfigDict:
+    """The demo recipe on CSV data as the README's "Your own data" runs it (no num_classes),
+    shrunk to tiny sizes; images are fed at 48 px (``data.scales`` overridden)."""
+    config = tiny_config()
+    config.model.num_classes = None  # from the training data, as train.py does
+    d = config.data
+    d.dataset = "custom"
+    d.train_annotations, d.val_annotations = train_csv, val_csv
+    d.scales, d.max_size = (48,), 48
+    d.train_batch_size = d.eval_batch_size = 4
+    d.seed = 0
+    t = config.train
+    t.total_steps = t.checkpoint_every = steps
+    t.warmup_steps, t.log_every, t.steps_per_loop = 0, steps, 1
+    config.model.rpn.anchor_sizes = ((8.0,), (16.0,), (32.0,), (64.0,), (128.0,))
+    config.eval.metrics = ("coco", "voc")
+    config.eval.visualize = 1
+    return config
+
+
 def run_command(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
     """``args`` (a script of the repository, or ``-m MODULE``) run by this Python from the
     repository, as a user runs the commands; stdout and stderr are captured as text."""
