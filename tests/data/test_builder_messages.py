@@ -109,3 +109,12 @@ def test_masks_missing_for_a_mask_model_names_the_split_and_what_to_add(tmp_path
     message = str(error.value)
     assert f"--config.data.train_annotations={csv}" in message and "mask column" in message
     assert "with_masks" not in message
+
+
+def test_deterministic_without_a_seed_names_both_flags(tmp_path):
+    csv = write_csv_dataset(tmp_path / "mine", num_images=2, seed=0)
+    config = custom_config(csv)
+    config.data.deterministic, config.data.seed = True, None
+    records, label_map, _ = load_split(config, "train")
+    with pytest.raises(ConfigError, match="--config.data.deterministic=True.*--config.data.seed"):
+        build_input_pipeline(config, records, label_map, training=True)

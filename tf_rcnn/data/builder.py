@@ -188,11 +188,14 @@ def build_input_pipeline(
             ``data.proposals_val`` (Fast R-CNN); they must exist.
 
     Raises:
-        ConfigError: a needed proposal file is unset or missing, training records without a
-            single box, or records without the masks the model needs (the message names the
-            split's flag).
+        ConfigError: a needed proposal file is unset or missing, deterministic order without a
+            seed, training records without a single box, or records without the masks the
+            model needs (the message names the flag to change).
     """
     d = config.data
+    if d.deterministic and d.seed is None:
+        raise ConfigError("--config.data.deterministic=True needs a seed: add "
+                          "--config.data.seed=N (any integer).")
     mean, std = pixel_stats(config)
     if batch_size is None:
         batch_size = d.train_batch_size if training else d.eval_batch_size
