@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import statistics
 import sys
 import time
 
@@ -42,7 +41,7 @@ from absl import app, flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
-from speed_common import MODELS, dataset_num_classes, run_result  # noqa: E402
+from speed_common import MODELS, block, dataset_num_classes, median_time, run_result  # noqa: E402
 
 _MODELS = flags.DEFINE_list("models", list(MODELS), f"Any of {sorted(MODELS)}.")
 _SIZE = flags.DEFINE_string("size", None, "H or HxW (default: per model, 640 / 600x1000).")
@@ -69,26 +68,6 @@ def _size(name: str) -> tuple[int, int]:
         return MODELS[name][1]
     parts = [int(p) for p in _SIZE.value.lower().split("x")]
     return (parts[0], parts[-1])
-
-
-def _median_time(fn, *args, runs: int) -> float:
-    for _ in range(2):
-        _block(fn(*args))
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        _block(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def _block(outputs) -> None:
-    """Forces the values to the host so every timing includes all the work."""
-    import tensorflow as tf
-
-    for t in tf.nest.flatten(outputs):
-        if isinstance(t, tf.Tensor):
-            t.numpy()
 
 
 def measure(name: str) -> dict:
@@ -123,7 +102,7 @@ def measure(name: str) -> dict:
         features = trunk(x) if _JIT.value else model.extract_features(x, training=False)
         return model.detect_from_features(features, image_shape)
 
-    _block(full(images))
+    block(full(images))
     first_call = time.perf_counter() - start
     if _FULL.value:  # after the first call: the traced functions read the variables
         deltas = model.rpn.head.deltas_conv
@@ -134,8 +113,8 @@ def measure(name: str) -> dict:
               "proposals_to_box_head": int(tf.reduce_sum(tf.cast(valid, tf.int32))),
               "full_proposals": _FULL.value,
               "jit_compile": _JIT.value, "first_call_s": first_call}
-    result["full_s"] = _median_time(full, images, runs=runs)
-    result["trunk_s"] = _median_time(trunk, images, runs=runs)
+    result["full_s"] = median_time(full, images, runs=runs)
+    result["trunk_s"] = median_time(trunk, images, runs=runs)
     result["ratio"] = result["full_s"] / result["trunk_s"]
 
     # ---------------------------------------------------------------- per-stage breakdown
@@ -146,7 +125,7 @@ def measure(name: str) -> dict:
     roi_features = [features[n] for n in model.roi_in_features]
 
     head_fn = tf.function(lambda f: rpn.head(f, training=False))
-    stages["rpn_head"] = _median_time(head_fn, rpn_features, runs=runs)
+    stages["rpn_head"] = median_time(head_fn, rpn_features, runs=runs)
     logits, deltas = head_fn(rpn_features)
 
     @tf.function
@@ -157,28 +136,28 @@ def measure(name: str) -> dict:
         return rpn.proposal_layer(logits, deltas, anchors, image_shape,
                                   num_anchors_per_level=per_level, training=False)
 
-    stages["anchors_and_proposal_layer"] = _median_time(propose, rpn_features, logits, deltas,
+    stages["anchors_and_proposal_layer"] = median_time(propose, rpn_features, logits, deltas,
                                                         runs=runs)
     boxes, _, valid = propose(rpn_features, logits, deltas)
 
     if hasattr(heads, "score_maps"):  # R-FCN: per-image score maps, then PS pooling + voting
         maps_fn = tf.function(lambda f: heads.score_maps(f))
-        stages["rfcn_score_maps"] = _median_time(maps_fn, roi_features, runs=runs)
+        stages["rfcn_score_maps"] = median_time(maps_fn, roi_features, runs=runs)
         maps = maps_fn(roi_features)
         pool_fn = tf.function(lambda m, b: heads.head.pool(m, b))
-        stages["ps_roi_pool_and_vote"] = _median_time(pool_fn, maps, boxes, runs=runs)
+        stages["ps_roi_pool_and_vote"] = median_time(pool_fn, maps, boxes, runs=runs)
         class_logits, box_deltas = pool_fn(maps, boxes)
     else:
         pool_fn = tf.function(lambda f, b: pool_features(heads.pooler, f, b))
-        stages["roi_pooling"] = _median_time(pool_fn, roi_features, boxes, runs=runs)
+        stages["roi_pooling"] = median_time(pool_fn, roi_features, boxes, runs=runs)
         pooled = pool_fn(roi_features, boxes)
         box_fn = tf.function(
             lambda p: heads.box_predictor(heads.box_head(p, training=False), training=False))
-        stages["box_head_and_predictor"] = _median_time(box_fn, pooled, runs=runs)
+        stages["box_head_and_predictor"] = median_time(box_fn, pooled, runs=runs)
         class_logits, box_deltas = box_fn(pooled)
 
     decode_fn = tf.function(lambda c, d, b, v: heads.decoder(c, d, b, v, image_shape))
-    stages["decoder_and_nms"] = _median_time(decode_fn, class_logits, box_deltas, boxes, valid,
+    stages["decoder_and_nms"] = median_time(decode_fn, class_logits, box_deltas, boxes, valid,
                                              runs=runs)
     if hasattr(heads, "mask_head"):
         detections = decode_fn(class_logits, box_deltas, boxes, valid)
@@ -187,7 +166,7 @@ def measure(name: str) -> dict:
         def masks(f, det_boxes, det_classes):
             return tf.sigmoid(heads.predict_masks(f, det_boxes, det_classes, training=False))
 
-        stages["mask_branch"] = _median_time(masks, roi_features,
+        stages["mask_branch"] = median_time(masks, roi_features,
                                              detections["detection_boxes"],
                                              detections["detection_classes"], runs=runs)
     result["stages"] = stages

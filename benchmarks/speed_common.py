@@ -1,9 +1,16 @@
-"""What the speed benchmarks (``inference.py``, ``train.py``) share: the detector table and the
-runner of one measurement in a fresh process."""
+"""What the speed benchmarks (``inference.py``, ``train.py``, ``pretrained.py``) share: the
+detector table, the runner of one measurement in a fresh process and the timing of TensorFlow
+calls."""
+
+from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,3 +39,29 @@ def run_result(args: list[str]) -> dict:
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-4000:]}")
     return json.loads(lines[-1][len("RESULT "):])
+
+
+def block(outputs: Any) -> None:
+    """Forces the values to the host so every timing includes all the work."""
+    import tensorflow as tf
+
+    for t in tf.nest.flatten(outputs):
+        if isinstance(t, tf.Tensor):
+            t.numpy()
+
+
+def timed_runs(fn: Callable, *args: Any, runs: int, warmup: int = 2) -> list[float]:
+    """Seconds of each of ``runs`` calls ``fn(*args)`` (outputs fetched), after ``warmup``."""
+    for _ in range(warmup):
+        block(fn(*args))
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        block(fn(*args))
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def median_time(fn: Callable, *args: Any, runs: int) -> float:
+    """Median seconds of ``runs`` calls ``fn(*args)`` after 2 warm-up calls."""
+    return statistics.median(timed_runs(fn, *args, runs=runs))

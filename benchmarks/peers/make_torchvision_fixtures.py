@@ -145,6 +145,7 @@ import numpy as np
 import torch
 import torchvision
 from PIL import Image
+from synthetic_images import make_image  # benchmarks/peers/, torch-free
 from torchvision.models import resnet50
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection import _utils as det_utils
@@ -196,35 +197,6 @@ def load_synthetic():
 # inputs
 
 
-def make_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """An HxWx3 uint8 image with structure: a colour gradient, soft blobs, hard-edged
-    rectangles and ellipses, and light noise."""
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
-    scale = float(max(height, width))
-    image = np.empty((height, width, 3))
-    for c in range(3):
-        base, gy, gx = rng.uniform(0.2, 0.8), rng.uniform(-0.3, 0.3), rng.uniform(-0.3, 0.3)
-        image[..., c] = base + gy * yy / scale + gx * xx / scale
-    for _ in range(10):
-        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
-        sigma = rng.uniform(0.03, 0.15) * scale
-        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))
-        image += blob[..., None] * rng.uniform(-0.5, 0.5, size=3)
-    for _ in range(7):
-        h, w = rng.uniform(0.06, 0.4) * height, rng.uniform(0.06, 0.4) * width
-        y0, x0 = rng.uniform(-0.1 * height, height - h), rng.uniform(-0.1 * width, width - w)
-        inside = (yy >= y0) & (yy < y0 + h) & (xx >= x0) & (xx < x0 + w)
-        alpha = rng.uniform(0.6, 1.0)
-        image[inside] = (1 - alpha) * image[inside] + alpha * rng.uniform(0, 1, size=3)
-    for _ in range(5):
-        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
-        ry, rx = rng.uniform(0.04, 0.2) * height, rng.uniform(0.04, 0.2) * width
-        inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
-        image[inside] = rng.uniform(0, 1, size=3)
-    image += rng.normal(0.0, 0.008, size=image.shape)
-    return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
-
-
 def make_images() -> list[np.ndarray]:
     rng = np.random.default_rng(IMAGE_SEED)
     return [make_image(rng, h, w) for h, w in IMAGE_SIZES]
@@ -234,9 +206,12 @@ def make_images() -> list[np.ndarray]:
 # models
 
 
-def build_model(arch: str) -> tuple[torch.nn.Module, dict]:
-    """The model torchvision builds for ``arch``'s COCO_V1 weights, before loading them."""
-    kwargs = {"num_classes": NUM_CLASSES, "min_size": MIN_SIZE, "max_size": MAX_SIZE}
+def build_model(
+    arch: str, min_size: int = MIN_SIZE, max_size: int = MAX_SIZE
+) -> tuple[torch.nn.Module, dict]:
+    """The model torchvision builds for ``arch``'s COCO_V1 weights, before loading them
+    (``min_size``/``max_size``: its transform's resize; torchvision's defaults are 800/1333)."""
+    kwargs = {"num_classes": NUM_CLASSES, "min_size": min_size, "max_size": max_size}
     plain = getattr(torchvision.models.detection, arch)(
         weights=None, weights_backbone=None, **kwargs
     )
