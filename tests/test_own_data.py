@@ -113,3 +113,33 @@ def test_eval_and_export_use_the_runs_classes_data_and_scale(own_run):
         scores[scale] = outputs["detection_scores"].numpy()
     np.testing.assert_allclose(served["detection_scores"].numpy(), scores[48], atol=1e-4)
     assert not np.allclose(scores[48], scores[128], atol=1e-4)
+
+
+def test_a_recipe_of_another_family_names_the_runs_family_and_the_fix(own_run):
+    # The run holds a Faster R-CNN (its config.json); an R-FCN recipe cannot rebuild it. The
+    # message names both families and the two ways out, not the checkpoint's variable names.
+    _, _, run_dir, _ = own_run
+    with pytest.raises(ConfigError) as error:
+        restore_detector(run_dir, config=recipe("shapes_rfcn"))
+    message = str(error.value)
+    assert "model.type='faster_rcnn'" in message and "model.type='rfcn'" in message
+    assert "config.json" in message
+    assert "Drop --config" in message and "--checkpoint" in message
+    assert "kernel" not in message  # no variable dump
+    done = run_command(["eval.py", "--config=configs/shapes_rfcn.py", f"--checkpoint={run_dir}",
+                        f"--output_dir={run_dir}/eval_rfcn"])
+    assert done.returncode != 0 and "Drop --config" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_warmup_longer_than_the_run_names_the_flag_with_a_value(own_run, tmp_path):
+    # 5 steps with the recipe's 100-step warmup: the error says which flag to pass and a value
+    # that fits (a tenth of the run, 5 // 10 = 0).
+    _, config, _, _ = own_run
+    short = copy.deepcopy(config)
+    short.train.total_steps, short.train.warmup_steps = 5, 100
+    with pytest.raises(ConfigError) as error:
+        run_training(short, str(tmp_path / "run"))
+    message = str(error.value)
+    assert "train.warmup_steps=100 exceeds train.total_steps=5" in message
+    assert "--config.train.warmup_steps=0" in message
