@@ -132,14 +132,18 @@ def test_a_recipe_of_another_family_names_the_runs_family_and_the_fix(own_run):
     assert "Traceback" not in done.stderr
 
 
-def test_a_warmup_longer_than_the_run_names_the_flag_with_a_value(own_run, tmp_path):
-    # 5 steps with the recipe's 100-step warmup: the error says which flag to pass and a value
-    # that fits (a tenth of the run, 5 // 10 = 0).
+def test_a_schedule_longer_than_the_run_names_every_flag_with_a_value(own_run, tmp_path):
+    # 5 steps with a 100-step warmup and decays at 60/80: one error names both flags with values
+    # that fit (a tenth of the run for the warmup, 5 // 10 = 0; decays at 2/3 and 8/9 of it,
+    # int(3.33) = 3 and int(4.44) = 4), so a shortened run needs one retry, not two.
     _, config, _, _ = own_run
     short = copy.deepcopy(config)
-    short.train.total_steps, short.train.warmup_steps = 5, 100
+    t = short.train
+    t.total_steps, t.warmup_steps, t.schedule, t.decay_steps = 5, 100, "step", (60, 80)
     with pytest.raises(ConfigError) as error:
         run_training(short, str(tmp_path / "run"))
     message = str(error.value)
     assert "train.warmup_steps=100 exceeds train.total_steps=5" in message
+    assert "train.decay_steps=(60, 80) must not exceed train.total_steps=5" in message
     assert "--config.train.warmup_steps=0" in message
+    assert "--config.train.decay_steps='(3, 4)'" in message

@@ -247,17 +247,21 @@ def optimizer_from_config(config: ml_collections.ConfigDict,
     if lr != t.base_learning_rate:
         logging.info("Linear scaling rule: lr %.5f for batch %d -> %.5f for batch %d",
                      t.base_learning_rate, t.base_batch_size, lr, global_batch)
+    # Every schedule value that does not fit total_steps is reported at once, with flags that
+    # fix all of them (a shortened run usually trips the warmup and the decay steps together).
+    problems, fixes = [], []
     if t.warmup_steps > t.total_steps:
-        raise ConfigError(
-            f"train.warmup_steps={t.warmup_steps} exceeds train.total_steps={t.total_steps}; "
-            f"pass --config.train.warmup_steps={t.total_steps // 10} (or fewer) with this "
-            "many steps.")
+        problems.append(f"train.warmup_steps={t.warmup_steps} exceeds train.total_steps="
+                        f"{t.total_steps}")
+        fixes.append(f"--config.train.warmup_steps={t.total_steps // 10} (or fewer)")
     if t.schedule == "step" and any(s > t.total_steps for s in t.decay_steps):
-        raise ConfigError(
-            f"train.decay_steps={tuple(t.decay_steps)} must not exceed train.total_steps="
-            f"{t.total_steps}; pass --config.train.decay_steps with steps below it (e.g. "
-            f"'({int(t.total_steps * 2 / 3)}, {int(t.total_steps * 8 / 9)})') or "
-            "--config.train.schedule=cosine.")
+        problems.append(f"train.decay_steps={tuple(t.decay_steps)} must not exceed "
+                        f"train.total_steps={t.total_steps}")
+        fixes.append(f"--config.train.decay_steps='({int(t.total_steps * 2 / 3)}, "
+                     f"{int(t.total_steps * 8 / 9)})' (or --config.train.schedule=cosine)")
+    if problems:
+        raise ConfigError("; ".join(problems) + ". With this many steps pass "
+                          + " and ".join(fixes) + ".")
     try:
         schedule = build_schedule(
             t.schedule,

@@ -208,6 +208,10 @@ def run_training(
         image_every=t.image_summary_every or None,
         loss_terms=loss_terms,
     )
+    if (not t.init_checkpoint and not config.model.backbone.get("weights")
+            and trainer.checkpoints.latest_checkpoint is None):
+        logging.info("Training from random weights: neither --config.model.backbone.weights nor "
+                     "--config.train.init_checkpoint is set.")
     if t.init_checkpoint and trainer.checkpoints.latest_checkpoint is None:
         loaded, skipped = load_weights(model, t.init_checkpoint,
                                        skip_mismatch=t.init_skip_mismatch)

@@ -357,7 +357,7 @@ def _load_weights(model: keras.layers.Layer, weights: str | None, label: str,
                   keras_source: Any, stride_in_1x1: bool) -> None:
     _check_weights_arg(weights, label, stride_in_1x1)
     if weights is None:
-        logging.info("%s: random initialisation", label)
+        logging.debug("%s: random initialisation (no model.backbone.weights)", label)
     elif weights == "imagenet":
         source = keras_source()
         copy_keras_resnet_weights(model, source)

@@ -106,7 +106,7 @@ class VGG16(keras.Model):
             self.blocks.append(block)
         self.build((None, None, None, 3))
         if weights is None:
-            logging.info("VGG16 backbone: random initialisation")
+            logging.debug("VGG16 backbone: random initialisation (no model.backbone.weights)")
         elif weights == "imagenet":
             copy_keras_vgg16_weights(
                 self, keras.applications.VGG16(include_top=False, weights="imagenet"))
