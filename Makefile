@@ -41,8 +41,13 @@ demo: install
 lint: install
 	$(BIN)/ruff check .
 
+# Two pytest workers (pytest-xdist) by default: most tests are single-threaded tracing and
+# Python, so two processes use a 2-core machine fully. A class or module keeps its tests (and its
+# expensive fixtures) on one worker. TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
+
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 benchmark-ops: install
 	$(BIN)/python benchmarks/ops.py
