@@ -184,3 +184,24 @@ def test_exported_and_builder_checks():
 def test_head_docstring_example_runs():
     result = doctest.testmod(rfcn_module, verbose=False)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_settings_the_family_does_not_read_are_named_in_a_warning(caplog):
+    # R-FCN pools position-sensitive score maps: the standard head's fc_dims and the mask head
+    # are not read. A recipe that changes them gets one warning naming exactly those keys; the
+    # keys it leaves at their defaults are not mentioned.
+    config = tiny_config("rfcn")
+    config.model.roi_head.fc_dims = (7, 7)
+    config.model.mask_head.deconv_dim = 8
+    assert builder.ignored_settings(config) == ["model.mask_head.deconv_dim",
+                                                "model.roi_head.fc_dims"]
+    with caplog.at_level("WARNING"):
+        builder.build_model(config)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("model.type='rfcn' does not read model.mask_head.deconv_dim, "
+               "model.roi_head.fc_dims" in w for w in warnings), warnings
+    # Faster R-CNN reads fc_dims: only the mask head is named.
+    faster = tiny_config()
+    faster.model.roi_head.fc_dims = (7, 7)
+    faster.model.mask_head.deconv_dim = 8
+    assert builder.ignored_settings(faster) == ["model.mask_head.deconv_dim"]
