@@ -18,11 +18,12 @@ from PIL import Image
 
 from tests.support import run_command, tiny_config
 from tf_rcnn.config import ConfigError, load_config_file
+from tf_rcnn.data.proposal_dump import dump_proposals
 from tf_rcnn.evaluation import evaluate as evaluate_module
 from tf_rcnn.evaluation.evaluate import evaluate_checkpoint
 from tf_rcnn.label_map import LabelMap
 from tf_rcnn.models import builder
-from tf_rcnn.models.checkpoint import save_weights
+from tf_rcnn.models.checkpoint import restore_detector, save_weights
 
 MODEL_CLASSES = LabelMap([1, 2, 3], ["square", "circle", "triangle"])
 SIZE = 48
@@ -186,3 +187,21 @@ def test_a_split_whose_every_annotation_is_skipped_fails_eval_py(run_dir, tmp_pa
     assert "1 unknown category id" in result.stderr and "1 box outside image" in result.stderr
     assert "Traceback" not in result.stderr
     assert not os.path.exists(os.path.join(out, "metrics.json"))
+
+
+def test_dump_proposals_reads_the_data_by_the_same_rule(run_dir, tmp_path):
+    config = load_config_file(os.path.join(run_dir, "config.json"))
+    config.data.dataset = "coco"
+    categories = [{"id": 33, "name": "triangle"}, {"id": 11, "name": "square"},
+                  {"id": 22, "name": "circle"}]
+    config.data.val_annotations, config.data.val_images = _dataset(
+        tmp_path / "a", [_ann(1, 1, 11, [2, 2, 10, 10])], categories)
+    model, config, label_map = restore_detector(run_dir, config)
+    output = str(tmp_path / "proposals.npz")
+    # Other ids, same names: matched by name, the file is written for both images.
+    stats = dump_proposals(model, config, "val", output, label_map=label_map)
+    assert stats["num_images"] == 2.0
+    config.data.val_annotations, config.data.val_images = _dataset(
+        tmp_path / "b", [_ann(1, 1, 11, [2, 2, 10, 10])], categories[1:])
+    with pytest.raises(ConfigError, match=r"val_annotations=.*\['triangle'\] are not in"):
+        dump_proposals(model, config, "val", output, label_map=label_map)

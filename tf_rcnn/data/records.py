@@ -394,6 +394,20 @@ def _has_end_marker(path: str, fmt: str) -> bool:
     return b"IEND" in tail
 
 
+def relabel_records(records: Sequence[DetectionRecord], old: LabelMap,
+                    new: LabelMap) -> list[DetectionRecord]:
+    """Copies of ``records`` whose classes (``1..K`` of ``old``) are renumbered to the class
+    of the same name in ``new`` (the same names in another order)."""
+    if sorted(old.names) != sorted(new.names):
+        raise ValueError(f"relabel_records needs the same class names: {old.names} vs "
+                         f"{new.names}.")
+    table = np.asarray([0] + [new.from_name(n) for n in old.names], np.int32)
+    return [dataclasses.replace(
+        r, classes=table[r.classes],
+        crowd_classes=None if r.crowd_classes is None else table[r.crowd_classes])
+        for r in records]
+
+
 def _box_polygon(box: np.ndarray) -> list[list[float]]:
     """The box ``[y1, x1, y2, x2]`` as a COCO polygon (the mask of a filled box)."""
     y1, x1, y2, x2 = (float(v) for v in box)
