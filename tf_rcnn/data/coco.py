@@ -3,7 +3,8 @@
 Conventions:
     COCO ``bbox`` is ``[x, y, w, h]`` in original pixels; records hold ``[y1, x1, y2, x2]``
     ``= [y, x, y + h, x + w]``. Dataset category ids are mapped to contiguous ``1..K`` in
-    ascending id order (or through a given :class:`LabelMap`, e.g. the one saved with a model);
+    ascending id order (or through a given :class:`LabelMap`, e.g. the one saved with a model,
+    matched to the json's categories by :func:`tf_rcnn.label_map.match_label_map`);
     ``LabelMap.to_dataset_id`` maps detections back. ``iscrowd=1`` annotations become
     ``crowd_boxes`` (ignore regions for matching), never positives. Polygons and RLE (compressed
     or not) are kept as-is and decoded on demand (``DetectionRecord.instance_masks``).
@@ -14,10 +15,11 @@ Bad data (each counted in the :class:`LoadReport`, logged with the file, never s
     * annotation of an unknown image id or category id -> annotation skipped;
     * annotation of a category the json declares but a given ``label_map`` leaves out (a subset
       of the classes chosen on purpose) -> left out, one summary line per category;
-    * malformed ``bbox`` (not 4 numbers), NaN/inf, ``w <= 0``/``h <= 0``, entirely outside the
-      image -> annotation skipped; partly outside -> clipped (repair);
+    * missing or malformed ``bbox`` (not a list of 4 numbers), NaN/inf, ``w <= 0``/``h <= 0``,
+      entirely outside the image -> annotation skipped; partly outside -> clipped (repair);
     * malformed segmentation (polygon with < 3 points, RLE of another size) -> the instance
       keeps its box, its mask becomes the filled box (repair);
+    * ``area`` that is not a finite number >= 0 -> the box area (repair; kept for evaluation);
     * images without annotations -> kept (evaluation needs them) and counted; the training
       pipeline leaves them out (counted again there).
     Errors (ValueError naming the file and the fix): unreadable json, duplicate image ids,
