@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -117,3 +118,17 @@ def test_repaired_masks_and_crowd_classes_reach_the_ground_truth():
     # The crowd region keeps its own class (cat, id 7) and area: one annotation, not one per
     # class.
     assert crowd["iscrowd"] == 1 and crowd["category_id"] == 7 and crowd["area"] == 42.0
+
+
+def test_array_masks_of_custom_records_become_rle_of_the_same_pixels():
+    mask = np.zeros((10, 12), np.uint8)
+    mask[2:5, 3:9] = 1  # 3 rows x 6 columns = 18 pixels
+    record = DetectionRecord(image_path="m.png", image_id=5, height=10, width=12,
+                             boxes=np.array([[2, 3, 5, 9]], np.float32),
+                             classes=np.array([1], np.int32), segmentations=[mask])
+    (annotation,) = records_to_coco([record], LabelMap([1], ["thing"]),
+                                    with_masks=True)["annotations"]
+    decoded = mask_utils.decode({"size": annotation["segmentation"]["size"],
+                                 "counts": annotation["segmentation"]["counts"].encode()})
+    np.testing.assert_array_equal(decoded, mask)
+    assert annotation["area"] == 18.0  # the box area (3 x 6) as no area was given
