@@ -24,6 +24,7 @@ from absl import logging
 from PIL import Image
 
 from tf_rcnn import visualize as vis
+from tf_rcnn.config import ConfigError
 from tf_rcnn.data.builder import build_input_pipeline, load_split, split_flag
 from tf_rcnn.data.records import records_to_coco
 from tf_rcnn.evaluation.coco_evaluator import COCOEvaluator
@@ -32,6 +33,19 @@ from tf_rcnn.evaluation.proposal_recall import ProposalRecallEvaluator
 from tf_rcnn.evaluation.runner import run_evaluation
 from tf_rcnn.evaluation.voc_evaluator import VOCEvaluator
 from tf_rcnn.models.checkpoint import restore_detector
+
+
+def _require_every_mask(config: ml_collections.ConfigDict, records: list) -> None:
+    """Mask AP against the filled boxes the reader put in for missing or malformed masks
+    would not be a mask metric: every instance needs its own mask, or none has one."""
+    lacking = sum(1 for r in records for segm in r.segmentations if segm is None)
+    if lacking:
+        total = sum(r.num_instances for r in records)
+        raise ConfigError(
+            f"{split_flag(config, 'val')}: {lacking} of {total} annotations have no usable "
+            "mask (a missing or malformed 'segmentation'; the reader's log line lists them). "
+            "Mask AP needs one (polygons or RLE) on every annotation: fix them, or drop every "
+            "segmentation to score boxes only.")
 
 
 def evaluate_checkpoint(
@@ -70,6 +84,8 @@ def evaluate_checkpoint(
             logging.warning("%s has no instance masks: reporting box AP only (no segm/AP).",
                             split_flag(config, "val"))
             with_masks = False
+        if with_masks:
+            _require_every_mask(config, records)
         # The ground truth is the reader's records: exactly what it kept or repaired (COCO's
         # own area, iscrowd and segmentation carried), for every dataset kind.
         coco = COCOEvaluator(
