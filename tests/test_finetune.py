@@ -4,6 +4,7 @@ with tiny sizes (8 images of 64 px, evaluated on the training images so it conve
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -14,7 +15,12 @@ import tensorflow as tf
 
 from tests.support import REPO, built_model, tiny_config
 from tf_rcnn.config import load_config_file
-from tf_rcnn.finetune import finetune_model, freeze_backbone, paired_weights
+from tf_rcnn.finetune import (
+    COCOEvalCallback,
+    finetune_model,
+    freeze_backbone,
+    paired_weights,
+)
 from tf_rcnn.label_map import LabelMap
 from tf_rcnn.models.checkpoint import weight_key
 from tf_rcnn.training.run import run_training
@@ -102,6 +108,36 @@ def _tiny_example(source_dir: str) -> str:
         assert code.count(old) == 1, old
         code = code.replace(old, new)
     return code
+
+
+def _write_json(path, annotations, categories) -> str:
+    images = [{"id": 1, "file_name": "1.png", "height": 32, "width": 32}]
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": categories}))
+    return str(path)
+
+
+def test_coco_eval_callback_ground_truth_follows_the_reader_and_the_label_rule(tmp_path):
+    subset = LabelMap([1, 2], ["square", "circle"])
+    # The json numbers the shapes 11/22/33: the model's two classes are found by name, the
+    # triangle is left out, the box outside the 32x32 image and the string bbox are skipped,
+    # the box crossing the border is clipped (x 30..32: w 2).
+    categories = [{"id": 11, "name": "square"}, {"id": 22, "name": "circle"},
+                  {"id": 33, "name": "triangle"}]
+    anns = [{"id": 1, "image_id": 1, "category_id": 11, "bbox": [1, 1, 5, 5]},
+            {"id": 2, "image_id": 1, "category_id": 22, "bbox": [30, 4, 6, 6]},
+            {"id": 3, "image_id": 1, "category_id": 33, "bbox": [2, 2, 5, 5]},
+            {"id": 4, "image_id": 1, "category_id": 11, "bbox": [40, 40, 5, 5]},
+            {"id": 5, "image_id": 1, "category_id": 22, "bbox": "1234"}]
+    callback = COCOEvalCallback(None, _write_json(tmp_path / "a.json", anns, categories),
+                                subset)
+    assert callback.label_map.dataset_ids == [11, 22]
+    assert [(a["category_id"], a["bbox"]) for a in callback.gt["annotations"]] == [
+        (11, [1.0, 1.0, 5.0, 5.0]), (22, [30.0, 4.0, 2.0, 6.0])]
+    with pytest.raises(ValueError, match="no usable ground-truth box"):
+        COCOEvalCallback(None, _write_json(tmp_path / "b.json", anns[3:], categories), subset)
+    with pytest.raises(ValueError, match=r"\['circle'\] are not in"):
+        COCOEvalCallback(None, _write_json(tmp_path / "c.json", anns, categories[:1]), subset)
 
 
 @pytest.mark.slow  # trains a source detector, then fine-tunes it: ~40 s of CPU

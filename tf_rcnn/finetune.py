@@ -18,7 +18,6 @@ background, 1..K; label maps as ``tf_rcnn.data.LabelMap``.
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +26,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from tf_rcnn.data.coco import load_coco
+from tf_rcnn.data.records import DetectionRecord, records_to_coco
 from tf_rcnn.evaluation.coco_evaluator import COCOEvaluator
 from tf_rcnn.evaluation.runner import run_evaluation
 from tf_rcnn.label_map import LabelMap
@@ -181,21 +182,6 @@ def finetune_model(
     return target
 
 
-def _subset_ground_truth(annotation_file: str, label_map: LabelMap) -> dict:
-    """The COCO ground truth restricted to the label map's categories (the others cannot be
-    predicted by the fine-tuned model, so they are left out of the evaluation)."""
-    with open(annotation_file) as f:
-        gt = json.load(f)
-    ids = set(label_map.dataset_ids)
-    dropped = sum(1 for a in gt["annotations"] if a["category_id"] not in ids)
-    if dropped:
-        logging.info("COCOEvalCallback: %d ground-truth boxes of categories outside the label "
-                     "map are not evaluated.", dropped)
-    gt["annotations"] = [a for a in gt["annotations"] if a["category_id"] in ids]
-    gt["categories"] = [c for c in gt["categories"] if c["id"] in ids]
-    return gt
-
-
 class COCOEvalCallback(keras.callbacks.Callback):
     """Computes COCO box AP on validation data at the end of every ``every`` epochs.
 
@@ -203,21 +189,40 @@ class COCOEvalCallback(keras.callbacks.Callback):
     prefix (so ``History`` and other callbacks see ``val_bbox/AP50``) and appended to
     ``self.history``.
 
+    The ground truth is the reader's records (``records_to_coco``), so what the reader skipped
+    is not scored and what it repaired is scored as repaired, as in ``eval.py``.
+
     Args:
         dataset: evaluation ``tf.data.Dataset`` from ``InputPipeline(..., training=False)``.
-        annotation_file: the COCO json of the validation images.
-        label_map: the model's ``LabelMap`` (contiguous ids -> dataset category ids); ground
-            truth of categories outside it is left out.
+        ground_truth: the records the dataset was built from (read with ``label_map``), or
+            the path of their COCO json (then read here with ``label_map``, annotations only).
+        label_map: the model's ``LabelMap``; a json is read through it by the rule of
+            :func:`tf_rcnn.label_map.match_label_map` (same ids, else same names, else an
+            error); ground truth of categories outside it is left out.
         every: evaluate every this many epochs.
         num_images: evaluate only this many images.
+
+    Raises:
+        ValueError: the model's classes are not in the json, or no usable box is left.
     """
 
-    def __init__(self, dataset: tf.data.Dataset, annotation_file: str, label_map: LabelMap,
+    def __init__(self, dataset: tf.data.Dataset,
+                 ground_truth: str | Sequence[DetectionRecord], label_map: LabelMap,
                  every: int = 1, num_images: int | None = None) -> None:
         super().__init__()
         self.dataset = dataset
+        if isinstance(ground_truth, str):
+            records, label_map, _ = load_coco(ground_truth, None, label_map=label_map,
+                                              include_masks=False)
+        else:
+            records = list(ground_truth)
+        if not any(r.num_instances > int(r.difficult.sum()) for r in records):
+            raise ValueError(
+                f"COCOEvalCallback: the {len(records)} validation images have no usable "
+                "ground-truth box (the reader's log line says what was skipped); a metric "
+                "over no ground truth is no number.")
         self.label_map = label_map
-        self.gt = _subset_ground_truth(annotation_file, label_map)
+        self.gt = records_to_coco(records, label_map)
         self.every = int(every)
         self.num_images = num_images
         self.history: list[dict[str, float]] = []

@@ -4,6 +4,12 @@ The one place where a dataset's category ids map to the model's contiguous class
 (class 0 is background and has no entry). Training writes it beside the model as
 ``label_map.json`` (format ``tf_rcnn.label_map.v1``); evaluation, export and prediction read it
 back so detections are reported in the dataset's own ids and names.
+
+:func:`match_label_map` is the one rule for reading data with a model's label map (every reader
+applies it when given one): a model class is found in the data by its dataset id when the data
+gives that id the same name, else by its name; data categories the model does not have are
+left out (the reader sums them up), and a model class found neither way is an error listing
+both label maps.
 """
 
 from __future__ import annotations
@@ -13,8 +19,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 LABEL_MAP_FILE = "label_map.json"
+
+# Names of placeholder classes: outputs a model has but no dataset uses (torchvision's COCO
+# detectors keep one per unused COCO id, named ``unused_<id>``). They need not be in the data.
+PLACEHOLDER_PREFIX = "unused_"
+
+# How many classes of each label map an error message lists.
+_LISTED = 40
 
 
 class LabelMap:
@@ -134,3 +148,112 @@ class LabelMap:
         if [c["id"] for c in classes] != list(range(1, len(classes) + 1)):
             raise ValueError("Label map json: class ids must be exactly 1..K.")
         return cls([c["dataset_id"] for c in classes], [c["name"] for c in classes])
+
+
+def _listing(pairs: Sequence[tuple[Any, str]]) -> str:
+    shown = ", ".join(f"{i} {n}" for i, n in pairs[:_LISTED])
+    more = f", ... ({len(pairs)} in all)" if len(pairs) > _LISTED else ""
+    return shown + more
+
+
+def match_label_map(
+    model: LabelMap,
+    data_ids: Sequence[int] | None,
+    data_names: Sequence[str],
+    *,
+    source: str,
+    complete: bool = True,
+) -> LabelMap:
+    """The label map to read a dataset with for a model whose classes are ``model``.
+
+    The rule, the same for every reader (COCO, VOC, CSV) and so for every command:
+
+    1. a model class whose dataset id the data has, under the same name, keeps that id;
+    2. otherwise it is found by its name: the data's id of that name is used, and every class
+       matched this way is logged in one line (e.g. ``square 1 -> 11``);
+    3. a model class found neither way is an error listing the model's classes (with their
+       dataset ids) and the data's categories; placeholder classes (names starting with
+       ``unused_``) need not be found (they keep their id, or get a free one).
+
+    Categories of the data that the model does not have are not this function's business: the
+    reader leaves their annotations out and sums them up in its report.
+
+    Args:
+        model: the model's classes (a run's ``label_map.json``).
+        data_ids: the data's category ids, one per name; ``None`` for data that has names only
+            (CSV): classes are then found by name and keep the model's dataset ids.
+        data_names: the data's category names.
+        source: the annotation file, for messages.
+        complete: whether ``data_names`` is the data's full category list (COCO categories,
+            VOC classes, a CSV's ``classes.txt``). ``False`` (a CSV without ``classes.txt``:
+            only the names that occur are known): a model class without any annotation is
+            logged as a warning instead of being an error.
+
+    Returns:
+        A ``LabelMap`` with the model's names in the model's order (class ``i`` is the model's
+        class ``i``) and the data's dataset ids.
+
+    Raises:
+        ValueError: a model class is not in the data (both label maps listed), or its name
+            names several of the data's categories.
+    """
+    data_names = [str(n) for n in data_names]
+    if data_ids is not None:
+        data_ids = [int(i) for i in data_ids]
+        if len(data_ids) != len(data_names):
+            raise ValueError(f"{source}: {len(data_ids)} category ids for {len(data_names)} "
+                             "names.")
+    by_id = dict(zip(data_ids, data_names, strict=True)) if data_ids is not None else {}
+    ids_of_name: dict[str, list[int | None]] = {}
+    for i, name in enumerate(data_names):
+        ids_of_name.setdefault(name, []).append(None if data_ids is None else data_ids[i])
+
+    ids: list[int | None] = []
+    renamed, missing = [], []
+    for model_id, name in zip(model.dataset_ids, model.names, strict=True):
+        if data_ids is not None and by_id.get(model_id) == name:
+            ids.append(model_id)
+            continue
+        found = ids_of_name.get(name, [])
+        if len(found) > 1:
+            raise ValueError(
+                f"{source}: the model's class {name!r} matches {len(found)} categories of the "
+                f"data by name (ids {found}); category names must be unique.")
+        if found:
+            data_id = model_id if data_ids is None else found[0]
+            ids.append(data_id)
+            if data_id != model_id:
+                renamed.append(f"{name} {model_id} -> {data_id}")
+            continue
+        ids.append(None)
+        if not name.startswith(PLACEHOLDER_PREFIX):
+            missing.append(name)
+    if missing and complete:
+        model_pairs = [(f"{i + 1}:", f"{n} (id {d})") for i, (d, n) in
+                       enumerate(zip(model.dataset_ids, model.names, strict=True))]
+        data_pairs = (list(zip(data_ids, data_names, strict=True)) if data_ids is not None
+                      else [("", n) for n in data_names])
+        raise ValueError(
+            f"the model's classes {missing} are not in {source} (found neither by dataset id "
+            "under the same name nor by name). "
+            f"Model classes: {_listing(model_pairs)}. "
+            f"Categories of {source}: {_listing(data_pairs) or 'none'}. "
+            "Use data that names the model's classes, or a model trained on these categories.")
+    if missing:
+        logging.warning("%s: no annotation of the model's classes %s (only the names that occur "
+                        "are known); they are not evaluated.", source, missing)
+    # Placeholders and classes missing from incomplete data keep their id unless the data
+    # took it; then they get ids above every other one.
+    taken = {i for i in ids if i is not None}
+    spare = max([*taken, *model.dataset_ids, 0]) + 1
+    for k, (model_id, data_id) in enumerate(zip(model.dataset_ids, ids, strict=True)):
+        if data_id is None:
+            if model_id in taken:
+                model_id, spare = spare, spare + 1
+            ids[k] = model_id
+            taken.add(model_id)
+    if renamed:
+        logging.info("%s: the model's classes are matched to the data's categories by name "
+                     "(model id -> data id): %s.", source, ", ".join(renamed))
+    matched = LabelMap([int(i) for i in ids], model.names)
+    return model if matched == model else matched

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -12,6 +13,7 @@ from tf_rcnn.data.custom import load_custom, records_from_list
 from tf_rcnn.data.pipeline import InputPipeline
 from tf_rcnn.data.proposals import read_proposals, write_proposals
 from tf_rcnn.data.voc import VOC_CLASSES, load_voc, voc_image_id
+from tf_rcnn.label_map import LabelMap
 
 from .helpers import write_boxes_image, write_image
 
@@ -159,3 +161,38 @@ def test_bad_proposal_file_names_the_file(tmp_path):
     with pytest.raises(ValueError, match=".npz or .json"):
         write_proposals(str(tmp_path / "x.txt"), {})
     assert tf.executing_eagerly()
+
+
+def test_voc_read_with_a_model_label_map_finds_its_classes_by_name(voc_root):
+    # A model of two classes with ids 1, 2 (e.g. trained on a CSV): VOC's id 1 is aeroplane,
+    # so both are found by name: dog -> VOC id 12, car -> VOC id 7 (1-based in VOC_CLASSES).
+    model = LabelMap([1, 2], ["dog", "car"])
+    records, label_map, report = load_voc(voc_root, label_map=model)
+    assert label_map.names == ["dog", "car"] and label_map.dataset_ids == [12, 7]
+    np.testing.assert_array_equal(records[0].classes, [1])  # the dog; person left out
+    np.testing.assert_array_equal(records[1].classes, [2])  # the clipped car
+    assert report.left_out == {"classes not in the label map": {"'person'": 1, "'cat'": 1,
+                                                                "'bus'": 1}}
+    assert report.skipped["unknown class name"] == 1  # unicorn is no VOC class at all
+    with pytest.raises(ValueError, match=r"\['zebra'\] are not in the VOC classes"):
+        load_voc(voc_root, label_map=LabelMap([1, 2], ["dog", "zebra"]))
+
+
+def test_csv_read_with_a_model_label_map_uses_its_order(tmp_path, caplog):
+    write_image(str(tmp_path / "p" / "a.png"), 20, 30)
+    (tmp_path / "p" / "annotations.csv").write_text(
+        "image,x1,y1,x2,y2,class\n"
+        "a.png,3,2,12,10,dog\n"
+        "a.png,0,0,5,5,bird\n")
+    model = LabelMap([1, 2, 3], ["dog", "cat", "bird"])
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        records, label_map, _ = load_custom(str(tmp_path / "p"), label_map=model)
+    # The model's order (dog 1, bird 3), not the CSV's sorted names (bird, dog).
+    assert label_map == model
+    np.testing.assert_array_equal(records[0].classes, [1, 3])
+    # No classes.txt: only the names that occur are known, so "cat" without a box is a
+    # warning; with a classes.txt that lacks it, an error.
+    assert any("['cat']" in r.getMessage() for r in caplog.records)
+    (tmp_path / "p" / "classes.txt").write_text("bird\ndog\n")
+    with pytest.raises(ValueError, match=r"\['cat'\] are not in custom"):
+        load_custom(str(tmp_path / "p"), label_map=model)

@@ -73,6 +73,8 @@ def load_split(
     split: str,
     label_map: LabelMap | None = None,
     with_masks: bool = False,
+    num_images: int | None = None,
+    require_boxes: bool = False,
 ) -> tuple[list[DetectionRecord], LabelMap, str | None]:
     """Reads the records of ``split`` ("train" or "val") of the recipe's dataset.
 
@@ -81,17 +83,23 @@ def load_split(
     Args:
         config: the full recipe.
         split: ``"train"`` or ``"val"``.
-        label_map: the model's classes (dataset ids are mapped through it); default: the
-            dataset's own categories.
+        label_map: the model's classes; the data is read through it by the rule of
+            :func:`tf_rcnn.label_map.match_label_map` (the same ids, else the same names);
+            default: the dataset's own categories.
         with_masks: also read instance masks (Mask R-CNN).
+        num_images: keep only the first N images.
+        require_boxes: the records are ground truth for a metric: at least one box must be
+            left after the reader's skips (evaluation).
 
     Returns:
-        ``(records, label_map, annotation_file)``; ``annotation_file`` is the COCO json the
-        COCO evaluator compares against (``None`` for VOC and custom data).
+        ``(records, label_map, annotation_file)``; ``label_map`` maps the model's classes to
+        the data's category ids; ``annotation_file`` is the COCO json of the split (``None``
+        for VOC and custom data).
 
     Raises:
-        ConfigError: the split's annotations cannot be read, or none of its images can (the
-            message names the ``--config.data`` flag and shows example paths).
+        ConfigError: the split's annotations cannot be read, the model's classes are not in
+            them, none of its images can be read, or (``require_boxes``) not one usable box is
+            left; the message names the ``--config.data`` flag (and shows example paths).
     """
     d = config.data
     if split not in SPLITS:
@@ -104,10 +112,13 @@ def load_split(
             image_size=d.shapes_image_size,
             seed=d.shapes_train_seed if split == "train" else d.shapes_val_seed,
         )
-        records, label_map, report = load_coco(
-            annotation_file, os.path.join(out, "images"), label_map=label_map,
-            include_masks=with_masks,
-        )
+        try:
+            records, label_map, report = load_coco(
+                annotation_file, os.path.join(out, "images"), label_map=label_map,
+                include_masks=with_masks,
+            )
+        except ValueError as error:
+            raise ConfigError(f"{split_flag(config, split)}: {error}") from error
         source = annotation_file
     elif d.dataset in ("coco", "voc", "custom"):
         records, label_map, report, source = _read_split(config, split, label_map, with_masks)
@@ -117,7 +128,25 @@ def load_split(
                           "custom.")
     if not records:
         raise _no_images_error(config, split, source, report)
+    if num_images is not None:
+        records = records[:num_images]
+    if require_boxes:
+        _require_ground_truth(config, split, records, report)
     return records, label_map, annotation_file
+
+
+def _require_ground_truth(config: ml_collections.ConfigDict, split: str,
+                          records: list[DetectionRecord], report: LoadReport) -> None:
+    """A metric over no ground truth is no number: at least one box that is not VOC
+    ``difficult`` must be left, else a ConfigError with the reader's summary."""
+    usable = sum(r.num_instances - int(r.difficult.sum()) for r in records)
+    if usable:
+        return
+    raise ConfigError(
+        f"The {split} split ({split_flag(config, split)}) has no usable ground-truth box in "
+        f"the {len(records)} image(s) evaluated, so there is nothing to measure the model "
+        f"against (the reader: {report.summary()}). Fix the annotations (the reasons above), "
+        "or point the flag at annotated data for the model's classes.")
 
 
 def _read_split(config: ml_collections.ConfigDict, split: str, label_map: LabelMap | None,
@@ -145,7 +174,8 @@ def _read_split(config: ml_collections.ConfigDict, split: str, label_map: LabelM
         elif d.dataset == "voc":
             sets = d.voc_train_sets if split == "train" else d.voc_val_sets
             records, label_map, report = load_voc(
-                d.voc_root, image_sets=[tuple(s) for s in sets], training=split == "train")
+                d.voc_root, image_sets=[tuple(s) for s in sets], label_map=label_map,
+                training=split == "train")
             annotation_file = d.voc_root
         else:
             records, label_map, report = load_custom(annotation_file, label_map=label_map)

@@ -3,7 +3,8 @@
 Conventions:
     COCO ``bbox`` is ``[x, y, w, h]`` in original pixels; records hold ``[y1, x1, y2, x2]``
     ``= [y, x, y + h, x + w]``. Dataset category ids are mapped to contiguous ``1..K`` in
-    ascending id order (or through a given :class:`LabelMap`, e.g. the one saved with a model);
+    ascending id order (or through a given :class:`LabelMap`, e.g. the one saved with a model,
+    matched to the json's categories by :func:`tf_rcnn.label_map.match_label_map`);
     ``LabelMap.to_dataset_id`` maps detections back. ``iscrowd=1`` annotations become
     ``crowd_boxes`` (ignore regions for matching), never positives. Polygons and RLE (compressed
     or not) are kept as-is and decoded on demand (``DetectionRecord.instance_masks``).
@@ -14,10 +15,11 @@ Bad data (each counted in the :class:`LoadReport`, logged with the file, never s
     * annotation of an unknown image id or category id -> annotation skipped;
     * annotation of a category the json declares but a given ``label_map`` leaves out (a subset
       of the classes chosen on purpose) -> left out, one summary line per category;
-    * malformed ``bbox`` (not 4 numbers), NaN/inf, ``w <= 0``/``h <= 0``, entirely outside the
-      image -> annotation skipped; partly outside -> clipped (repair);
+    * missing or malformed ``bbox`` (not a list of 4 numbers), NaN/inf, ``w <= 0``/``h <= 0``,
+      entirely outside the image -> annotation skipped; partly outside -> clipped (repair);
     * malformed segmentation (polygon with < 3 points, RLE of another size) -> the instance
       keeps its box, its mask becomes the filled box (repair);
+    * ``area`` that is not a finite number >= 0 -> the box area (repair; kept for evaluation);
     * images without annotations -> kept (evaluation needs them) and counted; the training
       pipeline leaves them out (counted again there).
     Errors (ValueError naming the file and the fix): unreadable json, duplicate image ids,
@@ -37,7 +39,7 @@ import numpy as np
 from pycocotools.coco import COCO
 
 from tf_rcnn.data.records import DetectionRecord, LoadReport, check_image_file, sanitize_boxes
-from tf_rcnn.label_map import LabelMap
+from tf_rcnn.label_map import LabelMap, match_label_map
 
 # The 80 COCO 2017 categories by dataset id (ids 12, 26, 29, 30, 45, 66, 68, 69, 71 and 83
 # are unused). Detectors trained on COCO with one output per id 1..90 (torchvision's) keep the
@@ -113,7 +115,7 @@ def _checked_segmentation(
 
 def load_coco(
     annotation_file: str,
-    image_dir: str,
+    image_dir: str | None,
     *,
     label_map: LabelMap | None = None,
     include_masks: bool = True,
@@ -123,10 +125,13 @@ def load_coco(
 
     Args:
         annotation_file: path of the COCO json.
-        image_dir: folder the ``file_name`` entries are relative to.
-        label_map: map to use instead of building one from the json's categories (pass the
-            training set's map when reading a validation set); annotations of categories
-            outside it are left out and summed up per category in the report.
+        image_dir: folder the ``file_name`` entries are relative to; ``None`` reads the
+            annotations only (image sizes from the json, files not checked).
+        label_map: the model's classes (a run's ``label_map.json``, the training set's map
+            when reading a validation set), found among the json's categories by
+            :func:`tf_rcnn.label_map.match_label_map` (same id and name, else same name, else
+            a ValueError listing both); annotations of categories outside it are left out and
+            summed up per category in the report.
         include_masks: keep segmentations on the records (decoded lazily).
         verify_images: ``"none"``, ``"header"`` (default; PIL header + truncation check) or
             ``"decode"`` (full decode), see :func:`tf_rcnn.data.records.check_image_file`.
@@ -134,7 +139,7 @@ def load_coco(
     Returns:
         ``(records, label_map, report)``; records follow the json's image order.
     """
-    if not os.path.isdir(image_dir):
+    if image_dir is not None and not os.path.isdir(image_dir):
         raise ValueError(f"image_dir {image_dir!r} is not a directory; point it at the images.")
     coco = _load_coco_api(annotation_file)
     data = coco.dataset
@@ -143,6 +148,9 @@ def load_coco(
     if label_map is None:
         ids = sorted(categories, key=int)
         label_map = LabelMap(ids, [categories[i] for i in ids])
+    else:  # the model's classes: found in the json by id, else by name (or an error)
+        label_map = match_label_map(label_map, list(categories), list(categories.values()),
+                                    source=annotation_file)
 
     images = data.get("images", [])
     seen: set[int] = set()
@@ -171,11 +179,17 @@ def load_coco(
 
     records = []
     for im in images:
-        path = os.path.join(image_dir, str(im.get("file_name", "")))
+        path = os.path.join(image_dir or "", str(im.get("file_name", "")))
         expected = None
         if isinstance(im.get("height"), int) and isinstance(im.get("width"), int):
             expected = (im["height"], im["width"])
-        hw = check_image_file(path, expected, report, verify_images)
+        if image_dir is not None:
+            hw = check_image_file(path, expected, report, verify_images)
+        else:  # annotations only: the json's sizes, image files not read
+            hw = expected
+            if hw is None:
+                report.skip("image without height and width", annotation_file,
+                            f"image {im['id']} {im.get('file_name')!r}")
         if hw is None:
             n = len(anns_by_image.get(im["id"], []))
             if n:
@@ -203,7 +217,7 @@ def _record_from_annotations(
     has_segm: bool,
     report: LoadReport,
 ) -> DetectionRecord:
-    boxes, classes, segms, crowd = [], [], [], []
+    boxes, classes, anns_kept, crowd, crowd_classes, crowd_anns = [], [], [], [], [], []
     for ann in anns:
         category_id = ann.get("category_id")
         try:
@@ -218,22 +232,30 @@ def _record_from_annotations(
             continue
         bbox = ann.get("bbox")
         try:
+            if not isinstance(bbox, list | tuple):  # a string of 4 digits is no box either
+                raise TypeError
             x, y, w, h = (float(v) for v in bbox)
         except (TypeError, ValueError):
             report.skip("malformed bbox", path, f"annotation {ann.get('id')} bbox {bbox!r}")
             continue
         if ann.get("iscrowd", 0):
             crowd.append([y, x, y + h, x + w])
+            crowd_classes.append(category)
+            crowd_anns.append(ann)
             continue
         boxes.append([y, x, y + h, x + w])
         classes.append(category)
-        segms.append(ann)
+        anns_kept.append(ann)
     boxes_arr, keep = sanitize_boxes(np.asarray(boxes, np.float32), height, width, report, path)
-    if has_segm:
-        segms = [_checked_segmentation(a, height, width, report, path)
-                 for a, k in zip(segms, keep, strict=True) if k]
+    anns_kept = [a for a, k in zip(anns_kept, keep, strict=True) if k]
     crowd_arr, keep_crowd = sanitize_boxes(np.asarray(crowd, np.float32), height, width, report,
                                            path, what="crowd box")
+    crowd_anns = [a for a, k in zip(crowd_anns, keep_crowd, strict=True) if k]
+    segms = crowd_segms = None
+    if has_segm:
+        segms = [_checked_segmentation(a, height, width, report, path) for a in anns_kept]
+        crowd_segms = [_checked_segmentation(a, height, width, report, path)
+                       for a in crowd_anns]
     return DetectionRecord(
         image_path=path,
         image_id=int(image_id),
@@ -242,6 +264,23 @@ def _record_from_annotations(
         boxes=boxes_arr[keep],
         classes=np.asarray(classes, np.int32)[keep] if classes else np.zeros(0, np.int32),
         crowd_boxes=crowd_arr[keep_crowd],
-        segmentations=segms if has_segm else None,
+        segmentations=segms,
         source_name=os.path.basename(path),
+        areas=[_area(a, report, path) for a in anns_kept],
+        crowd_classes=np.asarray(crowd_classes, np.int32)[keep_crowd],
+        crowd_areas=[_area(a, report, path) for a in crowd_anns],
+        crowd_segmentations=crowd_segms,
     )
+
+
+def _area(ann: dict[str, Any], report: LoadReport, path: str) -> float:
+    """The annotation's own ``area`` (kept for evaluation), or NaN (the box area is used):
+    without one silently, with one that is not a finite number >= 0 as a counted repair."""
+    if "area" not in ann:
+        return math.nan
+    area = ann["area"]
+    if (isinstance(area, int | float) and not isinstance(area, bool) and math.isfinite(area)
+            and area >= 0):
+        return float(area)
+    report.repair("bad area (box area used)", path, f"annotation {ann.get('id')} area {area!r}")
+    return math.nan

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from tf_rcnn.data.records import DetectionRecord, LoadReport, check_image_file, sanitize_boxes
-from tf_rcnn.label_map import LabelMap
+from tf_rcnn.label_map import LabelMap, match_label_map
 
 _BOX_FORMATS = ("xyxy", "yxyx", "xywh")
 
@@ -78,8 +78,12 @@ def records_from_list(
             ``"masks"`` (M ``[H, W]`` arrays or PNG paths), ``"crowd_boxes"``, ``"difficult"``,
             ``"file_name"`` (the name written into evaluation results; default: the base name
             of ``"image"``).
-        class_names: class order (``1..K``); default: sorted names found in ``items``.
-        label_map: use this map instead (e.g. the training set's map for a validation set).
+        class_names: the data's classes in order (``1..K``); default: sorted names found in
+            ``items``.
+        label_map: the model's classes (e.g. the training set's map for a validation set),
+            found by name (:func:`tf_rcnn.label_map.match_label_map`; a class missing from
+            ``class_names`` is an error, one without a box when there is no ``class_names``
+            only a warning); boxes of other classes are left out.
         box_format: ``"xyxy"`` (default), ``"yxyx"`` or ``"xywh"`` (COCO).
         verify_images: ``"none"``, ``"header"`` or ``"decode"``.
         source: name used in the report.
@@ -98,10 +102,13 @@ def records_from_list(
             raise ValueError(f"{source}: item {i} ({item['image']}) has "
                              f"{len(item.get('boxes', []))} boxes but "
                              f"{len(item.get('classes', []))} classes; give one class per box.")
+    found = sorted({str(c) for item in items for c in item.get("classes", [])})
     if label_map is None:
-        if class_names is None:
-            class_names = sorted({str(c) for item in items for c in item.get("classes", [])})
-        label_map = LabelMap.from_names(class_names)
+        label_map = LabelMap.from_names(found if class_names is None else class_names)
+    else:  # the model's classes, found by name (only class_names is a full list)
+        label_map = match_label_map(label_map, None, found if class_names is None
+                                    else class_names, source=source,
+                                    complete=class_names is not None)
     report = report if report is not None else LoadReport(source)
     any_masks = any("masks" in item for item in items)
     records, seen = [], set()

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 from PIL import Image
+from pycocotools import mask as mask_utils
 
 from tf_rcnn.data import masks as masks_lib
 from tf_rcnn.label_map import LabelMap
@@ -62,6 +63,15 @@ class DetectionRecord:
             image root: COCO ``file_name`` (under the image folder), the CSV's ``image`` column
             as written, ``VOC2007/JPEGImages/000005.jpg`` under the VOC root. Written into
             evaluation results; empty means the file's base name.
+        areas: optional ``[M]`` float32, the dataset's own area of each instance (COCO
+            ``area``, the segmentation's); NaN or ``None``: the box area. Only evaluation
+            reads it (COCO's small/medium/large ranges).
+        crowd_classes: optional ``[Mc]`` int32 class ``1..K`` of each crowd region (COCO
+            ``category_id`` of an ``iscrowd=1`` annotation); ``None``: unknown (evaluation then
+            lets the region ignore detections of every class).
+        crowd_areas: optional ``[Mc]`` float32, like ``areas``.
+        crowd_segmentations: optional mask sources of the crowd regions (COCO RLE or
+            polygons; ``None`` entries: the region's box), for mask evaluation.
     """
 
     image_path: str
@@ -77,6 +87,10 @@ class DetectionRecord:
     segmentations: list[Any] | None = None
     source_name: str = ""
     file_name: str = ""
+    areas: np.ndarray | None = None
+    crowd_classes: np.ndarray | None = None
+    crowd_areas: np.ndarray | None = None
+    crowd_segmentations: list[Any] | None = None
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)
@@ -92,6 +106,20 @@ class DetectionRecord:
             )
         if not self.file_name:
             self.file_name = os.path.basename(self.image_path)
+        for name, rows, size in (("areas", self.areas, len(self.boxes)),
+                                 ("crowd_classes", self.crowd_classes, len(self.crowd_boxes)),
+                                 ("crowd_areas", self.crowd_areas, len(self.crowd_boxes)),
+                                 ("crowd_segmentations", self.crowd_segmentations,
+                                  len(self.crowd_boxes))):
+            if rows is not None and len(rows) != size:
+                raise ValueError(f"{self.image_path}: {name} has {len(rows)} entries for "
+                                 f"{size} boxes; give one per box or none at all.")
+        if self.areas is not None:
+            self.areas = np.asarray(self.areas, np.float32).reshape(-1)
+        if self.crowd_classes is not None:
+            self.crowd_classes = np.asarray(self.crowd_classes, np.int32).reshape(-1)
+        if self.crowd_areas is not None:
+            self.crowd_areas = np.asarray(self.crowd_areas, np.float32).reshape(-1)
         if self.segmentations is not None and len(self.segmentations) != len(self.boxes):
             raise ValueError(
                 f"{self.image_path}: segmentations has {len(self.segmentations)} entries for "
@@ -366,26 +394,78 @@ def _has_end_marker(path: str, fmt: str) -> bool:
     return b"IEND" in tail
 
 
-def records_to_coco(records: Sequence[DetectionRecord], label_map: LabelMap) -> dict[str, Any]:
-    """A COCO ground-truth dict (images, annotations, categories) for any records.
+def relabel_records(records: Sequence[DetectionRecord], old: LabelMap,
+                    new: LabelMap) -> list[DetectionRecord]:
+    """Copies of ``records`` whose classes (``1..K`` of ``old``) are renumbered to the class
+    of the same name in ``new`` (the same names in another order)."""
+    if sorted(old.names) != sorted(new.names):
+        raise ValueError(f"relabel_records needs the same class names: {old.names} vs "
+                         f"{new.names}.")
+    table = np.asarray([0] + [new.from_name(n) for n in old.names], np.int32)
+    return [dataclasses.replace(
+        r, classes=table[r.classes],
+        crowd_classes=None if r.crowd_classes is None else table[r.crowd_classes])
+        for r in records]
 
-    Lets COCO metrics run on VOC or custom data: boxes become ``[x, y, w, h]`` in original
-    pixels, categories carry the label map's dataset ids and names, crowd regions become
-    ``iscrowd=1`` annotations and VOC ``difficult`` objects become ``ignore`` (iscrowd) too, as
-    the VOC protocol neither rewards nor penalises them. Areas are box areas.
+
+def _box_polygon(box: np.ndarray) -> list[list[float]]:
+    """The box ``[y1, x1, y2, x2]`` as a COCO polygon (the mask of a filled box)."""
+    y1, x1, y2, x2 = (float(v) for v in box)
+    return [[x1, y1, x2, y1, x2, y2, x1, y2]]
+
+
+def _coco_segmentation(segm: Any, box: np.ndarray, height: int, width: int,
+                       image_path: str) -> Any:
+    """A record's mask source as a COCO segmentation: COCO polygons and RLE as they are, no
+    source as the box's polygon (the reader's repair), arrays and PNG files as RLE."""
+    if segm is None:
+        return _box_polygon(box)
+    if isinstance(segm, list | dict):
+        return segm
+    mask = masks_lib.decode_segmentation(segm, height, width, box, image_path)
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def _area(areas: np.ndarray | None, index: int, w: float, h: float) -> float:
+    if areas is not None and np.isfinite(areas[index]):
+        return float(areas[index])
+    return w * h
+
+
+def records_to_coco(records: Sequence[DetectionRecord], label_map: LabelMap, *,
+                    with_masks: bool = False) -> dict[str, Any]:
+    """The COCO ground truth (images, annotations, categories) of records: what every
+    evaluation compares against, so the metric sees exactly what the reader kept.
+
+    Boxes become ``[x, y, w, h]`` in original pixels (as the reader kept or repaired them);
+    categories carry the label map's dataset ids and names. ``area`` is the record's own
+    (COCO's, from the json) or else the box area. Crowd regions become ``iscrowd=1``
+    annotations of their class (of every class when the record does not know it: COCO ignores
+    a detection only against a crowd region of its own class), and VOC ``difficult`` objects
+    become ``iscrowd=1`` too, as the VOC protocol neither rewards nor penalises them.
+    ``with_masks`` adds each instance's ``segmentation`` (COCO's own, the box's polygon where
+    the reader repaired a mask, RLE for array or PNG masks).
     """
     images, annotations = [], []
     next_id = 1
 
-    def add(image_id: int, box: np.ndarray, class_id: int, crowd: bool) -> None:
+    def add(record: DetectionRecord, box: np.ndarray, class_id: int, crowd: bool,
+            area: float | None, segm: Any) -> None:
         nonlocal next_id
         y1, x1, y2, x2 = (float(v) for v in box)
         w, h = x2 - x1, y2 - y1
-        annotations.append({
-            "id": next_id, "image_id": image_id,
+        annotation = {
+            "id": next_id, "image_id": int(record.image_id),
             "category_id": int(label_map.to_dataset_id(int(class_id))),
-            "bbox": [x1, y1, w, h], "area": w * h, "iscrowd": int(crowd),
-        })
+            "bbox": [x1, y1, w, h], "area": w * h if area is None else area,
+            "iscrowd": int(crowd),
+        }
+        if with_masks:
+            annotation["segmentation"] = _coco_segmentation(
+                segm, box, record.height, record.width, record.image_path)
+        annotations.append(annotation)
         next_id += 1
 
     for record in records:
@@ -394,13 +474,19 @@ def records_to_coco(records: Sequence[DetectionRecord], label_map: LabelMap) -> 
                        "file_name": record.file_name})
         difficult = (np.zeros(len(record.classes), bool) if record.difficult is None
                      else np.asarray(record.difficult, bool))
-        for box, class_id, hard in zip(record.boxes, record.classes, difficult, strict=True):
-            add(int(record.image_id), box, int(class_id), bool(hard))
-        for box in record.crowd_boxes:
-            # Records keep no class for crowd regions; COCO ignores a detection only against a
-            # crowd region of its own class, so the region is entered once per class.
-            for class_id in range(1, label_map.num_classes + 1):
-                add(int(record.image_id), box, class_id, True)
+        segms = record.segmentations or [None] * record.num_instances
+        for i, (box, class_id, hard) in enumerate(zip(record.boxes, record.classes, difficult,
+                                                      strict=True)):
+            w, h = float(box[3] - box[1]), float(box[2] - box[0])
+            add(record, box, int(class_id), bool(hard), _area(record.areas, i, w, h), segms[i])
+        crowd_segms = record.crowd_segmentations or [None] * len(record.crowd_boxes)
+        for i, box in enumerate(record.crowd_boxes):
+            w, h = float(box[3] - box[1]), float(box[2] - box[0])
+            area = _area(record.crowd_areas, i, w, h)
+            classes = (range(1, label_map.num_classes + 1) if record.crowd_classes is None
+                       else [int(record.crowd_classes[i])])
+            for class_id in classes:
+                add(record, box, class_id, True, area, crowd_segms[i])
     categories = [{"id": int(label_map.to_dataset_id(i)), "name": label_map.name(i)}
                   for i in range(1, label_map.num_classes + 1)]
     return {"images": images, "annotations": annotations, "categories": categories}

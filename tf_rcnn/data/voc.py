@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tf_rcnn.data.records import DetectionRecord, LoadReport, check_image_file, sanitize_boxes
-from tf_rcnn.label_map import LabelMap
+from tf_rcnn.label_map import LabelMap, match_label_map
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -64,6 +64,7 @@ def load_voc(
     image_sets: Sequence[tuple[str, str]] = (("2007", "trainval"), ("2012", "trainval")),
     *,
     class_names: Sequence[str] = VOC_CLASSES,
+    label_map: LabelMap | None = None,
     verify_images: str = "header",
     training: bool | None = None,
 ) -> tuple[list[DetectionRecord], LabelMap, LoadReport]:
@@ -72,7 +73,11 @@ def load_voc(
     Args:
         root: the ``VOCdevkit`` folder (or a ``VOC2007``-style folder for a single year).
         image_sets: ``(year, set)`` pairs; ``set`` names a file in ``ImageSets/Main``.
-        class_names: class order (default: the 20 VOC classes).
+        class_names: the data's classes, dataset ids ``1..`` in this order (default: the 20
+            VOC classes).
+        label_map: the model's classes (a run's ``label_map.json``), found among
+            ``class_names`` by :func:`tf_rcnn.label_map.match_label_map`; objects of the other
+            classes are left out and summed up per class. Default: ``class_names``.
         verify_images: ``"none"``, ``"header"`` or ``"decode"``
             (see :func:`tf_rcnn.data.records.check_image_file`).
         training: accepted for symmetry with the builder and unused: records are the same for
@@ -82,9 +87,14 @@ def load_voc(
         ``(records, label_map, report)`` in image-set order.
     """
     del training
-    label_map = LabelMap.from_names(class_names)
+    data_map = LabelMap.from_names(class_names)
     sets = ", ".join(f"{y} {s}" for y, s in image_sets)
     report = LoadReport(f"VOC {root} [{sets}]")
+    if label_map is None:
+        label_map = data_map
+    else:
+        label_map = match_label_map(label_map, data_map.dataset_ids, data_map.names,
+                                    source=f"the VOC classes of {root}")
     records: list[DetectionRecord] = []
     seen: set[int] = set()
     for year, image_set in image_sets:
@@ -100,7 +110,8 @@ def load_voc(
                 report.skip("image listed twice", list_file, name)
                 continue
             seen.add(image_id)
-            record = _read_one(base, name, image_id, label_map, report, verify_images)
+            record = _read_one(base, name, image_id, label_map, data_map, report,
+                               verify_images)
             if record is not None:
                 record.file_name = os.path.relpath(record.image_path, root)
                 records.append(record)
@@ -114,8 +125,8 @@ def _text(node: ET.Element | None, tag: str) -> str | None:
 
 
 def _read_one(
-    base: str, name: str, image_id: int, label_map: LabelMap, report: LoadReport,
-    verify_images: str,
+    base: str, name: str, image_id: int, label_map: LabelMap, data_map: LabelMap,
+    report: LoadReport, verify_images: str,
 ) -> DetectionRecord | None:
     xml_path = os.path.join(base, "Annotations", f"{name}.xml")
     image_path = os.path.join(base, "JPEGImages", f"{name}.jpg")
@@ -142,8 +153,11 @@ def _read_one(
     boxes, classes, difficult = [], [], []
     for obj in root.findall("object"):
         cls = _text(obj, "name")
-        if cls not in label_map.names:
+        if cls not in data_map.names:
             report.skip("unknown class name", xml_path, f"{cls!r}")
+            continue
+        if cls not in label_map.names:
+            report.leave_out("classes not in the label map", repr(cls))
             continue
         bb = obj.find("bndbox")
         try:

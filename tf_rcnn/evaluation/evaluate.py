@@ -2,7 +2,10 @@
 
 ``evaluate_checkpoint`` restores the run (``tf_rcnn.models.checkpoint.restore_detector``: the
 run's ``config.json`` and ``label_map.json`` unless a recipe is given; every variable must fit),
-runs the model over the validation split, and writes into ``output_dir``:
+reads the validation split through the model's label map (the same ids, else the same names:
+``tf_rcnn.label_map.match_label_map``), runs the model over it, scores it against the reader's
+records (``records_to_coco``: what the reader skipped is not ground truth, what it repaired is
+used as repaired) and writes into ``output_dir``:
 ``metrics.json`` (``bbox/AP`` ... all 12 COCO stats, ``segm/AP`` ... for Mask R-CNN, ``voc/mAP``
 for VOC data, ``rpn/AR@N`` when asked), ``detections.json`` (COCO results: dataset category
 ids, ``[x, y, w, h]`` in original-image pixels, RLE ``segmentation`` for Mask R-CNN, and each
@@ -22,7 +25,7 @@ from PIL import Image
 
 from tf_rcnn import visualize as vis
 from tf_rcnn.config import ConfigError
-from tf_rcnn.data.builder import build_input_pipeline, load_split
+from tf_rcnn.data.builder import build_input_pipeline, load_split, split_flag
 from tf_rcnn.data.records import records_to_coco
 from tf_rcnn.evaluation.coco_evaluator import COCOEvaluator
 from tf_rcnn.evaluation.mask_pasting import MaskPastingEvaluator
@@ -32,21 +35,17 @@ from tf_rcnn.evaluation.voc_evaluator import VOCEvaluator
 from tf_rcnn.models.checkpoint import restore_detector
 
 
-def _has_segmentations(ground_truth: dict, annotation_file: str) -> bool:
-    """Whether mask AP can be computed: every annotation has a ``segmentation`` (True) or none
-    has (False: a box-only file, so a Mask R-CNN is scored on its boxes alone)."""
-    annotations = ground_truth.get("annotations") or []
-    lacking = [a.get("id") for a in annotations if "segmentation" not in a]
-    if not lacking:
-        return True
-    if len(lacking) == len(annotations):
-        logging.warning("%s has no segmentations: reporting box AP only (no segm/AP).",
-                        annotation_file)
-        return False
-    raise ConfigError(
-        f"{annotation_file}: {len(lacking)} of {len(annotations)} annotations have no "
-        f"'segmentation' (ids {lacking[:5]}); mask AP needs one (polygons or RLE) on every "
-        "annotation. Fix the file, or drop them all to score boxes only.")
+def _require_every_mask(config: ml_collections.ConfigDict, records: list) -> None:
+    """Mask AP against the filled boxes the reader put in for missing or malformed masks
+    would not be a mask metric: every instance needs its own mask, or none has one."""
+    lacking = sum(1 for r in records for segm in r.segmentations if segm is None)
+    if lacking:
+        total = sum(r.num_instances for r in records)
+        raise ConfigError(
+            f"{split_flag(config, 'val')}: {lacking} of {total} annotations have no usable "
+            "mask (a missing or malformed 'segmentation'; the reader's log line lists them). "
+            "Mask AP needs one (polygons or RLE) on every annotation: fix them, or drop every "
+            "segmentation to score boxes only.")
 
 
 def evaluate_checkpoint(
@@ -69,31 +68,29 @@ def evaluate_checkpoint(
         visualize: images drawn into ``detections.png`` (default ``eval.visualize``).
     """
     model, config, label_map = restore_detector(checkpoint, config)
-    records, label_map, annotation_file = load_split(config, "val", label_map=label_map)
-    if num_images is not None:
-        records = records[:num_images]
+    with_masks = model.needs_masks and "coco" in config.eval.metrics
+    # The model's classes found in the data (same ids, else same names, else an error); a
+    # split without a usable box is an error, never a metric.
+    records, label_map, _ = load_split(config, "val", label_map=label_map,
+                                       with_masks=with_masks, num_images=num_images,
+                                       require_boxes=True)
     pipeline = build_input_pipeline(config, records, label_map, training=False,
                                     needs_proposals=model.needs_proposals)
 
     evaluators = []
     coco = masker = None
     if "coco" in config.eval.metrics:
-        with_masks = model.needs_masks
-        if annotation_file is not None:
-            with open(annotation_file) as f:
-                ground_truth = json.load(f)
-            if with_masks and not _has_segmentations(ground_truth, annotation_file):
-                with_masks = False
-            iou_types = ("bbox", "segm") if with_masks else ("bbox",)
-            coco = COCOEvaluator(gt_dataset=ground_truth, iou_types=iou_types,
-                                 label_map=label_map)
-        elif with_masks:
-            raise ConfigError("Mask AP needs a COCO annotation file with segmentations; this "
-                              "dataset has none (use --config.eval.metrics='(\"voc\",)').")
-        else:
-            # VOC or custom data: the COCO ground truth is built from the records.
-            coco = COCOEvaluator(gt_dataset=records_to_coco(records, label_map),
-                                 iou_types=("bbox",), label_map=label_map)
+        if with_masks and not all(r.has_masks for r in records):
+            logging.warning("%s has no instance masks: reporting box AP only (no segm/AP).",
+                            split_flag(config, "val"))
+            with_masks = False
+        if with_masks:
+            _require_every_mask(config, records)
+        # The ground truth is the reader's records: exactly what it kept or repaired (COCO's
+        # own area, iscrowd and segmentation carried), for every dataset kind.
+        coco = COCOEvaluator(
+            gt_dataset=records_to_coco(records, label_map, with_masks=with_masks),
+            iou_types=("bbox", "segm") if with_masks else ("bbox",), label_map=label_map)
         if with_masks:
             # Box-relative 28x28 masks -> original-image masks (kept for the drawn images).
             count = config.eval.visualize if visualize is None else visualize

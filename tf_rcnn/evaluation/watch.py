@@ -29,6 +29,7 @@ from PIL import Image
 from tf_rcnn import visualize as vis
 from tf_rcnn.config import ConfigError
 from tf_rcnn.data.builder import build_input_pipeline, load_split
+from tf_rcnn.data.records import records_to_coco
 from tf_rcnn.evaluation.coco_evaluator import COCOEvaluator
 from tf_rcnn.evaluation.runner import run_evaluation
 from tf_rcnn.label_map import LabelMap
@@ -48,23 +49,21 @@ def make_eval_fn(
         label_map: the training ``LabelMap`` (dataset ids of the detections).
 
     Raises:
-        ConfigError: the dataset has no COCO annotation file (VOC/custom data).
+        ConfigError: the model's classes are not in the validation data, or it has no usable
+            ground-truth box (the message names the flag).
     """
-    num_images = config.train.eval_num_images
-    records, label_map, annotation_file = load_split(config, "val", label_map=label_map)
-    if annotation_file is None:
-        raise ConfigError(
-            "train.eval_every needs COCO-style validation annotations; this dataset has none. "
-            "Set --config.train.eval_every=0 and run eval.py on the checkpoints instead."
-        )
-    if num_images is not None:
-        records = records[:num_images]
+    records, label_map, _ = load_split(config, "val", label_map=label_map,
+                                       num_images=config.train.eval_num_images,
+                                       require_boxes=True)
     pipeline = build_input_pipeline(config, records, label_map, training=False,
                                     needs_proposals=model.needs_proposals)
+    # The reader's records are the ground truth (as in eval.py), for every dataset kind.
+    ground_truth = records_to_coco(records, label_map)
 
     def eval_fn(step: int) -> dict[str, float]:
         del step
-        evaluator = COCOEvaluator(annotation_file, iou_types=("bbox",), label_map=label_map)
+        evaluator = COCOEvaluator(gt_dataset=ground_truth, iou_types=("bbox",),
+                                  label_map=label_map)
         run_evaluation(model, pipeline.dataset(), [evaluator], log_every=0)
         # pycocotools prints its tables; the trainer logs the numbers it needs.
         with contextlib.redirect_stdout(io.StringIO()):

@@ -47,7 +47,7 @@ import numpy as np
 
 from tf_rcnn.data.coco import COCO_CATEGORIES
 from tf_rcnn.formats.torch_checkpoint import load_state_dict
-from tf_rcnn.label_map import LabelMap
+from tf_rcnn.label_map import PLACEHOLDER_PREFIX, LabelMap
 from tf_rcnn.models.backbones.torchvision_resnet import (
     Rule,
     WeightsMismatchError,
@@ -120,7 +120,7 @@ def coco_label_map() -> LabelMap:
     ten ids COCO does not use)."""
     names = dict(COCO_CATEGORIES)
     ids = list(range(1, NUM_CLASSES + 1))
-    return LabelMap(ids, [names.get(i, f"unused_{i}") for i in ids])
+    return LabelMap(ids, [names.get(i, f"{PLACEHOLDER_PREFIX}{i}") for i in ids])
 
 
 # ----------------------------------------------------------------------------- key spellings

@@ -30,9 +30,10 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tf_rcnn.config import CONFIG_FILE, ConfigError
+from tf_rcnn.config import CONFIG_FILE, ConfigError, run_directory
 from tf_rcnn.data.builder import build_input_pipeline, load_split, split_flag
-from tf_rcnn.label_map import LABEL_MAP_FILE, LabelMap
+from tf_rcnn.data.records import DetectionRecord, relabel_records
+from tf_rcnn.label_map import LABEL_MAP_FILE, LabelMap, match_label_map
 from tf_rcnn.models import builder
 from tf_rcnn.models.checkpoint import load_weights, weight_key
 from tf_rcnn.training.optimizers import optimizer_from_config
@@ -89,6 +90,44 @@ def checkpoint_step(model_dir: str) -> int | None:
         return int(os.path.basename(latest).rsplit("-", 1)[1])
     except (IndexError, ValueError):
         return None
+
+
+def _run_label_map(path: str) -> LabelMap | None:
+    """The ``label_map.json`` of the run holding ``path`` (run directory or checkpoint
+    prefix), or None."""
+    file = os.path.join(run_directory(path), LABEL_MAP_FILE)
+    if not tf.io.gfile.exists(file):
+        return None
+    with tf.io.gfile.GFile(file) as f:
+        return LabelMap.from_json(f.read())
+
+
+def read_training_data(config: ml_collections.ConfigDict, model_dir: str, resuming: bool,
+                       with_masks: bool = False) -> tuple[list[DetectionRecord], LabelMap]:
+    """The training records and the classes the model is trained on.
+
+    - Resuming a run with a ``label_map.json``: the data is read through the run's classes
+      (``tf_rcnn.label_map.match_label_map``: the same ids, else the same names, else an
+      error naming ``--config.data.train_annotations``), so class ``i`` stays class ``i``.
+    - Starting from ``train.init_checkpoint`` whose run has a ``label_map.json`` with exactly
+      the data's class names: the data's classes are put in the init run's order (by the
+      same rule), so the class-dependent weights that are loaded belong to their classes.
+      Other names: new classes, the data's own (fine-tuning; nothing to match).
+    - Otherwise: the data's own categories.
+    """
+    run_map = _run_label_map(model_dir) if resuming else None
+    records, label_map, _ = load_split(config, "train", label_map=run_map,
+                                       with_masks=with_masks)
+    init = config.train.init_checkpoint
+    init_map = _run_label_map(init) if init and not resuming else None
+    if init_map is not None and sorted(init_map.names) == sorted(label_map.names):
+        ordered = match_label_map(init_map, label_map.dataset_ids, label_map.names,
+                                  source=split_flag(config, "train"))
+        if ordered != label_map:
+            logging.info("Classes in the order of %s: %s.", init, ", ".join(ordered.names))
+            records = relabel_records(records, label_map, ordered)
+            label_map = ordered
+    return records, label_map
 
 
 def run_training(
@@ -158,7 +197,8 @@ def run_training(
                  global_batch // replicas)
 
     family = builder.family_class(config)
-    records, label_map, _ = load_split(config, "train", with_masks=family.needs_masks)
+    records, label_map = read_training_data(config, model_dir, resuming=done is not None,
+                                            with_masks=family.needs_masks)
     # The pipeline takes the global batch and gives each replica its share.
     pipeline = build_input_pipeline(config, records, label_map, training=True,
                                     with_masks=family.needs_masks,
