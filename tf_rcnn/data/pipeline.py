@@ -350,11 +350,9 @@ def _contains(haystack: tf.Tensor, needle: bytes) -> tf.Tensor:
     return tf.reduce_any(if_found)
 
 
-def check_image_bytes(data: tf.Tensor, path: tf.Tensor) -> tf.Operation:
-    """In-graph guard run before decoding: fails with a message NAMING THE FILE when the bytes
-    are not a JPEG/PNG/GIF/BMP or a JPEG/PNG lacks its end marker in the last KB (truncated).
-    Such failures are then skipped and logged by ``ignore_errors`` rather than surfacing as an
-    anonymous decode error."""
+def image_bytes_ok(data: tf.Tensor) -> tf.Tensor:
+    """Bool scalar: the bytes start like a JPEG/PNG/GIF/BMP and a JPEG/PNG has its end marker
+    in the last KB (not truncated). Cheap; decoding is what finds damage inside the data."""
     head = tf.strings.substr(data, 0, 8)
     is_jpeg = tf.strings.substr(head, 0, 2) == b"\xff\xd8"
     is_png = head == b"\x89PNG\r\n\x1a\n"
@@ -364,8 +362,16 @@ def check_image_bytes(data: tf.Tensor, path: tf.Tensor) -> tf.Operation:
     tail = tf.io.decode_raw(tf.strings.substr(data, tf.maximum(size - 1024, 0), 1024), tf.uint8)
     jpeg_ok = tf.logical_and(is_jpeg, _contains(tail, b"\xff\xd9"))
     png_ok = tf.logical_and(is_png, _contains(tail, b"IEND"))
-    ok = tf.reduce_any(tf.stack([jpeg_ok, png_ok, is_other]))
-    return tf.debugging.Assert(ok, ["Unreadable or truncated image file (skipped):", path])
+    return tf.reduce_any(tf.stack([jpeg_ok, png_ok, is_other]))
+
+
+def check_image_bytes(data: tf.Tensor, path: tf.Tensor) -> tf.Operation:
+    """In-graph guard run before decoding: fails with a message NAMING THE FILE when the bytes
+    are not a JPEG/PNG/GIF/BMP or a JPEG/PNG lacks its end marker in the last KB (truncated).
+    Such failures are then skipped and logged by ``ignore_errors`` rather than surfacing as an
+    anonymous decode error."""
+    return tf.debugging.Assert(image_bytes_ok(data),
+                               ["Unreadable or truncated image file (skipped):", path])
 
 
 def to_original_pixels(

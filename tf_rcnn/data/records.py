@@ -62,6 +62,9 @@ class DetectionRecord:
             image root: COCO ``file_name`` (under the image folder), the CSV's ``image`` column
             as written, ``VOC2007/JPEGImages/000005.jpg`` under the VOC root. Written into
             evaluation results; empty means the file's base name.
+        tfrecord_index: set for a record read from TFRecords: ``image_path`` is then the
+            shard and the image is its record number ``tfrecord_index`` (0-based);
+            ``tf_rcnn.data.tfrecords.load_image`` reads it.
     """
 
     image_path: str
@@ -77,6 +80,7 @@ class DetectionRecord:
     segmentations: list[Any] | None = None
     source_name: str = ""
     file_name: str = ""
+    tfrecord_index: int | None = None
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)
