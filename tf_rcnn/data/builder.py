@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 
 import ml_collections
+import tensorflow as tf
+from absl import logging
 
 from tf_rcnn.config import ConfigError
 from tf_rcnn.data.coco import load_coco
@@ -22,6 +24,14 @@ from tf_rcnn.data.pipeline import InputPipeline, pixel_stats_for_backbone
 from tf_rcnn.data.proposals import load_proposals
 from tf_rcnn.data.records import DetectionRecord, LoadReport
 from tf_rcnn.data.shapes import generate_shapes_dataset
+from tf_rcnn.data.tfrecords import (
+    TFRecordFiles,
+    TFRecordPipeline,
+    detect_mask_format,
+    list_shards,
+    read_tfrecord_records,
+    resolve_label_map,
+)
 from tf_rcnn.data.voc import load_voc
 from tf_rcnn.label_map import LabelMap
 
@@ -36,6 +46,8 @@ def split_flag(config: ml_collections.ConfigDict, split: str) -> str:
         return f"--config.data.shapes_dir={d.shapes_dir}"
     if d.dataset == "voc":
         return f"--config.data.voc_root={d.voc_root}"
+    if d.dataset == "tfrecord":
+        return f"--config.data.{split}_files={getattr(d, f'{split}_files')}"
     return f"--config.data.{split}_annotations={getattr(d, f'{split}_annotations')}"
 
 
@@ -112,12 +124,50 @@ def load_split(
     elif d.dataset in ("coco", "voc", "custom"):
         records, label_map, report, source = _read_split(config, split, label_map, with_masks)
         annotation_file = source if d.dataset == "coco" else None
+    elif d.dataset == "tfrecord":
+        return (*_tfrecord_split(config, split, label_map, with_masks), None)
     else:
-        raise ConfigError(f"Unknown data.dataset {d.dataset!r}; choose shapes, coco, voc or "
-                          "custom.")
+        raise ConfigError(f"Unknown data.dataset {d.dataset!r}; choose shapes, coco, voc, "
+                          "custom or tfrecord.")
     if not records:
         raise _no_images_error(config, split, source, report)
     return records, label_map, annotation_file
+
+
+def _tfrecord_split(config: ml_collections.ConfigDict, split: str, label_map: LabelMap | None,
+                    with_masks: bool
+                    ) -> tuple[list[DetectionRecord] | TFRecordFiles, LabelMap]:
+    """The shards of a TFRecord split and its label map. Training data stays a stream
+    (:class:`TFRecordFiles`); validation data is read once into records for the ground truth."""
+    d = config.data
+    pattern = getattr(d, f"{split}_files")
+    flag = split_flag(config, split)
+    if not pattern:
+        raise ConfigError(f"--config.data.{split}_files is unset; point it at the TFRecord shards "
+                          f"of the split (globs, e.g. --config.data.{split}_files="
+                          f"'gs://bucket/{split}-*.tfrecord').")
+    try:
+        files = list_shards(pattern)
+    except (ValueError, tf.errors.OpError) as error:
+        raise ConfigError(f"{flag}: {error}") from error
+    if label_map is None:
+        try:
+            label_map, origin = resolve_label_map(d.label_map, files)
+        except (ValueError, tf.errors.OpError) as error:
+            raise ConfigError(f"--config.data.label_map={d.label_map}: {error}") from error
+        logging.info("Classes of %s from %s: %s", flag, origin, label_map)
+    if split == "train":
+        return TFRecordFiles(files, flag), label_map
+    try:
+        records, report = read_tfrecord_records(files, label_map, with_masks=with_masks,
+                                                source=flag)
+    except ValueError as error:
+        raise ConfigError(f"{flag}: {error}") from error
+    if not records:
+        examples = "; ".join(f"{file}: {reason}" for _, reason, file, _ in report.items[:2])
+        raise ConfigError(f"None of the records of {flag} could be used"
+                          + (f", e.g. {examples}." if examples else " (no record found)."))
+    return records, label_map
 
 
 def _read_split(config: ml_collections.ConfigDict, split: str, label_map: LabelMap | None,
@@ -209,6 +259,9 @@ def build_input_pipeline(
             f"tf_rcnn/data/proposals.py) and pass --config.{key}=FILE."
         )
     split = "train" if training else "val"
+    if d.dataset == "tfrecord":
+        return _tfrecord_pipeline(config, records, label_map, training, batch_size, with_masks,
+                                  needs_proposals, mean, std)
     if training and not any(r.num_instances > int(r.difficult.sum()) for r in records):
         # The pipeline leaves images without (non-difficult) boxes out of training.
         raise ConfigError(
@@ -245,3 +298,40 @@ def build_input_pipeline(
         seed=d.seed,
         deterministic=d.deterministic,
     )
+
+
+def _tfrecord_pipeline(config: ml_collections.ConfigDict,
+                       records: list[DetectionRecord] | TFRecordFiles, label_map: LabelMap,
+                       training: bool, batch_size: int, with_masks: bool, needs_proposals: bool,
+                       mean: tuple, std: tuple) -> TFRecordPipeline:
+    """The streaming pipeline over a split's shards. Evaluation reads the first
+    ``len(records)`` usable records, which are ``records`` when they are (a prefix of) what
+    :func:`load_split` returned for the split."""
+    d = config.data
+    split = "train" if training else "val"
+    flag = split_flag(config, split)
+    if needs_proposals:
+        raise ConfigError("This model reads precomputed proposals, which TFRecord data does not "
+                          "carry; train it on COCO, VOC or CSV data (--config.data.dataset).")
+    files = records.files if isinstance(records, TFRecordFiles) else list_shards(
+        getattr(d, f"{split}_files"))
+    if with_masks and detect_mask_format(files) is None:
+        raise ConfigError(
+            f"This model predicts instance masks, but the records of {flag} have none (no "
+            f"image/object/mask in the first records of {files[0]}). Write the records with "
+            "masks (python -m tf_rcnn.tools.create_tfrecords keeps them), or use a recipe "
+            "without masks.")
+    try:
+        return TFRecordPipeline(
+            files, label_map, num_images=None if training else len(records), source_flag=flag,
+            training=training, batch_size=batch_size, scales=tuple(d.scales),
+            max_size=d.max_size, resize_rule=d.resize_rule,
+            scale_jitter=d.scale_jitter if training else None,
+            random_flip=bool(d.random_flip) and training, size_divisor=d.size_divisor,
+            max_instances=d.max_instances, pixel_mean=mean, pixel_std=std,
+            with_masks=with_masks, mask_crop_size=d.mask_crop_size, seed=d.seed,
+            deterministic=d.deterministic, shuffle_buffer=d.shuffle_buffer)
+    except ValueError as error:
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(f"{flag}: {error}") from error

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 from PIL import Image
+from pycocotools import mask as mask_utils
 
 from tf_rcnn.data import masks as masks_lib
 from tf_rcnn.label_map import LabelMap
@@ -370,26 +371,38 @@ def _has_end_marker(path: str, fmt: str) -> bool:
     return b"IEND" in tail
 
 
-def records_to_coco(records: Sequence[DetectionRecord], label_map: LabelMap) -> dict[str, Any]:
+def records_to_coco(records: Sequence[DetectionRecord], label_map: LabelMap,
+                    with_masks: bool = False) -> dict[str, Any]:
     """A COCO ground-truth dict (images, annotations, categories) for any records.
 
-    Lets COCO metrics run on VOC or custom data: boxes become ``[x, y, w, h]`` in original
-    pixels, categories carry the label map's dataset ids and names, crowd regions become
-    ``iscrowd=1`` annotations and VOC ``difficult`` objects become ``ignore`` (iscrowd) too, as
-    the VOC protocol neither rewards nor penalises them. Areas are box areas.
+    Lets COCO metrics run on VOC, custom or TFRecord data: boxes become ``[x, y, w, h]`` in
+    original pixels, categories carry the label map's dataset ids and names, crowd regions
+    become ``iscrowd=1`` annotations and VOC ``difficult`` objects become ``ignore`` (iscrowd)
+    too, as the VOC protocol neither rewards nor penalises them. Areas are box areas; with
+    ``with_masks`` (records with segmentations) each instance also gets its mask as a COCO RLE
+    ``segmentation`` and its mask area, and a crowd region its box as a polygon.
     """
     images, annotations = [], []
     next_id = 1
 
-    def add(image_id: int, box: np.ndarray, class_id: int, crowd: bool) -> None:
+    def add(image_id: int, box: np.ndarray, class_id: int, crowd: bool,
+            mask: np.ndarray | None = None) -> None:
         nonlocal next_id
         y1, x1, y2, x2 = (float(v) for v in box)
         w, h = x2 - x1, y2 - y1
-        annotations.append({
+        annotation = {
             "id": next_id, "image_id": image_id,
             "category_id": int(label_map.to_dataset_id(int(class_id))),
             "bbox": [x1, y1, w, h], "area": w * h, "iscrowd": int(crowd),
-        })
+        }
+        if mask is not None:
+            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            annotation["segmentation"] = {"size": list(rle["size"]),
+                                          "counts": rle["counts"].decode("ascii")}
+            annotation["area"] = float(mask.sum())
+        elif with_masks:
+            annotation["segmentation"] = [[x1, y1, x2, y1, x2, y2, x1, y2]]
+        annotations.append(annotation)
         next_id += 1
 
     for record in records:
@@ -398,8 +411,11 @@ def records_to_coco(records: Sequence[DetectionRecord], label_map: LabelMap) -> 
                        "file_name": record.file_name})
         difficult = (np.zeros(len(record.classes), bool) if record.difficult is None
                      else np.asarray(record.difficult, bool))
-        for box, class_id, hard in zip(record.boxes, record.classes, difficult, strict=True):
-            add(int(record.image_id), box, int(class_id), bool(hard))
+        masks = (record.instance_masks() if with_masks
+                 else [None] * record.num_instances)
+        for box, class_id, hard, mask in zip(record.boxes, record.classes, difficult, masks,
+                                             strict=True):
+            add(int(record.image_id), box, int(class_id), bool(hard), mask)
         for box in record.crowd_boxes:
             # Records keep no class for crowd regions; COCO ignores a detection only against a
             # crowd region of its own class, so the region is entered once per class.

@@ -736,13 +736,12 @@ def read_tfrecord_records(
     record number.
 
     Raises:
-        ValueError: two records with the same image id (named), or masks asked of records
-            that have none.
+        ValueError: two records with the same image id (named).
     """
     files = list_shards(files) if isinstance(files, str) else list(files)
     mask_format = detect_mask_format(files) if with_masks else None
     if with_masks and mask_format is None:
-        raise ValueError(f"the first records of {files[0]} have no {MASK} (instance masks).")
+        logging.warning("%s: the first records have no %s: reading boxes only.", files[0], MASK)
     decoder = ExampleDecoder(label_map, mask_format)
     report = LoadReport(f"TFRecords {source or ', '.join(files[:2])}")
     ds = read_shards(files, _shard_sizes(files)).map(decoder).ignore_errors(log_warning=True)

@@ -16,14 +16,13 @@ import json
 import os
 
 import ml_collections
-import numpy as np
 from absl import logging
-from PIL import Image
 
 from tf_rcnn import visualize as vis
 from tf_rcnn.config import ConfigError
 from tf_rcnn.data.builder import build_input_pipeline, load_split
 from tf_rcnn.data.records import records_to_coco
+from tf_rcnn.data.tfrecords import load_image
 from tf_rcnn.evaluation.coco_evaluator import COCOEvaluator
 from tf_rcnn.evaluation.mask_pasting import MaskPastingEvaluator
 from tf_rcnn.evaluation.proposal_recall import ProposalRecallEvaluator
@@ -69,7 +68,8 @@ def evaluate_checkpoint(
         visualize: images drawn into ``detections.png`` (default ``eval.visualize``).
     """
     model, config, label_map = restore_detector(checkpoint, config)
-    records, label_map, annotation_file = load_split(config, "val", label_map=label_map)
+    records, label_map, annotation_file = load_split(config, "val", label_map=label_map,
+                                                     with_masks=model.needs_masks)
     if num_images is not None:
         records = records[:num_images]
     pipeline = build_input_pipeline(config, records, label_map, training=False,
@@ -87,13 +87,14 @@ def evaluate_checkpoint(
             iou_types = ("bbox", "segm") if with_masks else ("bbox",)
             coco = COCOEvaluator(gt_dataset=ground_truth, iou_types=iou_types,
                                  label_map=label_map)
-        elif with_masks:
+        elif with_masks and not all(r.has_masks for r in records):
             raise ConfigError("Mask AP needs a COCO annotation file with segmentations; this "
                               "dataset has none (use --config.eval.metrics='(\"voc\",)').")
         else:
-            # VOC or custom data: the COCO ground truth is built from the records.
-            coco = COCOEvaluator(gt_dataset=records_to_coco(records, label_map),
-                                 iou_types=("bbox",), label_map=label_map)
+            # VOC, custom or TFRecord data: the COCO ground truth is built from the records.
+            iou_types = ("bbox", "segm") if with_masks else ("bbox",)
+            coco = COCOEvaluator(gt_dataset=records_to_coco(records, label_map, with_masks),
+                                 iou_types=iou_types, label_map=label_map)
         if with_masks:
             # Box-relative 28x28 masks -> original-image masks (kept for the drawn images).
             count = config.eval.visualize if visualize is None else visualize
@@ -136,7 +137,7 @@ def evaluate_checkpoint(
             det = per_image.get(int(record.image_id))
             if det is None:
                 continue
-            image = np.asarray(Image.open(record.image_path).convert("RGB"))
+            image = load_image(record)
             masks = None if masker is None else masker.kept_masks.get(int(record.image_id))
             image, boxes, masks = vis.upscale_for_drawing(image, det["boxes"], masks)
             drawn.append(vis.draw_detections(

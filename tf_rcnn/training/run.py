@@ -219,6 +219,10 @@ def run_training(
                      t.init_checkpoint, len(skipped))
     metrics = trainer.train(pipeline.dataset, total_steps=t.total_steps,
                             global_batch=global_batch, after_restore=write_run_files)
+    problems = pipeline.read_problems()  # counted in the input graph (TFRecord data)
+    if problems:
+        logging.warning("Training data problems met while reading (each read of a record "
+                        "counts): %s", ", ".join(f"{n} {r}" for r, n in problems.items()))
     metrics = {k: float(v) for k, v in metrics.items()}
     # Fingerprints of the final weights, logged by train.py on every worker: replicas that
     # stayed in sync give the same sum of |w| and the same SHA-256 of the weight bytes.
