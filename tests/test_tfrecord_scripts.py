@@ -17,6 +17,7 @@ from PIL import Image
 from tests.support import REPO, run_command
 from tf_rcnn.data.coco import load_coco
 from tf_rcnn.data.shapes import generate_shapes_dataset
+from tf_rcnn.data.tfrecords import read_tfrecord_records
 
 # Shapes category -> the foreign dataset's id: squares are 3, circles 7, triangles left out.
 FOREIGN_IDS = {1: 3, 2: 7}
@@ -164,3 +165,14 @@ def test_create_tfrecords_writes_shards_progress_and_label_map(tmp_path):
               for n in names[1:]]
     assert counts == [3, 2]
     assert "name: 'triangle'" in (tmp_path / "tf" / "label_map.pbtxt").read_text()
+    # Read back: the records of the shapes data itself (boxes, classes, masks).
+    original, label_map, _ = load_coco(str(tmp_path / "shapes" / "annotations.json"),
+                                       str(tmp_path / "shapes" / "images"))
+    read, _ = read_tfrecord_records(str(tmp_path / "tf" / "train-*"), label_map,
+                                    with_masks=True)
+    read = sorted(read, key=lambda r: r.image_id)
+    assert [r.image_id for r in read] == [r.image_id for r in original]
+    for got, want in zip(read, original, strict=True):
+        np.testing.assert_allclose(got.boxes, want.boxes, atol=1e-4)
+        np.testing.assert_array_equal(got.classes, want.classes)
+        np.testing.assert_array_equal(got.instance_masks(), want.instance_masks())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 
 import numpy as np
 import pytest
@@ -141,18 +142,21 @@ def test_coco_round_trip_keeps_crowd_regions_and_dataset_ids(tmp_path):
                      [{"id": 11, "file_name": "a.jpg", "height": 30, "width": 40},
                       {"id": 12, "file_name": "b.jpg", "height": 20, "width": 50}],
                      [{"id": 1, "image_id": 11, "category_id": 7, "bbox": [2.5, 3, 10, 12],
-                       "iscrowd": 0, "area": 120},
+                       "iscrowd": 0, "area": 120,
+                       "segmentation": [[2.5, 3, 12.5, 3, 12.5, 15, 2.5, 15]]},
                       {"id": 2, "image_id": 11, "category_id": 3, "bbox": [20, 1, 19.5, 28],
                        "iscrowd": 1, "area": 10},
                       {"id": 3, "image_id": 11, "category_id": 3, "bbox": [1, 15, 30, 10],
-                       "iscrowd": 0, "area": 300}],
+                       "iscrowd": 0, "area": 300,
+                       "segmentation": [[1, 15, 31, 15, 16, 25]]}],
                      [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}])
-    records, label_map, _ = load_coco(ann, str(images), include_masks=False)
+    records, label_map, _ = load_coco(ann, str(images))
     files = tfr.write_tfrecords(records, label_map, str(tmp_path / "tf" / "val"), 1)
     text = (tmp_path / "tf" / "label_map.pbtxt").read_text()
     assert "id: 3\n  name: 'cat'" in text and "id: 7\n  name: 'dog'" in text
-    read, _ = tfr.read_tfrecord_records(files, label_map)
-    _assert_same_records(read, records, masks=False)
+    read, _ = tfr.read_tfrecord_records(files, label_map, with_masks=True)
+    _assert_same_records(read, records)  # masks too (polygons -> PNG -> RLE, equal pixels)
+    assert read[0].instance_masks()[1].sum() > 0
     # By hand: image 11 keeps [y, x, y + h, x + w] = [3, 2.5, 15, 12.5] (dog: class 2) and
     # [15, 1, 25, 31] (cat: class 1); the crowd region is [1, 20, 29, 39.5].
     np.testing.assert_allclose(read[0].boxes, [[3, 2.5, 15, 12.5], [15, 1, 25, 31]], atol=1e-4)
@@ -287,3 +291,80 @@ def test_each_worker_reads_its_own_shards(tmp_path):
     with pytest.raises(ConfigError, match=r"1 TFRecord shard\(s\) \(--config.data.x=y\) cannot "
                                           r"be split over 2 workers.*--num_shards=2"):
         one.dataset(ctx)
+
+
+def test_float_masks_read_like_png_masks(tmp_path):
+    # The same two 6x8 masks as PNG strings and as one flat float list (objects x H x W).
+    masks = np.zeros((2, 6, 8), np.uint8)
+    masks[0, 1:3, 1:4] = 1
+    masks[1, 2:6, 4:8] = 1
+    image = _jpeg(6, 8)
+    boxes = [[1 / 6, 1 / 8, 3 / 6, 4 / 8], [2 / 6, 4 / 8, 1.0, 1.0]]
+    pngs = []
+    for m in masks:
+        out = io.BytesIO()
+        Image.fromarray(m * 255).save(out, format="PNG")
+        pngs.append(out.getvalue())
+    png_file = _write_shard(tmp_path / "png.tfrecord",
+                            [foreign_example(image, boxes, [3, 3], "1", masks=pngs)])
+    float_file = _write_shard(tmp_path / "float.tfrecord", [foreign_example(
+        image, boxes, [3, 3], "1",
+        image__object__mask=(masks.astype(np.float32).ravel().tolist(), "float"))])
+    label_map = LabelMap([3], ["cat"])
+    assert tfr.detect_mask_format([png_file]) == "png"
+    assert tfr.detect_mask_format([float_file]) == "float"
+    for path in (png_file, float_file):
+        (record,), report = tfr.read_tfrecord_records([path], label_map, with_masks=True)
+        np.testing.assert_array_equal(record.instance_masks(), masks)
+        assert report.num_skipped == 0
+    # A float list of the wrong length drops the record, counted.
+    short = _write_shard(tmp_path / "short.tfrecord", [foreign_example(
+        image, boxes, [3, 3], "1", image__object__mask=([1.0] * 10, "float"))])
+    records, report = tfr.read_tfrecord_records([short], label_map, with_masks=True)
+    assert not records and report.num_skipped == 1
+
+
+def test_crop_masks_matches_the_numpy_crop(rng):
+    from tf_rcnn.data import masks as masks_lib
+
+    masks = (rng.uniform(size=(3, 17, 23)) > 0.5).astype(np.uint8)
+    boxes = np.asarray([[0, 0, 17, 23], [2.3, 4.7, 9.1, 20.2], [5, 5, 6, 6]], np.float32)
+    want = masks_lib.crop_masks_to_boxes(masks, boxes, 7)
+    got = tfr.crop_masks_to_boxes(tf.constant(masks), tf.constant(boxes), 7).numpy()
+    np.testing.assert_array_equal(got, want)
+
+
+def test_builder_messages_name_the_flags(shapes, tmp_path):
+    from tests.support import recipe
+    from tf_rcnn.data.builder import build_input_pipeline, load_split
+
+    _, label_map, files = shapes
+    config = recipe("shapes_faster_rcnn")
+    config.data.dataset = "tfrecord"
+    with pytest.raises(ConfigError, match=r"--config.data.train_files is unset"):
+        load_split(config, "train")
+    missing = str(tmp_path / "nothing-*.tfrecord")
+    config.data.train_files = missing
+    flag = f"--config.data.train_files={missing}"
+    with pytest.raises(ConfigError, match=re.escape(f"{flag}: no file matches {missing}.")):
+        load_split(config, "train")
+    # The label map beside the shards (the writer's) is found; training data is not read.
+    config.data.train_files = os.path.join(os.path.dirname(files[0]), "train-*")
+    source, found, _ = load_split(config, "train")
+    assert isinstance(source, tfr.TFRecordFiles) and source.files == files
+    assert found == label_map
+    config.data.label_map = str(tmp_path / "absent.pbtxt")
+    with pytest.raises(ConfigError, match=r"--config.data.label_map=.*absent.pbtxt: label map"):
+        load_split(config, "train")
+    # Validation data is read once, into records; a model with masks on mask-less records.
+    config.data.label_map = ""
+    config.data.val_files = config.data.train_files
+    records, _, annotation_file = load_split(config, "val", label_map=label_map)
+    assert len(records) == 6 and annotation_file is None
+    bare = tfr.write_tfrecords(records, label_map, str(tmp_path / "bare" / "train"), 1,
+                               with_masks=False)
+    config.data.train_files = bare[0]
+    source, _, _ = load_split(config, "train", with_masks=True)
+    with pytest.raises(ConfigError, match=r"predicts instance masks, but the records of "
+                                          r"--config.data.train_files=.*have none"):
+        build_input_pipeline(config, source, label_map, training=True, with_masks=True)

@@ -853,7 +853,7 @@ def example_from_record(record: DetectionRecord, label_map: LabelMap, image_byte
         "int")
     if with_masks and record.has_masks:
         full = record.instance_masks()
-        areas[:n] = full.reshape(n, -1).sum(axis=1).astype(float).tolist()
+        areas[:n] = full.sum(axis=(1, 2)).astype(float).tolist()
         pngs = [_png(m) for m in full]
         pngs += [_png(m) for m in filled_box_masks(
             tf.constant(record.crowd_boxes, tf.float32), record.height, record.width).numpy()]
