@@ -555,10 +555,11 @@ class TFRecordPipeline(InputPipeline):
     Everything after reading is the file pipeline's graph (``_augment`` and ``_batch``): the
     same scale choice, flip, resize, padding and aspect grouping. Reading: the shards (each
     input pipeline takes every n-th shard: file-level sharding per worker), shuffled in
-    training and interleaved, each record decoded and checked by :class:`ExampleDecoder`,
-    problems counted in :attr:`counter`, then the training filters (difficult boxes, images
-    without boxes, ``max_instances``/``max_crowd`` keeping the largest) in the graph, a
-    ``shuffle_buffer`` of records, masks cropped to their boxes.
+    training and interleaved, a ``shuffle_buffer`` of serialized records, then one parallel
+    map: each record decoded and checked by :class:`ExampleDecoder`, problems counted in
+    :attr:`counter`, the training filters (difficult boxes, images without boxes,
+    ``max_instances``/``max_crowd`` keeping the largest), masks cropped to their boxes and
+    ``_augment``; unusable records are filtered out after it.
 
     Args:
         files: shards (a list, or comma-separated globs).
@@ -642,18 +643,16 @@ class TFRecordPipeline(InputPipeline):
         ordered = self.deterministic or not self.training
         ds = read_shards(files, sizes, shuffle=self.shuffle, repeat=self.repeat,
                          seed=self.seed + pipeline_id, deterministic=ordered)
-        ds = ds.map(self._read_element, num_parallel_calls=self.num_parallel,
-                    deterministic=ordered)
-        ds = ds.ignore_errors(log_warning=True)  # damage inside image bytes the decoder finds
-        ds = ds.filter(lambda element: element["ok"])
-        if self._num_images is not None:
-            ds = ds.take(self._num_images)
         if self.shuffle:
+            # The buffer holds serialized records (encoded images), not decoded ones.
             ds = ds.shuffle(self.shuffle_buffer, seed=self.seed + pipeline_id,
                             reshuffle_each_iteration=True)
-        ds = ds.enumerate().map(lambda c, e: self._to_input(c, e, pipeline_id),
-                                num_parallel_calls=self.num_parallel,
-                                deterministic=self.deterministic)
+        ds = ds.enumerate().map(lambda c, record: self._to_input(c, record, pipeline_id),
+                                num_parallel_calls=self.num_parallel, deterministic=ordered)
+        ds = ds.ignore_errors(log_warning=True)  # damage inside image bytes the decoder finds
+        ds = ds.filter(_usable).map(_without_flag)
+        if self._num_images is not None:
+            ds = ds.take(self._num_images)
         return self._batch(ds, batch)
 
     def _read_element(self, shard, index, serialized, is_end, truncated) -> dict[str, tf.Tensor]:
@@ -684,17 +683,34 @@ class TFRecordPipeline(InputPipeline):
             e["ok"] = tf.identity(e["ok"])
         return e
 
-    def _to_input(self, counter: tf.Tensor, e: Mapping[str, tf.Tensor],
-                  pipeline_id: int) -> tuple[Any, Any]:
+    def _to_input(self, counter: tf.Tensor, record: tuple[tf.Tensor, ...],
+                  pipeline_id: int) -> tuple[Any, Any, tf.Tensor]:
+        """One record -> ``(image, targets, usable)``: read, checked and counted, then the
+        file pipeline's ``_augment`` (run on a placeholder for a record that is filtered out
+        next, so one parallel map does all the work)."""
+        e = self._read_element(*record)
         fields = {"boxes": e["boxes"], "classes": e["classes"], "crowd": e["crowd"],
                   "image_id": e["image_id"]}
         if self.with_masks:
             fields["masks"] = crop_masks_to_boxes(e["masks"], e["boxes"], self.mask_crop_size)
-        return self._augment(e["image"], fields, self._element_seed(counter, pipeline_id))
+        image, targets = self._augment(e["image"], fields,
+                                       self._element_seed(counter, pipeline_id))
+        return image, targets, e["ok"]
 
     def read_problems(self) -> dict[str, int]:
         """Problems counted so far, by reason (each read of a record counts)."""
         return self.counter.counts()
+
+
+def _usable(image: tf.Tensor, targets: Mapping[str, tf.Tensor], ok: tf.Tensor) -> tf.Tensor:
+    del image, targets
+    return ok
+
+
+def _without_flag(image: tf.Tensor, targets: Mapping[str, tf.Tensor],
+                  ok: tf.Tensor) -> tuple[tf.Tensor, Mapping[str, tf.Tensor]]:
+    del ok
+    return image, targets
 
 
 def _largest(boxes: tf.Tensor, indices: tf.Tensor, limit: int) -> tuple[tf.Tensor, tf.Tensor]:
