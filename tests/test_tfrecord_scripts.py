@@ -8,6 +8,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -149,6 +152,39 @@ def test_foreign_tfrecords_train_and_evaluate(tmp_path, foreign_data, recipe):
     assert detections and {d["category_id"] for d in detections} <= {3, 7}
     assert {d["image_id"] for d in detections} <= {1001, 1002, 1003, 1004}
     assert os.path.exists(os.path.join(out, "detections.png"))  # drawn from the records
+
+
+def test_two_workers_on_loopback_read_disjoint_shards(tmp_path, foreign_data):
+    # train.py --strategy=multi_worker in two processes: distribute_datasets_from_function
+    # gives each worker's pipeline its input context, and each reads every 2nd shard.
+    from tf_rcnn.training import local_cluster_tf_configs
+
+    flags = [*_tiny_flags("shapes_faster_rcnn"), "--config.data.dataset=tfrecord",
+             f"--config.data.train_files={foreign_data}/train-*.tfrecord",
+             f"--config.data.label_map={foreign_data}/label_map.pbtxt",
+             f"--model_dir={tmp_path}", "--strategy=multi_worker"]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = REPO
+    procs = []
+    for config in local_cluster_tf_configs(2):
+        procs.append(subprocess.Popen(
+            [sys.executable, "train.py", *flags], cwd=REPO, text=True,
+            env={**env, "TF_CONFIG": json.dumps(config)}, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE))
+    try:
+        results = [proc.communicate(timeout=600) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    read = []
+    for proc, (_, err) in zip(procs, results, strict=True):
+        assert proc.returncode == 0, err[-4000:]
+        match = re.search(r"Input pipeline (\d) of 2 reads 1 of the 2 shards: (\S+)", err)
+        assert match, err[-3000:]
+        read.append((int(match.group(1)), os.path.basename(match.group(2))))
+    assert sorted(read) == [(0, "train-0.tfrecord"), (1, "train-1.tfrecord")]
+    assert (tmp_path / "ckpt-2.index").exists()
 
 
 def test_create_tfrecords_writes_shards_progress_and_label_map(tmp_path):

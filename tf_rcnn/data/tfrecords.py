@@ -637,6 +637,10 @@ class TFRecordPipeline(InputPipeline):
             batch = input_context.get_per_replica_batch_size(self.batch_size)
             pipeline_id = input_context.input_pipeline_id
         files = self.worker_files(input_context)
+        if input_context is not None and input_context.num_input_pipelines > 1:
+            logging.info("Input pipeline %d of %d reads %d of the %d shards: %s", pipeline_id,
+                         input_context.num_input_pipelines, len(files), len(self.files),
+                         ", ".join(files))
         sizes = [self.sizes[self.files.index(f)] for f in files]
         # Evaluation takes the first N usable records, which must be those the ground-truth
         # pass read: the reading order is then fixed.
