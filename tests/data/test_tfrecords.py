@@ -82,6 +82,11 @@ def test_shapes_round_trip_gives_the_same_records(shapes):
     assert report.num_skipped == 0 and not report.repaired
     by_id = {r.image_id: r for r in records}
     _assert_same_records(sorted(read, key=lambda r: r.image_id), [by_id[i] for i in sorted(by_id)])
+    # Evaluation of the first N records (eval.py --num_images) streams exactly those.
+    pipe = tfr.TFRecordPipeline(files, label_map, num_images=3, training=False, batch_size=2,
+                                scales=(48,), max_size=48, backbone="tiny")
+    streamed = [int(i) for _, t in _batches(pipe) for i in t["image_id"]]
+    assert streamed == [r.image_id for r in read[:3]]
     # The image is the original file's bytes.
     assert np.array_equal(tfr.load_image(read[1]), tfr.load_image(by_id[read[1].image_id]))
 
@@ -355,6 +360,13 @@ def test_builder_messages_name_the_flags(shapes, tmp_path):
     assert found == label_map
     config.data.label_map = str(tmp_path / "absent.pbtxt")
     with pytest.raises(ConfigError, match=r"--config.data.label_map=.*absent.pbtxt: label map"):
+        load_split(config, "train")
+    # Records whose ids are all outside the label map: said at start-up, not an endless read.
+    config.data.label_map = str(tmp_path / "other.pbtxt")
+    (tmp_path / "other.pbtxt").write_text("item { id: 40 name: 'kite' }")
+    with pytest.raises(ConfigError, match=r"None of the first records of --config.data.train_"
+                                          r"files=.* has a box to train on \(\d+ class label "
+                                          r"not in the label map.*other.pbtxt"):
         load_split(config, "train")
     # Validation data is read once, into records; a model with masks on mask-less records.
     config.data.label_map = ""

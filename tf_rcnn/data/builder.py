@@ -27,6 +27,7 @@ from tf_rcnn.data.shapes import generate_shapes_dataset
 from tf_rcnn.data.tfrecords import (
     TFRecordFiles,
     TFRecordPipeline,
+    check_first_records,
     detect_mask_format,
     list_shards,
     read_tfrecord_records,
@@ -157,6 +158,16 @@ def _tfrecord_split(config: ml_collections.ConfigDict, split: str, label_map: La
             raise ConfigError(f"--config.data.label_map={d.label_map}: {error}") from error
         logging.info("Classes of %s from %s: %s", flag, origin, label_map)
     if split == "train":
+        usable, report = check_first_records(files, label_map)
+        if not usable:
+            problems = "; ".join(f"{n} {reason}" for reason, n in sorted(
+                {**report.skipped, **report.repaired}.items())) or "no objects"
+            example = next((file for _, _, file, _ in report.items), files[0])
+            raise ConfigError(
+                f"None of the first records of {flag} has a box to train on ({problems}; e.g. "
+                f"{example}). Check the records' class ids against the label map "
+                f"(--config.data.label_map={d.label_map}) and their format (docs/data.md, "
+                "TFRecords).")
         return TFRecordFiles(files, flag), label_map
     try:
         records, report = read_tfrecord_records(files, label_map, with_masks=with_masks,
@@ -323,7 +334,8 @@ def _tfrecord_pipeline(config: ml_collections.ConfigDict,
             "without masks.")
     try:
         return TFRecordPipeline(
-            files, label_map, num_images=None if training else len(records), source_flag=flag,
+            files, label_map, source_flag=flag,
+            num_images=None if isinstance(records, TFRecordFiles) else len(records),
             training=training, batch_size=batch_size, scales=tuple(d.scales),
             max_size=d.max_size, resize_rule=d.resize_rule,
             scale_jitter=d.scale_jitter if training else None,

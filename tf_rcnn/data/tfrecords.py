@@ -799,15 +799,37 @@ def read_tfrecord_records(
     return records, report
 
 
-def load_image(record: DetectionRecord) -> np.ndarray:
-    """``[H, W, 3]`` uint8 RGB of a record: its image file, or its TFRecord's image bytes."""
+def check_first_records(files: Sequence[str], label_map: LabelMap,
+                        count: int = 32) -> tuple[int, LoadReport]:
+    """Decodes the first ``count`` records (as the stream starts: :data:`CYCLE_LENGTH` shards
+    interleaved) and returns how many have a box to train on, with the report of their
+    problems: a cheap start-up check that the records, label map and format fit, since a
+    training stream with no usable record would otherwise read forever."""
+    decoder = ExampleDecoder(label_map)
+    report = LoadReport(f"the first {count} records of {files[0]}")
+    ds = read_shards(files, _shard_sizes(files)).filter(
+        lambda shard, index, serialized, is_end, truncated: tf.logical_not(is_end))
+    usable = 0
+    for e in ds.take(count).map(decoder).ignore_errors():
+        _report_problems(report, e["problems"].numpy(),
+                         f"{e['shard'].numpy().decode()} record {int(e['index'].numpy())}")
+        usable += int(bool(e["ok"].numpy()) and e["classes"].shape[0] > 0)
+    return usable, report
+
+
+def image_bytes(record: DetectionRecord) -> bytes:
+    """The encoded image of a record: its file's bytes, or its TFRecord's ``image/encoded``."""
     if record.tfrecord_index is None:
-        with Image.open(record.image_path) as image:
-            return np.asarray(image.convert("RGB"))
+        with tf.io.gfile.GFile(record.image_path, "rb") as f:
+            return f.read()
     ds = tf.data.TFRecordDataset(record.image_path).skip(record.tfrecord_index).take(1)
     serialized = next(iter(ds)).numpy()
-    data = tf.train.Example.FromString(serialized).features.feature[ENCODED].bytes_list.value[0]
-    with Image.open(io.BytesIO(data)) as image:
+    return tf.train.Example.FromString(serialized).features.feature[ENCODED].bytes_list.value[0]
+
+
+def load_image(record: DetectionRecord) -> np.ndarray:
+    """``[H, W, 3]`` uint8 RGB of a record: its image file, or its TFRecord's image bytes."""
+    with Image.open(io.BytesIO(image_bytes(record))) as image:
         return np.asarray(image.convert("RGB"))
 
 
@@ -912,9 +934,7 @@ def write_tfrecords(
     writers = [tf.io.TFRecordWriter(p) for p in paths]
     try:
         for i, record in enumerate(records):
-            with tf.io.gfile.GFile(record.image_path, "rb") as f:
-                data = f.read()
-            example = example_from_record(record, label_map, data, with_masks)
+            example = example_from_record(record, label_map, image_bytes(record), with_masks)
             writers[i % num_shards].write(example.SerializeToString())
             if progress is not None:
                 progress(i + 1, len(records))
