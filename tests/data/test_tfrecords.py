@@ -380,3 +380,16 @@ def test_builder_messages_name_the_flags(shapes, tmp_path):
     with pytest.raises(ConfigError, match=r"predicts instance masks, but the records of "
                                           r"--config.data.train_files=.*have none"):
         build_input_pipeline(config, source, label_map, training=True, with_masks=True)
+
+
+def test_without_a_label_map_the_records_ids_and_texts_are_the_classes(tmp_path):
+    image = _jpeg(8, 8)
+    box = [[0.1, 0.1, 0.9, 0.9]]
+    shard = _write_shard(tmp_path / "s.tfrecord", [
+        foreign_example(image, box, [7], "1", image__object__class__text=([b"dog"], "bytes")),
+        foreign_example(image, box * 2, [3, 7], "2",
+                        image__object__class__text=([b"cat", b"dog"], "bytes")),
+        foreign_example(image, box, [5], "3", crowd=[1])])  # a crowd region: not a class
+    label_map, origin = tfr.resolve_label_map("", [shard])
+    assert origin == "the records' class ids"
+    assert label_map == LabelMap([3, 7], ["cat", "dog"])

@@ -221,12 +221,14 @@ def scan_label_map(files: Sequence[str]) -> LabelMap:
     names: dict[int, str] = {}
     ds = tf.data.TFRecordDataset(list(files)).ignore_errors().batch(256)
     for batch in ds.map(lambda s: tf.io.parse_example(s, spec)):
-        labels = batch[LABEL].values.numpy()
-        texts = batch[TEXT].values.numpy()
-        for i, label in enumerate(labels):
-            if label > 0 and int(label) not in names:
-                text = texts[i].decode("utf-8", "replace") if len(texts) == len(labels) else ""
-                names[int(label)] = text or str(int(label))
+        rows = zip(*(tf.RaggedTensor.from_sparse(batch[k]).to_list()
+                     for k in (LABEL, TEXT, IS_CROWD)), strict=True)
+        for labels, texts, crowd in rows:
+            texts = texts if len(texts) == len(labels) else [b""] * len(labels)
+            crowd = crowd if len(crowd) == len(labels) else [0] * len(labels)
+            for label, text, is_crowd in zip(labels, texts, crowd, strict=True):
+                if label > 0 and not is_crowd and int(label) not in names:
+                    names[int(label)] = text.decode("utf-8", "replace") or str(int(label))
     if not names:
         raise ValueError("no class label in any record.")
     ids = sorted(names)
