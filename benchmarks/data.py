@@ -6,9 +6,11 @@ Two cases:
     coco   -- 640x480 JPEGs resized to 800/1333 (the COCO recipe), batch 2, training mode.
 Optionally (``--train_step``) it times one training step of the demo recipe's model so the
 two can be compared (the acceptance bar is pipeline >= 2x the step's consumption).
+``--tfrecord`` also writes both cases' images as OD API TFRecords (4 shards, once) and times
+the streaming TFRecordPipeline on them with the same options, beside the file pipeline.
 
 Usage:
-    .venv/bin/python benchmarks/data.py [--batches 60] [--train_step]
+    .venv/bin/python benchmarks/data.py [--batches 60] [--train_step] [--tfrecord]
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ from tf_rcnn.data.coco import load_coco
 from tf_rcnn.data.custom import records_from_list
 from tf_rcnn.data.pipeline import InputPipeline
 from tf_rcnn.data.shapes import generate_shapes_dataset
+from tf_rcnn.data.tfrecords import TFRecordPipeline, shard_names, write_tfrecords
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batches", 60, "Batches timed per case (after 5 warm-up batches).")
 flags.DEFINE_string("work_dir", os.path.join(tempfile.gettempdir(), "tf_rcnn_bench_data"),
                     "Where the generated images live.")
 flags.DEFINE_bool("train_step", False, "Also time one training step of the demo model.")
+flags.DEFINE_bool("tfrecord", False, "Also time the TFRecord pipeline on the same images.")
 
 
 def _throughput(pipe: InputPipeline, batches: int) -> float:
@@ -46,6 +50,15 @@ def _throughput(pipe: InputPipeline, batches: int) -> float:
         images, _ = next(it)
         n += int(images.shape[0])
     return n / (time.perf_counter() - start)
+
+
+def _tfrecord_pipeline(name: str, records, label_map, **options) -> TFRecordPipeline:
+    """The same images as OD API TFRecords (written once under --work_dir, 4 shards)."""
+    prefix = os.path.join(FLAGS.work_dir, f"tfrecord_{name}", "train")
+    files = shard_names(prefix, 4)
+    if not all(os.path.exists(f) for f in files):
+        write_tfrecords(records, label_map, prefix, 4, with_masks=False)
+    return TFRecordPipeline(files, label_map, **options)
 
 
 def _jpeg_records(work_dir: str, count: int = 64):
@@ -73,12 +86,23 @@ def main(argv):
                          scales=(128,), max_size=128, seed=0)
     demo_rate = _throughput(demo, FLAGS.batches)
     print(f"demo  (128x128 PNG shapes, batch 8):        {demo_rate:8.1f} images/s")
+    if FLAGS.tfrecord:
+        stream = _tfrecord_pipeline("demo", records, label_map, backbone="tiny", training=True,
+                                    batch_size=8, scales=(128,), max_size=128, seed=0)
+        rate = _throughput(stream, FLAGS.batches)
+        print(f"  same images from TFRecords:               {rate:8.1f} images/s")
 
     jrecords, jlabels, _ = _jpeg_records(FLAGS.work_dir)
     coco = InputPipeline(jrecords, jlabels, backbone="resnet50", training=True, batch_size=2,
                          scales=(800,), max_size=1333, seed=0)
     coco_rate = _throughput(coco, max(FLAGS.batches // 2, 10))
     print(f"coco  (640x480 JPEG -> 800/1333, batch 2):  {coco_rate:8.1f} images/s")
+    if FLAGS.tfrecord:
+        stream = _tfrecord_pipeline("coco", jrecords, jlabels, backbone="resnet50",
+                                    training=True, batch_size=2, scales=(800,), max_size=1333,
+                                    seed=0)
+        rate = _throughput(stream, max(FLAGS.batches // 2, 10))
+        print(f"  same images from TFRecords:               {rate:8.1f} images/s")
 
     if FLAGS.train_step:
         from configs.shapes_faster_rcnn import get_config

@@ -136,7 +136,7 @@ def default_config() -> ml_collections.ConfigDict:
         ),
     )
     config.data = _cd(
-        dataset="coco",  # coco | voc | shapes | custom
+        dataset="coco",  # coco | voc | shapes | custom | tfrecord
         train_annotations="",
         train_images="",
         val_annotations="",
@@ -144,6 +144,13 @@ def default_config() -> ml_collections.ConfigDict:
         voc_root="",
         voc_train_sets=(("2007", "trainval"), ("2012", "trainval")),
         voc_val_sets=(("2007", "test"),),
+        # dataset=tfrecord: OD API TFRecord shards of each split (comma-separated globs, any
+        # tf.io.gfile path such as gs://bucket/train-*.tfrecord) and their label_map.pbtxt
+        # ("": the label_map.pbtxt beside the first training shard, else the records' ids).
+        train_files="",
+        val_files="",
+        label_map="",
+        shuffle_buffer=1024,  # dataset=tfrecord: records in the shuffle buffer
         shapes_dir="data_cache/shapes",
         shapes_train_images=1000,
         shapes_val_images=200,

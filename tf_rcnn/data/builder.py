@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 
 import ml_collections
+import tensorflow as tf
+from absl import logging
 
 from tf_rcnn.config import ConfigError
 from tf_rcnn.data.coco import load_coco
@@ -22,8 +24,18 @@ from tf_rcnn.data.pipeline import InputPipeline, pixel_stats_for_backbone
 from tf_rcnn.data.proposals import load_proposals
 from tf_rcnn.data.records import DetectionRecord, LoadReport
 from tf_rcnn.data.shapes import generate_shapes_dataset
+from tf_rcnn.data.tfrecords import (
+    SCANNED_LABEL_MAP,
+    TFRecordFiles,
+    TFRecordPipeline,
+    check_first_records,
+    detect_mask_format,
+    list_shards,
+    read_tfrecord_records,
+    resolve_label_map,
+)
 from tf_rcnn.data.voc import load_voc
-from tf_rcnn.label_map import LabelMap
+from tf_rcnn.label_map import LabelMap, match_label_map
 
 SPLITS = ("train", "val")
 
@@ -36,6 +48,8 @@ def split_flag(config: ml_collections.ConfigDict, split: str) -> str:
         return f"--config.data.shapes_dir={d.shapes_dir}"
     if d.dataset == "voc":
         return f"--config.data.voc_root={d.voc_root}"
+    if d.dataset == "tfrecord":
+        return f"--config.data.{split}_files={getattr(d, f'{split}_files')}"
     return f"--config.data.{split}_annotations={getattr(d, f'{split}_annotations')}"
 
 
@@ -123,9 +137,14 @@ def load_split(
     elif d.dataset in ("coco", "voc", "custom"):
         records, label_map, report, source = _read_split(config, split, label_map, with_masks)
         annotation_file = source if d.dataset == "coco" else None
+    elif d.dataset == "tfrecord":
+        records, label_map, report = _tfrecord_split(config, split, label_map, with_masks)
+        if isinstance(records, TFRecordFiles):  # training data stays a stream
+            return records, label_map, None
+        source, annotation_file = split_flag(config, split), None
     else:
-        raise ConfigError(f"Unknown data.dataset {d.dataset!r}; choose shapes, coco, voc or "
-                          "custom.")
+        raise ConfigError(f"Unknown data.dataset {d.dataset!r}; choose shapes, coco, voc, "
+                          "custom or tfrecord.")
     if not records:
         raise _no_images_error(config, split, source, report)
     if num_images is not None:
@@ -147,6 +166,60 @@ def _require_ground_truth(config: ml_collections.ConfigDict, split: str,
         f"the {len(records)} image(s) evaluated, so there is nothing to measure the model "
         f"against (the reader: {report.summary()}). Fix the annotations (the reasons above), "
         "or point the flag at annotated data for the model's classes.")
+def _tfrecord_split(config: ml_collections.ConfigDict, split: str, label_map: LabelMap | None,
+                    with_masks: bool
+                    ) -> tuple[list[DetectionRecord] | TFRecordFiles, LabelMap, LoadReport | None]:
+    """The shards of a TFRecord split and its label map. Training data stays a stream
+    (:class:`TFRecordFiles`); validation data is read once into records for the ground truth."""
+    d = config.data
+    pattern = getattr(d, f"{split}_files")
+    flag = split_flag(config, split)
+    if not pattern:
+        raise ConfigError(f"--config.data.{split}_files is unset; point it at the TFRecord shards "
+                          f"of the split (globs, e.g. --config.data.{split}_files="
+                          f"'gs://bucket/{split}-*.tfrecord').")
+    try:
+        files = list_shards(pattern)
+    except (ValueError, tf.errors.OpError) as error:
+        raise ConfigError(f"{flag}: {error}") from error
+    try:
+        data_map, origin = resolve_label_map(d.label_map, files)
+    except (ValueError, tf.errors.OpError) as error:
+        raise ConfigError(f"--config.data.label_map={d.label_map}: {error}") from error
+    if label_map is None:
+        label_map = data_map
+        logging.info("Classes of %s from %s: %s", flag, origin, label_map)
+    else:
+        # The model's classes in the data by the one rule (same id and name, else same name);
+        # a map scanned from bare class ids knows no names, so only its ids can agree.
+        try:
+            label_map = match_label_map(label_map, data_map.dataset_ids, data_map.names,
+                                        source=f"{flag} ({origin})",
+                                        complete=origin != SCANNED_LABEL_MAP)
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
+    if split == "train":
+        usable, report = check_first_records(files, label_map)
+        if not usable:
+            problems = "; ".join(f"{n} {reason}" for reason, n in sorted(
+                {**report.skipped, **report.repaired}.items())) or "no objects"
+            example = next((file for _, _, file, _ in report.items), files[0])
+            raise ConfigError(
+                f"None of the first records of {flag} has a box to train on ({problems}; e.g. "
+                f"{example}). Check the records' class ids against the label map "
+                f"(--config.data.label_map={d.label_map}) and their format (docs/data.md, "
+                "TFRecords).")
+        return TFRecordFiles(files, flag), label_map, None
+    try:
+        records, report = read_tfrecord_records(files, label_map, with_masks=with_masks,
+                                                source=flag)
+    except ValueError as error:
+        raise ConfigError(f"{flag}: {error}") from error
+    if not records:
+        examples = "; ".join(f"{file}: {reason}" for _, reason, file, _ in report.items[:2])
+        raise ConfigError(f"None of the records of {flag} could be used"
+                          + (f", e.g. {examples}." if examples else " (no record found)."))
+    return records, label_map, report
 
 
 def _read_split(config: ml_collections.ConfigDict, split: str, label_map: LabelMap | None,
@@ -239,6 +312,9 @@ def build_input_pipeline(
             f"tf_rcnn/data/proposals.py) and pass --config.{key}=FILE."
         )
     split = "train" if training else "val"
+    if d.dataset == "tfrecord":
+        return _tfrecord_pipeline(config, records, label_map, training, batch_size, with_masks,
+                                  needs_proposals, mean, std)
     if training and not any(r.num_instances > int(r.difficult.sum()) for r in records):
         # The pipeline leaves images without (non-difficult) boxes out of training.
         raise ConfigError(
@@ -275,3 +351,41 @@ def build_input_pipeline(
         seed=d.seed,
         deterministic=d.deterministic,
     )
+
+
+def _tfrecord_pipeline(config: ml_collections.ConfigDict,
+                       records: list[DetectionRecord] | TFRecordFiles, label_map: LabelMap,
+                       training: bool, batch_size: int, with_masks: bool, needs_proposals: bool,
+                       mean: tuple, std: tuple) -> TFRecordPipeline:
+    """The streaming pipeline over a split's shards. Evaluation reads the first
+    ``len(records)`` usable records, which are ``records`` when they are (a prefix of) what
+    :func:`load_split` returned for the split."""
+    d = config.data
+    split = "train" if training else "val"
+    flag = split_flag(config, split)
+    if needs_proposals:
+        raise ConfigError("This model reads precomputed proposals, which TFRecord data does not "
+                          "carry; train it on COCO, VOC or CSV data (--config.data.dataset).")
+    files = records.files if isinstance(records, TFRecordFiles) else list_shards(
+        getattr(d, f"{split}_files"))
+    if with_masks and detect_mask_format(files) is None:
+        raise ConfigError(
+            f"This model predicts instance masks, but the records of {flag} have none (no "
+            f"image/object/mask in the first records of {files[0]}). Write the records with "
+            "masks (python -m tf_rcnn.tools.create_tfrecords keeps them), or use a recipe "
+            "without masks.")
+    try:
+        return TFRecordPipeline(
+            files, label_map, source_flag=flag,
+            num_images=None if isinstance(records, TFRecordFiles) else len(records),
+            training=training, batch_size=batch_size, scales=tuple(d.scales),
+            max_size=d.max_size, resize_rule=d.resize_rule,
+            scale_jitter=d.scale_jitter if training else None,
+            random_flip=bool(d.random_flip) and training, size_divisor=d.size_divisor,
+            max_instances=d.max_instances, pixel_mean=mean, pixel_std=std,
+            with_masks=with_masks, mask_crop_size=d.mask_crop_size, seed=d.seed,
+            deterministic=d.deterministic, shuffle_buffer=d.shuffle_buffer)
+    except ValueError as error:
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(f"{flag}: {error}") from error

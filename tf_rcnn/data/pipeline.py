@@ -350,11 +350,9 @@ def _contains(haystack: tf.Tensor, needle: bytes) -> tf.Tensor:
     return tf.reduce_any(if_found)
 
 
-def check_image_bytes(data: tf.Tensor, path: tf.Tensor) -> tf.Operation:
-    """In-graph guard run before decoding: fails with a message NAMING THE FILE when the bytes
-    are not a JPEG/PNG/GIF/BMP or a JPEG/PNG lacks its end marker in the last KB (truncated).
-    Such failures are then skipped and logged by ``ignore_errors`` rather than surfacing as an
-    anonymous decode error."""
+def image_bytes_ok(data: tf.Tensor) -> tf.Tensor:
+    """Bool scalar: the bytes start like a JPEG/PNG/GIF/BMP and a JPEG/PNG has its end marker
+    in the last KB (not truncated). Cheap; decoding is what finds damage inside the data."""
     head = tf.strings.substr(data, 0, 8)
     is_jpeg = tf.strings.substr(head, 0, 2) == b"\xff\xd8"
     is_png = head == b"\x89PNG\r\n\x1a\n"
@@ -364,8 +362,16 @@ def check_image_bytes(data: tf.Tensor, path: tf.Tensor) -> tf.Operation:
     tail = tf.io.decode_raw(tf.strings.substr(data, tf.maximum(size - 1024, 0), 1024), tf.uint8)
     jpeg_ok = tf.logical_and(is_jpeg, _contains(tail, b"\xff\xd9"))
     png_ok = tf.logical_and(is_png, _contains(tail, b"IEND"))
-    ok = tf.reduce_any(tf.stack([jpeg_ok, png_ok, is_other]))
-    return tf.debugging.Assert(ok, ["Unreadable or truncated image file (skipped):", path])
+    return tf.reduce_any(tf.stack([jpeg_ok, png_ok, is_other]))
+
+
+def check_image_bytes(data: tf.Tensor, path: tf.Tensor) -> tf.Operation:
+    """In-graph guard run before decoding: fails with a message NAMING THE FILE when the bytes
+    are not a JPEG/PNG/GIF/BMP or a JPEG/PNG lacks its end marker in the last KB (truncated).
+    Such failures are then skipped and logged by ``ignore_errors`` rather than surfacing as an
+    anonymous decode error."""
+    return tf.debugging.Assert(image_bytes_ok(data),
+                               ["Unreadable or truncated image file (skipped):", path])
 
 
 def to_original_pixels(
@@ -518,7 +524,7 @@ class InputPipeline:
         self.skip_empty = self.training if skip_empty is None else bool(skip_empty)
         self.fixed_image_size = tuple(fixed_image_size) if fixed_image_size else None
         self.label_map = label_map
-        self._validate_args(records)
+        self._validate_args()
         if seed is None:
             if deterministic:
                 raise ValueError("deterministic=True needs a seed; pass seed=<int>.")
@@ -527,17 +533,22 @@ class InputPipeline:
         self.shuffle_buffer = shuffle_buffer
         self.flip_probability = float(flip_probability)
 
-        if isinstance(proposals, str):
-
-            proposals = read_proposals(proposals)
-        self.with_proposals = proposals is not None
         self.stats: dict[str, int] = {}
-        self.records = self._prepare(list(records), proposals)
-        self._tensors = self._to_tensors()
+        self._init_source(records, proposals)
 
     # ------------------------------------------------------------------ set-up (NumPy)
 
-    def _validate_args(self, records: Sequence[DetectionRecord]) -> None:
+    def _init_source(self, records: Sequence[DetectionRecord],
+                     proposals: Mapping[int, Any] | str | None) -> None:
+        """Checks the records and holds them as tensors (TFRecordPipeline reads files)."""
+        self._validate_records(records)
+        if isinstance(proposals, str):
+            proposals = read_proposals(proposals)
+        self.with_proposals = proposals is not None
+        self.records = self._prepare(list(records), proposals)
+        self._tensors = self._to_tensors()
+
+    def _validate_args(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
         if not self.scales or min(self.scales) < 1:
@@ -558,6 +569,8 @@ class InputPipeline:
         ):
             raise ValueError(f"fixed_image_size {self.fixed_image_size} must be multiples of "
                              f"size_divisor={self.size_divisor}.")
+
+    def _validate_records(self, records: Sequence[DetectionRecord]) -> None:
         if not records:
             raise ValueError(
                 "InputPipeline got no records: the reader kept no image. Its report (the third "
@@ -712,8 +725,6 @@ class InputPipeline:
 
     def _load(self, counter: tf.Tensor, index: tf.Tensor, pipeline_id: int) -> tuple[Any, Any]:
         t = self._tensors
-        seed = tf.stack([tf.constant(self.seed, tf.int64),
-                         counter * 1000 + pipeline_id])  # [2] stateless seed per element
 
         def rows(key: str) -> tf.Tensor:
             values, splits = t[key]
@@ -724,6 +735,44 @@ class InputPipeline:
         data = tf.io.read_file(path)
         with tf.control_dependencies([check_image_bytes(data, path)]):
             image = decode_image(data)
+        shape = tf.shape(image)
+        # The decoded size must agree with the record (checked at load time; this guards
+        # against a file replaced after loading).
+        check = tf.debugging.Assert(
+            tf.reduce_all(tf.equal(shape[:2], hw)),
+            ["Decoded image size differs from its record (reload the dataset):", path,
+             shape[:2], hw])
+        with tf.control_dependencies([check]):
+            image = tf.identity(image)
+        fields = {"boxes": rows("boxes"), "classes": rows("classes"), "crowd": rows("crowd"),
+                  "image_id": t["image_id"][index]}
+        if self.with_masks:
+            fields["masks"] = rows("masks")
+        if self.with_proposals:
+            fields["proposals"] = rows("proposals")
+            fields["proposal_scores"] = rows("proposal_scores")
+        return self._augment(image, fields, self._element_seed(counter, pipeline_id))
+
+    def _element_seed(self, counter: tf.Tensor, pipeline_id: int) -> tf.Tensor:
+        """``[2]`` stateless seed of element ``counter`` of input pipeline ``pipeline_id``."""
+        return tf.stack([tf.constant(self.seed, tf.int64),
+                         tf.cast(counter, tf.int64) * 1000 + pipeline_id])
+
+    def _augment(self, image: tf.Tensor, fields: Mapping[str, tf.Tensor],
+                 seed: tf.Tensor) -> tuple[Any, Any]:
+        """One decoded image and its annotations -> the network input and its targets.
+
+        The one graph function of both pipelines (records in memory and TFRecords): scale
+        choice, jitter, flip, resize, normalise, pad, and the boxes, masks and proposals moved
+        with the image.
+
+        Args:
+            image: ``[H, W, 3]`` uint8, the original image.
+            fields: ``boxes [M, 4]`` and ``crowd [Mc, 4]`` float32 original pixels,
+                ``classes [M]`` int32, ``image_id`` int64; with masks ``masks [M, S, S]`` uint8
+                box crops; with proposals ``proposals [P, 4]`` and ``proposal_scores [P]``.
+            seed: ``[2]`` stateless seed of this element.
+        """
         shape = tf.shape(image)
         orig_h, orig_w = shape[0], shape[1]
         if self.training and len(self.scales) > 1:
@@ -745,29 +794,21 @@ class InputPipeline:
         image = resize_normalize_pad(image, scale, out_shape, self.pixel_mean, self.pixel_std,
                                      self.size_divisor, self.resize_rule)
         targets = {
-            "boxes": transform_boxes(rows("boxes"), scale, orig_w, flip),
-            "classes": rows("classes"),
-            "crowd_boxes": transform_boxes(rows("crowd"), scale, orig_w, flip),
+            "boxes": transform_boxes(fields["boxes"], scale, orig_w, flip),
+            "classes": fields["classes"],
+            "crowd_boxes": transform_boxes(fields["crowd"], scale, orig_w, flip),
             "image_shape": out_shape,
-            "image_id": t["image_id"][index],
+            "image_id": fields["image_id"],
             "scale": scale,
             "original_shape": tf.stack([orig_h, orig_w]),
             "flipped": flip,
         }
-        # The decoded size must agree with the record (checked at load time; this guards
-        # against a file replaced after loading).
-        check = tf.debugging.Assert(
-            tf.reduce_all(tf.equal(tf.stack([orig_h, orig_w]), hw)),
-            ["Decoded image size differs from its record (reload the dataset):", path,
-             tf.stack([orig_h, orig_w]), hw])
-        with tf.control_dependencies([check]):
-            image = tf.identity(image)
         if self.with_masks:
-            masks = tf.cast(rows("masks"), tf.float32)
+            masks = tf.cast(fields["masks"], tf.float32)
             targets["masks"] = tf.cond(flip, lambda: tf.reverse(masks, axis=[2]), lambda: masks)
         if self.with_proposals:
-            targets["proposals"] = transform_boxes(rows("proposals"), scale, orig_w, flip)
-            targets["proposal_scores"] = rows("proposal_scores")
+            targets["proposals"] = transform_boxes(fields["proposals"], scale, orig_w, flip)
+            targets["proposal_scores"] = fields["proposal_scores"]
         return image, targets
 
     def _padded_shapes(self) -> tuple[Any, Any]:
@@ -826,6 +867,12 @@ class InputPipeline:
         ds = ds.enumerate()
         ds = ds.map(lambda c, i: self._load(c, i, pipeline_id),
                     num_parallel_calls=self.num_parallel, deterministic=self.deterministic)
+        return self._batch(ds, batch)
+
+    def _batch(self, ds: tf.data.Dataset, batch: int) -> tf.data.Dataset:
+        """``(image, targets)`` elements -> padded (aspect-grouped) batches, prefetched; shared
+        by both pipelines. Elements whose graph failed (a file corrupt at run time) are skipped
+        and logged by ``ignore_errors``."""
         ds = ds.ignore_errors(log_warning=True)
         padded_shapes, padding_values = self._padded_shapes()
         drop = self.training
@@ -850,3 +897,8 @@ class InputPipeline:
             tf.data.experimental.AutoShardPolicy.OFF)
         ds = ds.with_options(options)
         return ds.prefetch(AUTOTUNE)
+
+    def read_problems(self) -> dict[str, int]:
+        """Problems met while reading at run time, by reason (none for records in memory:
+        their files were checked at load time; TFRecordPipeline counts its own)."""
+        return {}

@@ -72,6 +72,9 @@ class DetectionRecord:
         crowd_areas: optional ``[Mc]`` float32, like ``areas``.
         crowd_segmentations: optional mask sources of the crowd regions (COCO RLE or
             polygons; ``None`` entries: the region's box), for mask evaluation.
+        tfrecord_index: set for a record read from TFRecords: ``image_path`` is then the
+            shard and the image is its record number ``tfrecord_index`` (0-based);
+            ``tf_rcnn.data.tfrecords.load_image`` reads it.
     """
 
     image_path: str
@@ -91,6 +94,7 @@ class DetectionRecord:
     crowd_classes: np.ndarray | None = None
     crowd_areas: np.ndarray | None = None
     crowd_segmentations: list[Any] | None = None
+    tfrecord_index: int | None = None
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)

@@ -19,14 +19,13 @@ import json
 import os
 
 import ml_collections
-import numpy as np
 from absl import logging
-from PIL import Image
 
 from tf_rcnn import visualize as vis
 from tf_rcnn.config import ConfigError
 from tf_rcnn.data.builder import build_input_pipeline, load_split, split_flag
 from tf_rcnn.data.records import records_to_coco
+from tf_rcnn.data.tfrecords import load_image
 from tf_rcnn.evaluation.coco_evaluator import COCOEvaluator
 from tf_rcnn.evaluation.mask_pasting import MaskPastingEvaluator
 from tf_rcnn.evaluation.proposal_recall import ProposalRecallEvaluator
@@ -133,7 +132,7 @@ def evaluate_checkpoint(
             det = per_image.get(int(record.image_id))
             if det is None:
                 continue
-            image = np.asarray(Image.open(record.image_path).convert("RGB"))
+            image = load_image(record)
             masks = None if masker is None else masker.kept_masks.get(int(record.image_id))
             image, boxes, masks = vis.upscale_for_drawing(image, det["boxes"], masks)
             drawn.append(vis.draw_detections(

@@ -24,12 +24,12 @@ from collections.abc import Callable
 import keras
 import ml_collections
 import numpy as np
-from PIL import Image
 
 from tf_rcnn import visualize as vis
 from tf_rcnn.config import ConfigError
 from tf_rcnn.data.builder import build_input_pipeline, load_split
 from tf_rcnn.data.records import records_to_coco
+from tf_rcnn.data.tfrecords import load_image
 from tf_rcnn.evaluation.coco_evaluator import COCOEvaluator
 from tf_rcnn.evaluation.runner import run_evaluation
 from tf_rcnn.label_map import LabelMap
@@ -93,8 +93,7 @@ def make_image_fn(
                                     batch_size=len(records),
                                     needs_proposals=model.needs_proposals)
     names = {i: label_map.name(i) for i in range(1, label_map.num_classes + 1)}
-    originals = {int(r.image_id): np.asarray(Image.open(r.image_path).convert("RGB"))
-                 for r in records}
+    originals = {int(r.image_id): load_image(r) for r in records}
 
     def image_fn(step: int) -> np.ndarray:
         del step

@@ -33,6 +33,7 @@ from absl import logging
 from tf_rcnn.config import CONFIG_FILE, ConfigError, run_directory
 from tf_rcnn.data.builder import build_input_pipeline, load_split, split_flag
 from tf_rcnn.data.records import DetectionRecord, relabel_records
+from tf_rcnn.data.tfrecords import TFRecordFiles
 from tf_rcnn.label_map import LABEL_MAP_FILE, LabelMap, match_label_map
 from tf_rcnn.models import builder
 from tf_rcnn.models.checkpoint import load_weights, weight_key
@@ -103,7 +104,8 @@ def _run_label_map(path: str) -> LabelMap | None:
 
 
 def read_training_data(config: ml_collections.ConfigDict, model_dir: str, resuming: bool,
-                       with_masks: bool = False) -> tuple[list[DetectionRecord], LabelMap]:
+                       with_masks: bool = False
+                       ) -> tuple[list[DetectionRecord] | TFRecordFiles, LabelMap]:
     """The training records and the classes the model is trained on.
 
     - Resuming a run with a ``label_map.json``: the data is read through the run's classes
@@ -125,8 +127,12 @@ def read_training_data(config: ml_collections.ConfigDict, model_dir: str, resumi
                                   source=split_flag(config, "train"))
         if ordered != label_map:
             logging.info("Classes in the order of %s: %s.", init, ", ".join(ordered.names))
-            records = relabel_records(records, label_map, ordered)
-            label_map = ordered
+            if isinstance(records, TFRecordFiles):  # a stream: read it through that order
+                records, label_map, _ = load_split(config, "train", label_map=ordered,
+                                                   with_masks=with_masks)
+            else:
+                records = relabel_records(records, label_map, ordered)
+                label_map = ordered
     return records, label_map
 
 
@@ -259,6 +265,10 @@ def run_training(
                      t.init_checkpoint, len(skipped))
     metrics = trainer.train(pipeline.dataset, total_steps=t.total_steps,
                             global_batch=global_batch, after_restore=write_run_files)
+    problems = pipeline.read_problems()  # counted in the input graph (TFRecord data)
+    if problems:
+        logging.warning("Training data problems met while reading (each read of a record "
+                        "counts): %s", ", ".join(f"{n} {r}" for r, n in problems.items()))
     metrics = {k: float(v) for k, v in metrics.items()}
     # Fingerprints of the final weights, logged by train.py on every worker: replicas that
     # stayed in sync give the same sum of |w| and the same SHA-256 of the weight bytes.

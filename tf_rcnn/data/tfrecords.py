@@ -1,0 +1,952 @@
+"""TFRecords in the TensorFlow Object Detection API's ``tf.train.Example`` layout.
+
+Format (one ``tf.train.Example`` per image; every key but ``image/encoded`` optional):
+
+    image/encoded                  bytes  the image file as it was (JPEG, PNG, GIF, BMP)
+    image/format                   bytes  "jpeg" / "png" (informational; the bytes decide)
+    image/height, image/width      int64  checked against the decoded image when given
+    image/filename                 bytes  written into eval.py's detections.json
+    image/source_id                bytes  the image id: an integer string is used as it is,
+                                          any other string (or the file name, or "<shard
+                                          base name>#<record>" without either) is hashed
+                                          into [2**62, 2**63)
+    image/object/bbox/{xmin,ymin,xmax,ymax}   float  normalised to [0, 1] by the image size
+    image/object/class/label       int64  dataset category ids (the label map's ``id``)
+    image/object/class/text        bytes  class names (length-checked only)
+    image/object/is_crowd          int64  1: a crowd region (an ignore region, any label)
+    image/object/difficult         int64  1: VOC difficult (left out of training)
+    image/object/area              float  (length-checked only)
+    image/object/mask              bytes  one PNG per object, the size of the image,
+                                          non-zero = object; or float  a flat list of
+                                          objects x height x width values, > 0 = object
+
+Class ids: ``label_map.pbtxt`` (``item { id: 3 name: 'cat' }``) names the dataset ids; the
+:class:`~tf_rcnn.label_map.LabelMap` maps them to ``1..K`` (ascending ids) as for every reader.
+
+Reading happens in the tf.data graph (no Python per record): shards are interleaved, each
+record is parsed, its image decoded and checked, its objects validated, and a problem vector
+counted into a :class:`ProblemCounter` (a variable read at the end of a run). Problems (see
+``PROBLEMS``): a record that cannot be used is skipped, a bad object is skipped, a box partly
+outside ``[0, 1]`` is clipped; the first few of each kind are printed with the shard and record
+number, the run goes on. A truncated shard ends where the damage starts (the rest of that shard
+is skipped, with a message naming it; the other shards are read): each shard's size is taken
+once when the pipeline is built and compared with the bytes its records used. Evaluation reads
+the validation records once in Python (:func:`read_tfrecord_records`, through the same graph
+function) to build its ground truth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from tf_rcnn.config import ConfigError
+from tf_rcnn.data.pipeline import AUTOTUNE, InputPipeline, decode_image, image_bytes_ok
+from tf_rcnn.data.records import DetectionRecord, LoadReport
+from tf_rcnn.label_map import LabelMap
+
+LABEL_MAP_PBTXT = "label_map.pbtxt"
+
+ENCODED = "image/encoded"
+FORMAT = "image/format"
+HEIGHT = "image/height"
+WIDTH = "image/width"
+FILENAME = "image/filename"
+SOURCE_ID = "image/source_id"
+XMIN = "image/object/bbox/xmin"
+YMIN = "image/object/bbox/ymin"
+XMAX = "image/object/bbox/xmax"
+YMAX = "image/object/bbox/ymax"
+LABEL = "image/object/class/label"
+TEXT = "image/object/class/text"
+IS_CROWD = "image/object/is_crowd"
+DIFFICULT = "image/object/difficult"
+AREA = "image/object/area"
+MASK = "image/object/mask"
+
+# What the reader counts, (reason, action), in the order of the problem vector. The first
+# NUM_NAMED are found per record by ExampleDecoder and printed (the first PRINT_LIMIT of each)
+# with the shard and record number; the rest are the training filters, counted only.
+PROBLEMS: tuple[tuple[str, str], ...] = (
+    ("undecodable image bytes", "record skipped"),
+    ("mismatched lengths of the per-object lists", "record skipped"),
+    ("image size differs from image/height and image/width", "record skipped"),
+    ("instance masks that are not PNGs or floats of the image size", "record skipped"),
+    ("truncated shard", "the rest of the shard skipped"),
+    ("non-finite box", "object skipped"),
+    ("degenerate box (xmax<=xmin or ymax<=ymin)", "object skipped"),
+    ("box outside [0, 1]", "object skipped"),
+    ("box partly outside [0, 1]", "clipped"),
+    ("class label not in the label map", "object skipped"),
+    ("object without an instance mask", "filled box used as mask"),
+    ("difficult boxes left out of training", ""),
+    ("images without boxes left out of training", ""),
+    ("instances beyond max_instances dropped", ""),
+    ("crowd regions beyond max_crowd dropped", ""),
+)
+NUM_NAMED = 11
+(UNDECODABLE, MISMATCHED, SIZE_DIFFERS, BAD_MASKS, TRUNCATED, NON_FINITE, DEGENERATE, OUTSIDE,
+ CLIPPED, UNKNOWN_LABEL, NO_MASK, DIFFICULT_LEFT_OUT, EMPTY_LEFT_OUT, BEYOND_MAX,
+ CROWD_BEYOND_MAX) = range(len(PROBLEMS))
+RECORD_PROBLEMS = (UNDECODABLE, MISMATCHED, SIZE_DIFFERS, BAD_MASKS, TRUNCATED)
+REPAIRS = (CLIPPED, NO_MASK)
+PRINT_LIMIT = 10
+# Shards read at once (interleave cycle); evaluation and its ground-truth pass use the same
+# value, so both see the records in the same order.
+CYCLE_LENGTH = 4
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_HASHED_IDS = 2**62
+
+
+# ------------------------------------------------------------------------ label_map.pbtxt
+
+def parse_label_map_pbtxt(text: str, source: str = LABEL_MAP_PBTXT) -> LabelMap:
+    """The ``item { id: N name: '...' }`` entries of a label-map text proto as a LabelMap
+    (ids ascending -> ``1..K``). ``display_name`` is the name when ``name`` is absent; other
+    fields are ignored; ``#`` comments are allowed.
+
+    Raises:
+        ValueError: no item, an item without an integer ``id`` or a name, an id below 1 (0 is
+            the background), or a repeated id or name (the message names ``source``).
+    """
+    text = re.sub(r"#[^\n]*", "", text)
+    items = re.findall(r"\bitem\s*:?\s*\{([^{}]*)\}", text)
+    if not items:
+        raise ValueError(f"{source}: no 'item {{ id: N name: \"...\" }}' entry found.")
+    entries = []
+    for body in items:
+        fields = dict(re.findall(r"(\w+)\s*:\s*(\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'|[^\s]+)",
+                                 body))
+        try:
+            item_id = int(fields["id"])
+        except (KeyError, ValueError):
+            raise ValueError(f"{source}: item {{{body.strip()}}} has no integer id.") from None
+        name = fields.get("name", fields.get("display_name"))
+        if name is None:
+            raise ValueError(f"{source}: item with id {item_id} has no name.")
+        if name[:1] in "'\"":
+            name = re.sub(r"\\(.)", r"\1", name[1:-1])
+        if item_id < 1:
+            raise ValueError(f"{source}: id {item_id} ({name}) is not a class id; ids start at 1 "
+                             "(0 is the background).")
+        entries.append((item_id, name))
+    entries.sort()
+    try:
+        return LabelMap([i for i, _ in entries], [n for _, n in entries])
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
+
+
+def label_map_to_pbtxt(label_map: LabelMap) -> str:
+    """The label-map text proto of ``label_map`` (dataset ids and names)."""
+    lines = []
+    for dataset_id, name in zip(label_map.dataset_ids, label_map.names, strict=True):
+        quoted = name.replace("\\", "\\\\").replace("'", "\\'")
+        lines.append(f"item {{\n  id: {dataset_id}\n  name: '{quoted}'\n}}\n")
+    return "".join(lines)
+
+
+def read_label_map_pbtxt(path: str) -> LabelMap:
+    """:func:`parse_label_map_pbtxt` of a file (any ``tf.io.gfile`` path)."""
+    if not tf.io.gfile.exists(path):
+        raise ValueError(f"label map {path} does not exist.")
+    with tf.io.gfile.GFile(path, "r") as f:
+        return parse_label_map_pbtxt(f.read(), source=path)
+
+
+# ---------------------------------------------------------------------------------- shards
+
+def list_shards(patterns: str | Sequence[str]) -> list[str]:
+    """The files matching ``patterns`` (comma-separated globs, any ``tf.io.gfile`` filesystem),
+    sorted.
+
+    Raises:
+        ValueError: a pattern matches nothing (named).
+    """
+    if isinstance(patterns, str):
+        patterns = [p.strip() for p in patterns.split(",") if p.strip()]
+    files: set[str] = set()
+    for pattern in patterns:
+        found = tf.io.gfile.glob(pattern)
+        if not found:
+            raise ValueError(f"no file matches {pattern}.")
+        files.update(found)
+    return sorted(files)
+
+
+def _first_records(files: Sequence[str], count: int) -> list[tf.train.Example]:
+    examples = []
+    for path in files:
+        try:
+            for serialized in tf.data.TFRecordDataset(path).take(count - len(examples)):
+                examples.append(tf.train.Example.FromString(serialized.numpy()))
+        except (tf.errors.OpError, ValueError):
+            continue
+        if len(examples) >= count:
+            break
+    return examples
+
+
+def detect_mask_format(files: Sequence[str], peek: int = 20) -> str | None:
+    """``"png"`` or ``"float"``: how the first records holding ``image/object/mask`` store it
+    (the feature's type cannot change per record in the graph); None when none of the first
+    ``peek`` records has masks."""
+    for example in _first_records(files, peek):
+        feature = example.features.feature.get(MASK)
+        if feature is None:
+            continue
+        if len(feature.bytes_list.value):
+            return "png"
+        if len(feature.float_list.value):
+            return "float"
+    return None
+
+
+def scan_label_map(files: Sequence[str]) -> LabelMap:
+    """A label map from the class labels (and texts, as names) of every record: a full pass
+    over the data, for records that come without a ``label_map.pbtxt``."""
+    spec = {LABEL: tf.io.VarLenFeature(tf.int64), TEXT: tf.io.VarLenFeature(tf.string),
+            IS_CROWD: tf.io.VarLenFeature(tf.int64)}
+    names: dict[int, str] = {}
+    ds = tf.data.TFRecordDataset(list(files)).ignore_errors().batch(256)
+    for batch in ds.map(lambda s: tf.io.parse_example(s, spec)):
+        rows = zip(*(tf.RaggedTensor.from_sparse(batch[k]).to_list()
+                     for k in (LABEL, TEXT, IS_CROWD)), strict=True)
+        for labels, texts, crowd in rows:
+            texts = texts if len(texts) == len(labels) else [b""] * len(labels)
+            crowd = crowd if len(crowd) == len(labels) else [0] * len(labels)
+            for label, text, is_crowd in zip(labels, texts, crowd, strict=True):
+                if label > 0 and not is_crowd and int(label) not in names:
+                    names[int(label)] = text.decode("utf-8", "replace") or str(int(label))
+    if not names:
+        raise ValueError("no class label in any record.")
+    ids = sorted(names)
+    seen: dict[str, int] = {}
+    unique = []
+    for i in ids:  # names must be unique: repeat ones get their id
+        name = names[i] if names[i] not in seen else f"{names[i]} ({i})"
+        seen[name] = i
+        unique.append(name)
+    return LabelMap(ids, unique)
+
+
+# Where resolve_label_map says a label map came from when it read the records' class ids.
+SCANNED_LABEL_MAP = "the records' class ids"
+
+
+def resolve_label_map(label_map_path: str, files: Sequence[str]) -> tuple[LabelMap, str]:
+    """The label map of TFRecord data: ``label_map_path`` when given, else a
+    ``label_map.pbtxt`` beside the first shard (create_tfrecords writes one there), else the
+    class ids found in the records. Returns ``(label_map, where it came from)``."""
+    if label_map_path:
+        return read_label_map_pbtxt(label_map_path), label_map_path
+    beside = os.path.join(os.path.dirname(files[0]), LABEL_MAP_PBTXT)
+    if tf.io.gfile.exists(beside):
+        return read_label_map_pbtxt(beside), beside
+    logging.warning("No label map given (--config.data.label_map) or found beside the shards "
+                    "(%s): reading every record once for its class ids.", beside)
+    return scan_label_map(files), SCANNED_LABEL_MAP
+
+
+# ------------------------------------------------------------------------------- problems
+
+class ProblemCounter:
+    """Per-reason counts of :data:`PROBLEMS`, kept in a variable that the tf.data graph adds
+    to; the first :data:`PRINT_LIMIT` records of each named reason are printed (stderr) with
+    their shard and record number. :meth:`counts` reads the totals (each read of a record
+    counts again: a training run that repeats the data counts per epoch)."""
+
+    def __init__(self) -> None:
+        with tf.init_scope():
+            self.variable = tf.Variable(tf.zeros([len(PROBLEMS)], tf.int64), trainable=False,
+                                        name="tfrecord_problems")
+
+    def add(self, problems: tf.Tensor, shard: tf.Tensor, index: tf.Tensor) -> tf.Operation:
+        """Graph op: count ``problems [len(PROBLEMS)]`` and print the first ones."""
+        new = self.variable.assign_add(problems)
+        before = new - problems
+        named = tf.range(len(PROBLEMS)) < NUM_NAMED
+        show = (problems > 0) & (before < PRINT_LIMIT) & named
+
+        def message() -> tf.Operation:
+            reasons = tf.strings.reduce_join(tf.boolean_mask(tf.strings.join(
+                [tf.strings.as_string(problems), " ",
+                 tf.constant([f"{r} ({a})" for r, a in PROBLEMS])]), show), separator="; ")
+            text = tf.strings.join([shard, " record ", tf.strings.as_string(index), ": ",
+                                    reasons])
+            return tf.print("TFRecord problem:", text, output_stream=sys.stderr)
+
+        return tf.cond(tf.reduce_any(show), message, tf.no_op)
+
+    def counts(self) -> dict[str, int]:
+        """``{"<reason> (<action>)": count}`` of every reason met so far."""
+        values = self.variable.numpy()
+        return {(f"{r} ({a})" if a else r): int(v)
+                for (r, a), v in zip(PROBLEMS, values, strict=True) if v}
+
+
+# ------------------------------------------------------------------------ graph reading
+
+def read_shards(files: Sequence[str], sizes: Sequence[int], *, shuffle: bool = False,
+                repeat: bool = False, seed: int = 0, deterministic: bool = True
+                ) -> tf.data.Dataset:
+    """``(shard, index, serialized, is_end, truncated)`` for every record of ``files``,
+    interleaved :data:`CYCLE_LENGTH` shards at a time, plus one end element per shard
+    (``is_end``; ``index`` = records read) that says whether the shard ended before its size
+    (``truncated``: the records used fewer than ``sizes`` bytes)."""
+    paths = tf.constant(list(files))
+    files_ds = tf.data.Dataset.from_tensor_slices((paths, tf.constant(list(sizes), tf.int64)))
+    if shuffle:
+        files_ds = files_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        files_ds = files_ds.repeat()
+
+    def one_shard(path: tf.Tensor, size: tf.Tensor) -> tf.data.Dataset:
+        # A damaged record raises DataLossError, after which the shard's reader stops:
+        # ignore_errors ends the shard there and the end element reports it.
+        records = tf.data.TFRecordDataset(path).ignore_errors().map(lambda s: (s, False))
+        end = tf.data.Dataset.from_tensors((tf.constant(b""), True))
+
+        def step(state, element):
+            consumed, count = state
+            serialized, is_end = element
+            length = tf.cast(tf.strings.length(serialized), tf.int64) + 16  # framing
+            step_bytes = tf.where(is_end, tf.constant(0, tf.int64), length)
+            truncated = tf.logical_and(is_end, consumed < size)
+            new_state = (consumed + step_bytes, count + tf.cast(tf.logical_not(is_end), tf.int64))
+            return new_state, (path, count, serialized, is_end, truncated)
+
+        zero = tf.constant(0, tf.int64)
+        return records.concatenate(end).scan((zero, zero), step)
+
+    return files_ds.interleave(one_shard, cycle_length=max(1, min(len(files), CYCLE_LENGTH)),
+                               num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+
+
+def _with_length(values: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
+    """``values[:length]``, zero-filled when ``values`` is shorter (an absent optional list)."""
+    return tf.concat([values, tf.zeros([length], values.dtype)], 0)[:length]
+
+
+def _png_sizes(masks: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """``(is_png [N], height [N], width [N])`` from the PNG headers (IHDR) of ``masks [N]``."""
+    padded = tf.strings.join([masks, tf.constant(b"\0" * 24)])
+    is_png = tf.strings.substr(padded, 0, 8) == _PNG_MAGIC
+
+    def big_endian(offset: int) -> tf.Tensor:
+        raw = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, offset, 4), tf.uint8), tf.int64)
+        raw = tf.reshape(raw, [-1, 4])
+        return raw[:, 0] * 2**24 + raw[:, 1] * 2**16 + raw[:, 2] * 2**8 + raw[:, 3]
+
+    return is_png, big_endian(20), big_endian(16)
+
+
+def filled_box_masks(boxes: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+    """``[M, H, W]`` uint8 masks filling ``boxes [M, 4]`` (pixels, rounded like
+    :func:`tf_rcnn.data.masks.decode_segmentation` does for a missing mask)."""
+    r = tf.cast(tf.round(boxes), tf.int32)
+    ys = tf.range(height)[None, :, None]
+    xs = tf.range(width)[None, None, :]
+    inside = ((ys >= r[:, 0, None, None]) & (ys < r[:, 2, None, None])
+              & (xs >= r[:, 1, None, None]) & (xs < r[:, 3, None, None]))
+    return tf.cast(inside, tf.uint8)
+
+
+def crop_masks_to_boxes(masks: tf.Tensor, boxes: tf.Tensor, size: int) -> tf.Tensor:
+    """Graph version of :func:`tf_rcnn.data.masks.crop_masks_to_boxes` (the same cells: the
+    mask pixel under each cell centre of an ``S x S`` grid over the box).
+
+    Args:
+        masks: ``[M, H, W]`` uint8 full-image masks.
+        boxes: ``[M, 4]`` float32 ``[y1, x1, y2, x2]`` pixels.
+        size: S.
+
+    Returns:
+        ``[M, S, S]`` uint8 in {0, 1}.
+    """
+    b = tf.cast(boxes, tf.float64)
+    shape = tf.shape(masks)
+    frac = (tf.range(size, dtype=tf.float64) + 0.5) / size
+    ys = b[:, 0:1] + frac[None] * (b[:, 2:3] - b[:, 0:1])
+    xs = b[:, 1:2] + frac[None] * (b[:, 3:4] - b[:, 1:2])
+    yi = tf.clip_by_value(tf.cast(tf.floor(ys), tf.int32), 0, shape[1] - 1)
+    xi = tf.clip_by_value(tf.cast(tf.floor(xs), tf.int32), 0, shape[2] - 1)
+    rows = tf.gather(masks, yi, axis=1, batch_dims=1)  # [M, S, W]
+    cells = tf.gather(rows, xi, axis=2, batch_dims=1)  # [M, S, S]
+    return tf.cast(cells > 0, tf.uint8)
+
+
+class ExampleDecoder:
+    """The graph function from one serialized Example to a checked, decoded image record.
+
+    Args:
+        label_map: dataset class ids -> ``1..K``; objects with other ids are skipped (crowd
+            regions excepted: they are class-less ignore regions).
+        mask_format: ``"png"``, ``"float"`` or None (masks not read).
+    """
+
+    def __init__(self, label_map: LabelMap, mask_format: str | None = None) -> None:
+        if mask_format not in (None, "png", "float"):
+            raise ValueError(f"mask_format must be 'png', 'float' or None, got {mask_format!r}.")
+        self.label_map = label_map
+        self.mask_format = mask_format
+        self._ids = tf.constant(label_map.dataset_ids, tf.int64)
+        self.spec: dict[str, Any] = {
+            ENCODED: tf.io.FixedLenFeature([], tf.string, default_value=""),
+            HEIGHT: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+            WIDTH: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+            FILENAME: tf.io.FixedLenFeature([], tf.string, default_value=""),
+            SOURCE_ID: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        }
+        for key in (XMIN, YMIN, XMAX, YMAX, AREA):
+            self.spec[key] = tf.io.VarLenFeature(tf.float32)
+        for key in (LABEL, IS_CROWD, DIFFICULT):
+            self.spec[key] = tf.io.VarLenFeature(tf.int64)
+        self.spec[TEXT] = tf.io.VarLenFeature(tf.string)
+        if mask_format is not None:
+            self.spec[MASK] = tf.io.VarLenFeature(tf.string if mask_format == "png"
+                                                  else tf.float32)
+
+    def __call__(self, shard: tf.Tensor, index: tf.Tensor, serialized: tf.Tensor,
+                 is_end: tf.Tensor, truncated: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Returns ``image [H, W, 3]`` uint8, ``image_id`` int64, ``hw [2]`` int32,
+        ``boxes [M, 4]`` float32 pixels (checked, clipped), ``classes [M]`` int32 (1..K),
+        ``difficult [M]`` bool, ``crowd [Mc, 4]``, ``masks [M, H, W]`` uint8 (with a
+        mask format), ``filename``, ``shard``, ``index``, ``problems [len(PROBLEMS)]`` int64
+        and ``ok`` (the record can be used)."""
+        f = tf.io.parse_single_example(serialized, self.spec)
+        dense = {k: tf.sparse.to_dense(v) for k, v in f.items() if isinstance(v, tf.SparseTensor)}
+        n = tf.size(dense[XMIN])
+        required = [tf.size(dense[k]) == n for k in (YMIN, XMAX, YMAX, LABEL)]
+        optional = [(tf.size(dense[k]) == n) | (tf.size(dense[k]) == 0)
+                    for k in (IS_CROWD, DIFFICULT, AREA, TEXT)]
+        if self.mask_format == "png":
+            optional.append((tf.size(dense[MASK]) == n) | (tf.size(dense[MASK]) == 0))
+        lengths_ok = tf.reduce_all(tf.stack(required + optional))
+        m = tf.where(lengths_ok, n, 0)
+
+        data = f[ENCODED]
+        bytes_ok = tf.logical_and(image_bytes_ok(data), tf.logical_not(is_end))
+        image = tf.cond(bytes_ok, lambda: decode_image(data),
+                        lambda: tf.zeros([1, 1, 3], tf.uint8))
+        shape = tf.shape(image)
+        h, w = shape[0], shape[1]
+        hdr_h, hdr_w = f[HEIGHT], f[WIDTH]
+        size_ok = ((hdr_h <= 0) | (hdr_h == tf.cast(h, tf.int64))) & (
+            (hdr_w <= 0) | (hdr_w == tf.cast(w, tf.int64)))
+
+        normalised = tf.stack([_with_length(dense[k], m) for k in (YMIN, XMIN, YMAX, XMAX)], 1)
+        finite = tf.reduce_all(tf.math.is_finite(normalised), axis=1)
+        safe = tf.where(finite[:, None], normalised, 0.0)
+        degenerate = (safe[:, 2] <= safe[:, 0]) | (safe[:, 3] <= safe[:, 1])
+        outside = (safe[:, 2] <= 0) | (safe[:, 0] >= 1) | (safe[:, 3] <= 0) | (safe[:, 1] >= 1)
+        clipped = tf.clip_by_value(safe, 0.0, 1.0)
+        changed = tf.reduce_any(tf.abs(clipped - safe) > 1e-6, axis=1)
+        good_box = finite & ~degenerate & ~outside
+        crowd = _with_length(dense[IS_CROWD], m) > 0
+        labels = _with_length(dense[LABEL], m)
+        match = tf.equal(labels[:, None], self._ids[None, :])
+        known = tf.reduce_any(match, axis=1)
+        classes = tf.cast(tf.argmax(tf.cast(match, tf.int32), axis=1), tf.int32) + 1
+        keep = good_box & ~crowd & known
+        keep_crowd = good_box & crowd
+        size_f = tf.cast(tf.stack([h, w, h, w]), tf.float32)
+        pixels = clipped * size_f
+
+        masks_ok = tf.constant(True)
+        no_mask = tf.constant(0, tf.int64)
+        out: dict[str, tf.Tensor] = {}
+        if self.mask_format is not None:
+            masks, masks_ok, missing = self._masks(dense[MASK], m, h, w, pixels,
+                                                   lengths_ok & bytes_ok & size_ok)
+            out["masks"] = tf.boolean_mask(masks, keep)
+            no_mask = tf.where(missing, tf.reduce_sum(tf.cast(keep, tf.int64)), 0)
+
+        ok = bytes_ok & lengths_ok & size_ok & masks_ok
+        record_level = [~bytes_ok & ~is_end, ~lengths_ok, bytes_ok & ~size_ok,
+                        lengths_ok & bytes_ok & size_ok & ~masks_ok, truncated]
+
+        def count(mask: tf.Tensor) -> tf.Tensor:
+            return tf.reduce_sum(tf.cast(mask, tf.int64))
+
+        object_level = tf.stack([count(~finite), count(finite & degenerate),
+                                 count(finite & ~degenerate & outside), count(good_box & changed),
+                                 count(good_box & ~crowd & ~known), no_mask])
+        object_level *= tf.cast(ok, tf.int64)
+        problems = tf.concat([tf.cast(tf.stack(record_level), tf.int64), object_level,
+                              tf.zeros([len(PROBLEMS) - NUM_NAMED], tf.int64)], 0)
+        out.update({
+            "image": image,
+            "image_id": _image_id(f[SOURCE_ID], f[FILENAME], shard, index),
+            "hw": tf.stack([h, w]),
+            "boxes": tf.boolean_mask(pixels, keep),
+            "classes": tf.boolean_mask(classes, keep),
+            "difficult": tf.boolean_mask(_with_length(dense[DIFFICULT], m) > 0, keep),
+            "crowd": tf.boolean_mask(pixels, keep_crowd),
+            "filename": f[FILENAME],
+            "shard": shard,
+            "index": index,
+            "problems": problems,
+            "ok": ok,
+        })
+        return out
+
+    def _masks(self, values: tf.Tensor, m: tf.Tensor, h: tf.Tensor, w: tf.Tensor,
+               boxes: tf.Tensor, usable: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """``(masks [m, H, W] uint8, ok, missing)``: decoded masks, whether they fit the image,
+        and whether the record has none (then the boxes are filled)."""
+        missing = tf.size(values) == 0
+        if self.mask_format == "png":
+            is_png, mh, mw = _png_sizes(values)
+            fits = tf.reduce_all(is_png & (mh == tf.cast(h, tf.int64))
+                                 & (mw == tf.cast(w, tf.int64)))
+
+            def decode() -> tf.Tensor:
+                return tf.map_fn(lambda s: tf.io.decode_png(s, channels=1)[:, :, 0],
+                                 values[:m], fn_output_signature=tf.TensorSpec([None, None],
+                                                                               tf.uint8))
+        else:
+            fits = tf.size(values) == m * h * w
+
+            def decode() -> tf.Tensor:
+                return tf.cast(tf.reshape(values, [m, h, w]) > 0, tf.uint8)
+        ok = missing | fits
+        masks = tf.cond(
+            usable & ~missing & fits,
+            lambda: tf.cast(decode() > 0, tf.uint8),
+            lambda: filled_box_masks(boxes, h, w))
+        return masks, ok, missing & (m > 0)
+
+
+def _image_id(source_id: tf.Tensor, filename: tf.Tensor, shard: tf.Tensor,
+              index: tf.Tensor) -> tf.Tensor:
+    """int64 image id (module docstring): the source id if it is an integer, else a hash."""
+    fallback = tf.strings.join([tf.strings.regex_replace(shard, ".*/", ""), "#",
+                                tf.strings.as_string(index)])
+    key = tf.where(source_id != "", source_id, tf.where(filename != "", filename, fallback))
+    return tf.cond(tf.strings.regex_full_match(key, "[0-9]{1,18}"),
+                   lambda: tf.strings.to_number(key, tf.int64),
+                   lambda: tf.strings.to_hash_bucket_fast(key, _HASHED_IDS) + _HASHED_IDS)
+
+
+# ------------------------------------------------------------------------------ pipeline
+
+@dataclasses.dataclass
+class TFRecordFiles:
+    """A TFRecord split for training: its shards, not read in Python (the pipeline streams
+    them). ``flag`` is the setting that named them, for messages."""
+
+    files: list[str]
+    flag: str = ""
+
+
+def _shard_sizes(files: Sequence[str]) -> list[int]:
+    return [int(tf.io.gfile.stat(path).length) for path in files]
+
+
+class TFRecordPipeline(InputPipeline):
+    """:class:`~tf_rcnn.data.pipeline.InputPipeline` reading OD API TFRecords as a stream.
+
+    Everything after reading is the file pipeline's graph (``_augment`` and ``_batch``): the
+    same scale choice, flip, resize, padding and aspect grouping. Reading: the shards (each
+    input pipeline takes every n-th shard: file-level sharding per worker), shuffled in
+    training and interleaved, a ``shuffle_buffer`` of serialized records, then one parallel
+    map: each record decoded and checked by :class:`ExampleDecoder`, problems counted in
+    :attr:`counter`, the training filters (difficult boxes, images without boxes,
+    ``max_instances``/``max_crowd`` keeping the largest), masks cropped to their boxes and
+    ``_augment``; unusable records are filtered out after it.
+
+    Args:
+        files: shards (a list, or comma-separated globs).
+        label_map: dataset class ids -> ``1..K``.
+        num_images: only the first N usable records (evaluation of ``records[:N]`` of
+            :func:`read_tfrecord_records`); None: all.
+        source_flag: the setting that names the files, for messages.
+        **options: :class:`InputPipeline` options; ``shuffle_buffer`` defaults to 1024 here
+            and ``proposals`` are not supported.
+    """
+
+    def __init__(self, files: str | Sequence[str], label_map: LabelMap, *,
+                 num_images: int | None = None, source_flag: str = "",
+                 **options: Any) -> None:
+        self._files_arg = files
+        self._num_images = num_images
+        self.source_flag = source_flag
+        super().__init__([], label_map, **options)
+
+    def _init_source(self, records: Sequence[DetectionRecord],
+                     proposals: Mapping[int, Any] | str | None) -> None:
+        del records
+        if proposals is not None:
+            raise ValueError("TFRecordPipeline reads no proposals (Fast R-CNN needs records "
+                             "in memory: use COCO, VOC or CSV data).")
+        self.with_proposals = False
+        self.files = (list_shards(self._files_arg) if isinstance(self._files_arg, str)
+                      else list(self._files_arg))
+        if not self.files:
+            raise ValueError("TFRecordPipeline got no files.")
+        self.sizes = _shard_sizes(self.files)
+        self.mask_format = detect_mask_format(self.files) if self.with_masks else None
+        if self.with_masks and self.mask_format is None:
+            raise ValueError(f"with_masks=True but the first records of {self.files[0]} have "
+                             f"no {MASK}; write the records with instance masks or set "
+                             "with_masks=False.")
+        self.decoder = ExampleDecoder(self.label_map, self.mask_format)
+        self.counter = ProblemCounter()
+        if self.shuffle_buffer is None:
+            self.shuffle_buffer = 1024
+
+    @property
+    def num_images(self) -> int | None:
+        """Images per epoch when known (``num_images``), else None (a stream)."""
+        return self._num_images
+
+    def _static_image_size(self) -> tuple[int, int] | None:
+        return self.fixed_image_size
+
+    def worker_files(self, input_context: tf.distribute.InputContext | None) -> list[str]:
+        """The shards input pipeline ``input_context.input_pipeline_id`` reads: every n-th,
+        starting at its id (all of them without a context or with one pipeline).
+
+        Raises:
+            ConfigError: fewer shards than input pipelines (workers).
+        """
+        if input_context is None or input_context.num_input_pipelines <= 1:
+            return list(self.files)
+        n, i = input_context.num_input_pipelines, input_context.input_pipeline_id
+        if len(self.files) < n:
+            where = f" ({self.source_flag})" if self.source_flag else ""
+            raise ConfigError(
+                f"{len(self.files)} TFRecord shard(s){where} cannot be split over {n} workers: "
+                f"each worker reads its own shards. Write at least {n} shards (python -m "
+                f"tf_rcnn.tools.create_tfrecords ... --num_shards={n} or more).")
+        return self.files[i::n]
+
+    def dataset(self, input_context: tf.distribute.InputContext | None = None
+                ) -> tf.data.Dataset:
+        """The batched dataset (see :meth:`InputPipeline.dataset`); with an input context,
+        this pipeline reads only its own shards (:meth:`worker_files`)."""
+        batch = self.batch_size
+        pipeline_id = 0
+        if input_context is not None:
+            batch = input_context.get_per_replica_batch_size(self.batch_size)
+            pipeline_id = input_context.input_pipeline_id
+        files = self.worker_files(input_context)
+        if input_context is not None and input_context.num_input_pipelines > 1:
+            logging.info("Input pipeline %d of %d reads %d of the %d shards: %s", pipeline_id,
+                         input_context.num_input_pipelines, len(files), len(self.files),
+                         ", ".join(files))
+        sizes = [self.sizes[self.files.index(f)] for f in files]
+        # Evaluation takes the first N usable records, which must be those the ground-truth
+        # pass read: the reading order is then fixed.
+        ordered = self.deterministic or not self.training
+        ds = read_shards(files, sizes, shuffle=self.shuffle, repeat=self.repeat,
+                         seed=self.seed + pipeline_id, deterministic=ordered)
+        if self.shuffle:
+            # The buffer holds serialized records (encoded images), not decoded ones.
+            ds = ds.shuffle(self.shuffle_buffer, seed=self.seed + pipeline_id,
+                            reshuffle_each_iteration=True)
+        ds = ds.enumerate().map(lambda c, record: self._to_input(c, record, pipeline_id),
+                                num_parallel_calls=self.num_parallel, deterministic=ordered)
+        ds = ds.ignore_errors(log_warning=True)  # damage inside image bytes the decoder finds
+        ds = ds.filter(_usable).map(_without_flag)
+        if self._num_images is not None:
+            ds = ds.take(self._num_images)
+        return self._batch(ds, batch)
+
+    def _read_element(self, shard, index, serialized, is_end, truncated) -> dict[str, tf.Tensor]:
+        """Decode, check, apply the training filters, count."""
+        e = self.decoder(shard, index, serialized, is_end, truncated)
+        usable = e["ok"]
+        extra = [tf.constant(0, tf.int64)] * 4
+        keep = tf.ones_like(e["classes"], tf.bool)
+        if self.training and self.exclude_difficult:
+            keep = ~e["difficult"]
+            extra[0] = tf.reduce_sum(tf.cast(e["difficult"], tf.int64))
+        if self.skip_empty:
+            empty = tf.logical_not(tf.reduce_any(keep))
+            extra[1] = tf.cast(empty, tf.int64)
+            e["ok"] = usable & ~empty
+        keep_idx = tf.where(keep)[:, 0]
+        keep_idx, extra[2] = _largest(tf.gather(e["boxes"], keep_idx), keep_idx,
+                                      self.max_instances)
+        for key in ("boxes", "classes", "difficult", "masks"):
+            if key in e:
+                e[key] = tf.gather(e[key], keep_idx)
+        crowd_idx = tf.range(tf.shape(e["crowd"])[0], dtype=tf.int64)
+        crowd_idx, extra[3] = _largest(e["crowd"], crowd_idx, self.max_crowd)
+        e["crowd"] = tf.gather(e["crowd"], crowd_idx)
+        extra = tf.stack(extra) * tf.cast(usable, tf.int64)  # only records that were usable
+        problems = e["problems"] + tf.concat([tf.zeros([NUM_NAMED], tf.int64), extra], 0)
+        with tf.control_dependencies([self.counter.add(problems, e["shard"], e["index"])]):
+            e["ok"] = tf.identity(e["ok"])
+        return e
+
+    def _to_input(self, counter: tf.Tensor, record: tuple[tf.Tensor, ...],
+                  pipeline_id: int) -> tuple[Any, Any, tf.Tensor]:
+        """One record -> ``(image, targets, usable)``: read, checked and counted, then the
+        file pipeline's ``_augment`` (run on a placeholder for a record that is filtered out
+        next, so one parallel map does all the work)."""
+        e = self._read_element(*record)
+        fields = {"boxes": e["boxes"], "classes": e["classes"], "crowd": e["crowd"],
+                  "image_id": e["image_id"]}
+        if self.with_masks:
+            fields["masks"] = crop_masks_to_boxes(e["masks"], e["boxes"], self.mask_crop_size)
+        image, targets = self._augment(e["image"], fields,
+                                       self._element_seed(counter, pipeline_id))
+        return image, targets, e["ok"]
+
+    def read_problems(self) -> dict[str, int]:
+        """Problems counted so far, by reason (each read of a record counts)."""
+        return self.counter.counts()
+
+
+def _usable(image: tf.Tensor, targets: Mapping[str, tf.Tensor], ok: tf.Tensor) -> tf.Tensor:
+    del image, targets
+    return ok
+
+
+def _without_flag(image: tf.Tensor, targets: Mapping[str, tf.Tensor],
+                  ok: tf.Tensor) -> tuple[tf.Tensor, Mapping[str, tf.Tensor]]:
+    del ok
+    return image, targets
+
+
+def _largest(boxes: tf.Tensor, indices: tf.Tensor, limit: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """``indices`` of the ``limit`` largest ``boxes`` in their original order, and how many
+    were dropped (int64), as the file pipeline keeps them."""
+    count = tf.shape(indices)[0]
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    top = tf.math.top_k(areas, k=tf.minimum(count, limit), sorted=True).indices
+    kept = tf.gather(indices, tf.sort(top))
+    return kept, tf.cast(tf.maximum(count - limit, 0), tf.int64)
+
+
+# ---------------------------------------------------------------- one pass for evaluation
+
+def _report_problems(report: LoadReport, problems: np.ndarray, where: str) -> None:
+    for reason in np.flatnonzero(problems[:NUM_NAMED]):
+        text, action = PROBLEMS[reason]
+        label = f"{text} ({action})"
+        if reason in REPAIRS:
+            report.repair(label, where, count=int(problems[reason]))
+        else:
+            report.skip(label, where, count=int(problems[reason]))
+
+
+def read_tfrecord_records(
+    files: str | Sequence[str],
+    label_map: LabelMap,
+    *,
+    with_masks: bool = False,
+    source: str = "",
+) -> tuple[list[DetectionRecord], LoadReport]:
+    """Every usable record of ``files`` as a :class:`DetectionRecord`, in the order an
+    evaluation :class:`TFRecordPipeline` over the same files reads them: one pass in Python
+    over the graph's :class:`ExampleDecoder` (for ground truth, not the training path).
+
+    Records keep boxes, classes, crowd regions, difficult flags and, ``with_masks``, the masks
+    as COCO RLE; ``image_path`` is the shard and ``tfrecord_index`` the record number
+    (:func:`load_image` reads the image). Every problem is in the report with its shard and
+    record number.
+
+    Raises:
+        ValueError: two records with the same image id (named).
+    """
+    files = list_shards(files) if isinstance(files, str) else list(files)
+    mask_format = detect_mask_format(files) if with_masks else None
+    if with_masks and mask_format is None:
+        logging.warning("%s: the first records have no %s: reading boxes only.", files[0], MASK)
+    decoder = ExampleDecoder(label_map, mask_format)
+    report = LoadReport(f"TFRecords {source or ', '.join(files[:2])}")
+    ds = read_shards(files, _shard_sizes(files)).map(decoder).ignore_errors(log_warning=True)
+    records: list[DetectionRecord] = []
+    seen: dict[int, str] = {}
+    for e in ds:
+        shard = e["shard"].numpy().decode()
+        index = int(e["index"].numpy())
+        where = f"{shard} record {index}"
+        _report_problems(report, e["problems"].numpy(), where)
+        if not bool(e["ok"].numpy()):
+            continue
+        image_id = int(e["image_id"].numpy())
+        if image_id in seen:
+            raise ValueError(f"{where} has the image id {image_id} of {seen[image_id]} "
+                             f"(from {SOURCE_ID} or {FILENAME}); evaluation needs one id per "
+                             "image.")
+        seen[image_id] = where
+        h, w = (int(v) for v in e["hw"].numpy())
+        segmentations = None
+        if mask_format is not None:
+            segmentations = []
+            for mask in e["masks"].numpy():
+                rle = mask_utils.encode(np.asfortranarray(mask))
+                segmentations.append({"size": [h, w], "counts": rle["counts"].decode("ascii")})
+        filename = e["filename"].numpy().decode("utf-8", "replace")
+        name = filename or f"{os.path.basename(shard)}#{index}"
+        records.append(DetectionRecord(
+            image_path=shard, image_id=image_id, height=h, width=w,
+            boxes=e["boxes"].numpy(), classes=e["classes"].numpy(),
+            crowd_boxes=e["crowd"].numpy(), difficult=e["difficult"].numpy(),
+            segmentations=segmentations, source_name=name, file_name=name,
+            tfrecord_index=index))
+    report.finish(records)
+    return records, report
+
+
+def check_first_records(files: Sequence[str], label_map: LabelMap,
+                        count: int = 32) -> tuple[int, LoadReport]:
+    """Decodes the first ``count`` records (as the stream starts: :data:`CYCLE_LENGTH` shards
+    interleaved) and returns how many have a box to train on, with the report of their
+    problems: a cheap start-up check that the records, label map and format fit, since a
+    training stream with no usable record would otherwise read forever."""
+    decoder = ExampleDecoder(label_map)
+    report = LoadReport(f"the first {count} records of {files[0]}")
+    ds = read_shards(files, _shard_sizes(files)).filter(
+        lambda shard, index, serialized, is_end, truncated: tf.logical_not(is_end))
+    usable = 0
+    for e in ds.take(count).map(decoder).ignore_errors():
+        _report_problems(report, e["problems"].numpy(),
+                         f"{e['shard'].numpy().decode()} record {int(e['index'].numpy())}")
+        usable += int(bool(e["ok"].numpy()) and e["classes"].shape[0] > 0)
+    return usable, report
+
+
+def image_bytes(record: DetectionRecord) -> bytes:
+    """The encoded image of a record: its file's bytes, or its TFRecord's ``image/encoded``."""
+    if record.tfrecord_index is None:
+        with tf.io.gfile.GFile(record.image_path, "rb") as f:
+            return f.read()
+    ds = tf.data.TFRecordDataset(record.image_path).skip(record.tfrecord_index).take(1)
+    serialized = next(iter(ds)).numpy()
+    return tf.train.Example.FromString(serialized).features.feature[ENCODED].bytes_list.value[0]
+
+
+def load_image(record: DetectionRecord) -> np.ndarray:
+    """``[H, W, 3]`` uint8 RGB of a record: its image file, or its TFRecord's image bytes."""
+    with Image.open(io.BytesIO(image_bytes(record))) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+# --------------------------------------------------------------------------------- writer
+
+def _image_format(data: bytes) -> str:
+    if data[:2] == b"\xff\xd8":
+        return "jpeg"
+    if data[:8] == _PNG_MAGIC:
+        return "png"
+    if data[:3] == b"GIF":
+        return "gif"
+    if data[:2] == b"BM":
+        return "bmp"
+    return ""
+
+
+def _png(mask: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(np.asarray(mask, np.uint8)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def example_from_record(record: DetectionRecord, label_map: LabelMap, image_bytes: bytes,
+                        with_masks: bool = True) -> tf.train.Example:
+    """The OD API Example of one record (module docstring): boxes normalised by the record's
+    size, dataset class ids, crowd regions as ``is_crowd`` objects with label 0 (records keep
+    no class for them), masks (when the record has them and ``with_masks``) as PNGs."""
+    h, w = float(record.height), float(record.width)
+    n = record.num_instances
+    boxes = np.concatenate([record.boxes, record.crowd_boxes]).astype(np.float64)
+    crowd = [0] * n + [1] * len(record.crowd_boxes)
+    labels = [int(label_map.to_dataset_id(int(c))) for c in record.classes]
+    labels += [0] * len(record.crowd_boxes)
+    texts = [label_map.name(int(c)).encode() for c in record.classes]
+    texts += [b""] * len(record.crowd_boxes)
+    areas = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).tolist()
+    feature: dict[str, tf.train.Feature] = {}
+
+    def put(key: str, values: Iterable[Any], kind: str) -> None:
+        values = list(values)
+        if kind == "bytes":
+            feature[key] = tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+        elif kind == "int":
+            feature[key] = tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+        else:
+            feature[key] = tf.train.Feature(float_list=tf.train.FloatList(value=values))
+
+    put(ENCODED, [image_bytes], "bytes")
+    put(FORMAT, [_image_format(image_bytes).encode()], "bytes")
+    put(HEIGHT, [record.height], "int")
+    put(WIDTH, [record.width], "int")
+    put(FILENAME, [record.file_name.encode()], "bytes")
+    put(SOURCE_ID, [str(record.image_id).encode()], "bytes")
+    put(YMIN, (boxes[:, 0] / h).tolist(), "float")
+    put(XMIN, (boxes[:, 1] / w).tolist(), "float")
+    put(YMAX, (boxes[:, 2] / h).tolist(), "float")
+    put(XMAX, (boxes[:, 3] / w).tolist(), "float")
+    put(LABEL, labels, "int")
+    put(TEXT, texts, "bytes")
+    put(IS_CROWD, crowd, "int")
+    put(DIFFICULT, np.asarray(record.difficult, np.int64).tolist() + [0] * len(crowd[n:]),
+        "int")
+    if with_masks and record.has_masks:
+        full = record.instance_masks()
+        areas[:n] = full.sum(axis=(1, 2)).astype(float).tolist()
+        pngs = [_png(m) for m in full]
+        pngs += [_png(m) for m in filled_box_masks(
+            tf.constant(record.crowd_boxes, tf.float32), record.height, record.width).numpy()]
+        put(MASK, pngs, "bytes")
+    put(AREA, areas, "float")
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def shard_names(output: str, num_shards: int) -> list[str]:
+    """``OUTPUT-00000-of-0000N.tfrecord`` ... for ``num_shards`` shards."""
+    return [f"{output}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
+
+
+def write_tfrecords(
+    records: Sequence[DetectionRecord],
+    label_map: LabelMap,
+    output: str,
+    num_shards: int = 1,
+    *,
+    with_masks: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[str]:
+    """Writes ``records`` as OD API TFRecords (image files kept as their bytes), record ``i``
+    into shard ``i % num_shards``, and ``label_map.pbtxt`` into ``output``'s folder; every path
+    goes through ``tf.io.gfile``. ``progress(done, total)`` is called after each record.
+
+    Returns:
+        The shard paths.
+    """
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}.")
+    folder = os.path.dirname(output)
+    if folder:
+        tf.io.gfile.makedirs(folder)
+    paths = shard_names(output, num_shards)
+    writers = [tf.io.TFRecordWriter(p) for p in paths]
+    try:
+        for i, record in enumerate(records):
+            example = example_from_record(record, label_map, image_bytes(record), with_masks)
+            writers[i % num_shards].write(example.SerializeToString())
+            if progress is not None:
+                progress(i + 1, len(records))
+    finally:
+        for writer in writers:
+            writer.close()
+    with tf.io.gfile.GFile(os.path.join(folder, LABEL_MAP_PBTXT), "w") as f:
+        f.write(label_map_to_pbtxt(label_map))
+    return paths
