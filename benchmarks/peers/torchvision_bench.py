@@ -45,6 +45,7 @@ import resource
 import statistics
 import time
 import warnings
+from collections.abc import Callable
 
 import torch
 import torchvision
@@ -76,7 +77,8 @@ def build_model(name: str, backbone_config: str, **kwargs) -> torch.nn.Module:
     return cls(backbone, num_classes=91, **kwargs)
 
 
-def _median_time(fn, runs: int, warmup: int = 2) -> tuple[float, list[float]]:
+def timed_runs(fn: Callable[[], object], runs: int, warmup: int = 2) -> list[float]:
+    """Seconds of each of ``runs`` calls of ``fn`` after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
     times = []
@@ -84,10 +86,15 @@ def _median_time(fn, runs: int, warmup: int = 2) -> tuple[float, list[float]]:
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
+    return times
+
+
+def _median_time(fn, runs: int, warmup: int = 2) -> tuple[float, list[float]]:
+    times = timed_runs(fn, runs, warmup)
     return statistics.median(times), times
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -156,7 +163,7 @@ def infer(args) -> dict:
         "full_times_s": full_times,
         "backbone_fpn_times_s": backbone_times,
         "runs": args.runs,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
     }
     if "masks" in out:
         result["mask_shape"] = list(out["masks"].shape)
@@ -222,7 +229,7 @@ def train(args) -> dict:
         "losses": losses,
         "trainable_params": sum(p.numel() for p in params),
         "optimizer": "SGD(lr=0.001, momentum=0.9, weight_decay=1e-4)",
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
     }
     result.update(_common(args))
     return result

@@ -40,11 +40,9 @@ import argparse
 import importlib.util
 import json
 import os
-import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -54,29 +52,18 @@ from PIL import Image
 from torchvision.transforms.functional import convert_image_dtype
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the sibling peer scripts
+
+from torchvision_bench import peak_rss_mb, timed_runs  # noqa: E402
 
 
 def load_fixtures_module():
     """``make_torchvision_fixtures.py`` (its ``build_model`` and ``finish_v1``) by file path."""
-    if str(HERE) not in sys.path:
-        sys.path.insert(0, str(HERE))  # for its ``synthetic_images`` import
     spec = importlib.util.spec_from_file_location("make_torchvision_fixtures",
                                                   HERE / "make_torchvision_fixtures.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def timed_runs(fn: Callable[[], object], runs: int, warmup: int = 2) -> list[float]:
-    """Seconds of each of ``runs`` calls of ``fn`` after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def load_weights(path: str) -> dict[str, torch.Tensor]:
@@ -148,7 +135,7 @@ def measure(args: argparse.Namespace, fixtures) -> dict:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_rss_mb": peak_rss_mb(),
     }
     if "masks" in out:
         result["mask_shape"] = list(out["masks"].shape)
