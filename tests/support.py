@@ -8,6 +8,7 @@ under a second on two CPU cores.
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import os
@@ -251,3 +252,39 @@ def run_command(args: list[str], timeout: float = 300) -> subprocess.CompletedPr
     env["PYTHONPATH"] = REPO
     return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+HEAVY_PACKAGES = ("tensorflow", "keras", "torch", "tf_rcnn")
+
+
+def run_module_by_path(module_file, check: str) -> None:
+    """Loads ``module_file`` by its path in a fresh Python (no ``PYTHONPATH``, started in the
+    module's folder), runs ``check`` (statements using ``module``), and asserts that none of
+    :data:`HEAVY_PACKAGES` was imported: the module stands alone."""
+    code = "\n".join([
+        "import importlib.util, sys",
+        f"spec = importlib.util.spec_from_file_location('standalone', {str(module_file)!r})",
+        "module = importlib.util.module_from_spec(spec)",
+        "spec.loader.exec_module(module)",
+        check,
+        f"heavy = [m for m in sys.modules if m.split('.')[0] in {HEAVY_PACKAGES!r}]",
+        "assert not heavy, heavy",
+        "print('ok')",
+    ])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=os.path.dirname(str(module_file)), check=False)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def imported_roots(module_file) -> set[str]:
+    """Top-level package names a module's source imports (absolute imports only)."""
+    with open(module_file) as f:
+        tree = ast.parse(f.read())
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            roots.add(node.module.split(".")[0])
+    return roots

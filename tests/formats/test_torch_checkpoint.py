@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
 import shutil
 import struct
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.support import imported_roots, run_module_by_path
 from tf_rcnn.formats import torch_checkpoint as tc
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "torch"
@@ -582,39 +582,14 @@ def test_damaged_zip_entry(tmp_path):
 
 
 def test_module_loads_by_path_without_tensorflow_or_torch():
-    code = f"""
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("tcp", {str(MODULE_FILE)!r})
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
-sd = module.load_state_dict({str(FIXTURES / "state_dict_zip.pth")!r})
-assert sd["extra.scalar"] == 2.5
-heavy = [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "torch", "tf_rcnn")]
-assert not heavy, heavy
-print("ok")
-"""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=MODULE_FILE.parent,
-        check=False,
-    )
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    run_module_by_path(MODULE_FILE, "\n".join([
+        f"sd = module.load_state_dict({str(FIXTURES / 'state_dict_zip.pth')!r})",
+        "assert sd['extra.scalar'] == 2.5",
+    ]))
 
 
 def test_module_imports_only_stdlib_and_numpy():
-    import ast
-
-    tree = ast.parse(MODULE_FILE.read_text())
-    roots = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            roots.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            roots.add(node.module.split(".")[0])
+    roots = imported_roots(MODULE_FILE)
     allowed = set(sys.stdlib_module_names) | {"numpy", "__future__"}
     assert roots <= allowed, roots - allowed
     assert "numpy" in roots

@@ -10,17 +10,14 @@ recorded outputs live with the detectors' tests.
 
 from __future__ import annotations
 
-import ast
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.support import imported_roots, run_module_by_path
 from tf_rcnn.pretrained import synthetic
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "torchvision"
@@ -182,37 +179,14 @@ def test_fixture_specs_and_parameter_counts(metas):
 
 
 def test_module_loads_by_path_without_tf_rcnn():
-    code = f"""
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("syn", {str(MODULE_FILE)!r})
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
-sd = module.synthetic_state_dict([("a.weight", (2, 3), "float32")], 0)
-assert sd["a.weight"].shape == (2, 3)
-heavy = [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "torch", "tf_rcnn")]
-assert not heavy, heavy
-print("ok")
-"""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=MODULE_FILE.parent,
-        check=False,
-    )
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    run_module_by_path(MODULE_FILE, "\n".join([
+        "sd = module.synthetic_state_dict([('a.weight', (2, 3), 'float32')], 0)",
+        "assert sd['a.weight'].shape == (2, 3)",
+    ]))
 
 
 def test_module_imports_only_stdlib_and_numpy():
-    tree = ast.parse(MODULE_FILE.read_text())
-    roots = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            roots.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            roots.add(node.module.split(".")[0])
+    roots = imported_roots(MODULE_FILE)
     assert roots <= {"__future__", "collections", "numpy", "zlib"}, roots
 
 
