@@ -261,6 +261,7 @@ def run_module_by_path(module_file, check: str) -> None:
     """Loads ``module_file`` by its path in a fresh Python (no ``PYTHONPATH``, started in the
     module's folder), runs ``check`` (statements using ``module``), and asserts that none of
     :data:`HEAVY_PACKAGES` was imported: the module stands alone."""
+    module_file = os.path.abspath(module_file)
     code = "\n".join([
         "import importlib.util, sys",
         f"spec = importlib.util.spec_from_file_location('standalone', {str(module_file)!r})",
