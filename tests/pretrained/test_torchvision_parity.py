@@ -35,6 +35,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from tests.reference import numpy_boxes
 from tests.support import REPO
 from tf_rcnn.config import load_config_file
 from tf_rcnn.export import PreprocessConfig, export_saved_model, preprocess_batch
@@ -117,20 +118,10 @@ def ported(request, tmp_path_factory) -> Ported:
 # ----------------------------------------------------------------------------- helpers
 
 
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of ``[N, 4]`` and ``[M, 4]`` boxes (any corner order, same for both)."""
-    lo = np.maximum(a[:, None, :2], b[None, :, :2])
-    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(hi - lo, 0, None), axis=-1)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=-1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=-1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
-
-
 def match(ref_boxes, ref_labels, ref_scores, boxes, labels, scores) -> np.ndarray:
     """For each reference detection, the index of a detection of ours with its class, IoU >=
     0.99 and score within 1e-3, or -1."""
-    iou = iou_matrix(ref_boxes, boxes)
+    iou = numpy_boxes.iou(ref_boxes, boxes)  # the parity fixtures' boxes are [y1, x1, y2, x2]
     ok = ((iou >= MIN_IOU) & (ref_labels[:, None] == labels[None, :])
           & (np.abs(ref_scores[:, None] - scores[None, :]) <= SCORE_TOL))
     return np.where(ok.any(axis=1), np.argmax(np.where(ok, iou, -1.0), axis=1), -1)
