@@ -259,6 +259,16 @@ def _family_name(config: ml_collections.ConfigDict) -> str:
     return f"{builder.family_class(config).__name__} (model.type={config.model.type!r})"
 
 
+def load_run_label_map(path: str) -> LabelMap | None:
+    """The ``label_map.json`` of the run holding ``path`` (a run directory or checkpoint
+    prefix; any TF filesystem), or None when the run has none."""
+    file = os.path.join(run_directory(path), LABEL_MAP_FILE)
+    if not tf.io.gfile.exists(file):
+        return None
+    with tf.io.gfile.GFile(file) as f:
+        return LabelMap.from_json(f.read())
+
+
 def resolve_run_config(
     checkpoint: str, config: ml_collections.ConfigDict | str | None = None
 ) -> ml_collections.ConfigDict:
@@ -290,12 +300,11 @@ def resolve_run_config(
             f"{_family_name(config)}. Drop --config to use the run's own config, or point "
             "--checkpoint at a run of this recipe.")
     if config.model.num_classes is None:
-        label_map_file = os.path.join(run_directory(checkpoint), LABEL_MAP_FILE)
         known = None
         if run_config is not None:
             known = run_config.model.num_classes
-        elif os.path.exists(label_map_file):
-            known = LabelMap.from_json(label_map_file).num_classes
+        elif (run_map := load_run_label_map(checkpoint)) is not None:
+            known = run_map.num_classes
         if known is not None:
             config = copy.deepcopy(config)
             config.model.num_classes = known
@@ -331,9 +340,7 @@ def restore_detector(
     path = resolve_checkpoint_path(checkpoint)
     config = resolve_run_config(path, config)
     if label_map is None:
-        label_map_file = os.path.join(os.path.dirname(path), LABEL_MAP_FILE)
-        if os.path.exists(label_map_file):
-            label_map = LabelMap.from_json(label_map_file)
+        label_map = load_run_label_map(path)
     model = builder.build_model(config,
                                 label_map=None if label_map is None else label_map.to_dict())
     model.build_with_dummy_inputs()

@@ -30,13 +30,13 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tf_rcnn.config import CONFIG_FILE, ConfigError, run_directory
+from tf_rcnn.config import CONFIG_FILE, ConfigError
 from tf_rcnn.data.builder import build_input_pipeline, load_split, split_flag
 from tf_rcnn.data.records import DetectionRecord, relabel_records
 from tf_rcnn.data.tfrecords import TFRecordFiles
 from tf_rcnn.label_map import LABEL_MAP_FILE, LabelMap, match_label_map
 from tf_rcnn.models import builder
-from tf_rcnn.models.checkpoint import load_weights, weight_key
+from tf_rcnn.models.checkpoint import load_run_label_map, load_weights, weight_key
 from tf_rcnn.training.optimizers import optimizer_from_config
 from tf_rcnn.training.strategy import is_chief
 from tf_rcnn.training.trainer import Trainer
@@ -93,16 +93,6 @@ def checkpoint_step(model_dir: str) -> int | None:
         return None
 
 
-def _run_label_map(path: str) -> LabelMap | None:
-    """The ``label_map.json`` of the run holding ``path`` (run directory or checkpoint
-    prefix), or None."""
-    file = os.path.join(run_directory(path), LABEL_MAP_FILE)
-    if not tf.io.gfile.exists(file):
-        return None
-    with tf.io.gfile.GFile(file) as f:
-        return LabelMap.from_json(f.read())
-
-
 def read_training_data(config: ml_collections.ConfigDict, model_dir: str, resuming: bool,
                        with_masks: bool = False
                        ) -> tuple[list[DetectionRecord] | TFRecordFiles, LabelMap]:
@@ -117,11 +107,11 @@ def read_training_data(config: ml_collections.ConfigDict, model_dir: str, resumi
       Other names: new classes, the data's own (fine-tuning; nothing to match).
     - Otherwise: the data's own categories.
     """
-    run_map = _run_label_map(model_dir) if resuming else None
+    run_map = load_run_label_map(model_dir) if resuming else None
     records, label_map, _ = load_split(config, "train", label_map=run_map,
                                        with_masks=with_masks)
     init = config.train.init_checkpoint
-    init_map = _run_label_map(init) if init and not resuming else None
+    init_map = load_run_label_map(init) if init and not resuming else None
     if init_map is not None and sorted(init_map.names) == sorted(label_map.names):
         ordered = match_label_map(init_map, label_map.dataset_ids, label_map.names,
                                   source=split_flag(config, "train"))
