@@ -432,12 +432,6 @@ def _coco_segmentation(segm: Any, box: np.ndarray, height: int, width: int,
     return rle
 
 
-def _area(areas: np.ndarray | None, index: int, w: float, h: float) -> float:
-    if areas is not None and np.isfinite(areas[index]):
-        return float(areas[index])
-    return w * h
-
-
 def records_to_coco(records: Sequence[DetectionRecord], label_map: LabelMap, *,
                     with_masks: bool = False) -> dict[str, Any]:
     """The COCO ground truth (images, annotations, categories) of records: what every
@@ -456,14 +450,18 @@ def records_to_coco(records: Sequence[DetectionRecord], label_map: LabelMap, *,
     next_id = 1
 
     def add(record: DetectionRecord, box: np.ndarray, class_id: int, crowd: bool,
-            area: float | None, segm: Any) -> None:
+            areas: np.ndarray | None, index: int, segm: Any) -> None:
+        """One annotation; its area is ``areas[index]`` (the dataset's) when finite, else the
+        box's."""
         nonlocal next_id
         y1, x1, y2, x2 = (float(v) for v in box)
         w, h = x2 - x1, y2 - y1
+        own = None if areas is None else float(areas[index])
         annotation = {
             "id": next_id, "image_id": int(record.image_id),
             "category_id": int(label_map.to_dataset_id(int(class_id))),
-            "bbox": [x1, y1, w, h], "area": w * h if area is None else area,
+            "bbox": [x1, y1, w, h],
+            "area": own if own is not None and np.isfinite(own) else w * h,
             "iscrowd": int(crowd),
         }
         if with_masks:
@@ -481,16 +479,13 @@ def records_to_coco(records: Sequence[DetectionRecord], label_map: LabelMap, *,
         segms = record.segmentations or [None] * record.num_instances
         for i, (box, class_id, hard) in enumerate(zip(record.boxes, record.classes, difficult,
                                                       strict=True)):
-            w, h = float(box[3] - box[1]), float(box[2] - box[0])
-            add(record, box, int(class_id), bool(hard), _area(record.areas, i, w, h), segms[i])
+            add(record, box, int(class_id), bool(hard), record.areas, i, segms[i])
         crowd_segms = record.crowd_segmentations or [None] * len(record.crowd_boxes)
         for i, box in enumerate(record.crowd_boxes):
-            w, h = float(box[3] - box[1]), float(box[2] - box[0])
-            area = _area(record.crowd_areas, i, w, h)
             classes = (range(1, label_map.num_classes + 1) if record.crowd_classes is None
                        else [int(record.crowd_classes[i])])
             for class_id in classes:
-                add(record, box, class_id, True, area, crowd_segms[i])
+                add(record, box, class_id, True, record.crowd_areas, i, crowd_segms[i])
     categories = [{"id": int(label_map.to_dataset_id(i)), "name": label_map.name(i)}
                   for i in range(1, label_map.num_classes + 1)]
     return {"images": images, "annotations": annotations, "categories": categories}
