@@ -216,7 +216,7 @@ class COCOEvalCallback(keras.callbacks.Callback):
                                               include_masks=False)
         else:
             records = list(ground_truth)
-        if not any(r.num_instances > int(r.difficult.sum()) for r in records):
+        if not any(r.num_usable for r in records):
             raise ValueError(
                 f"COCOEvalCallback: the {len(records)} validation images have no usable "
                 "ground-truth box (the reader's log line says what was skipped); a metric "

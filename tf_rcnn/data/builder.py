@@ -154,16 +154,11 @@ def load_split(
     return records, label_map, annotation_file
 
 
-def _usable_boxes(record: DetectionRecord) -> int:
-    """Boxes of a record that training and metrics use: all but VOC ``difficult`` ones."""
-    return record.num_instances - int(record.difficult.sum())
-
-
 def _require_ground_truth(config: ml_collections.ConfigDict, split: str,
                           records: list[DetectionRecord], report: LoadReport) -> None:
     """A metric over no ground truth is no number: at least one box that is not VOC
     ``difficult`` must be left, else a ConfigError with the reader's summary."""
-    if any(_usable_boxes(r) for r in records):
+    if any(r.num_usable for r in records):
         return
     raise ConfigError(
         f"The {split} split ({split_flag(config, split)}) has no usable ground-truth box in "
@@ -319,7 +314,7 @@ def build_input_pipeline(
     if d.dataset == "tfrecord":
         return _tfrecord_pipeline(config, records, label_map, training, batch_size, with_masks,
                                   needs_proposals, mean, std)
-    if training and not any(_usable_boxes(r) for r in records):
+    if training and not any(r.num_usable for r in records):
         # The pipeline leaves images without (non-difficult) boxes out of training.
         raise ConfigError(
             f"The {split} split ({split_flag(config, split)}) has no box to train on: none of "

@@ -135,6 +135,11 @@ class DetectionRecord:
         return int(len(self.boxes))
 
     @property
+    def num_usable(self) -> int:
+        """Boxes that training and metrics use: all but VOC ``difficult`` ones."""
+        return self.num_instances - int(self.difficult.sum())
+
+    @property
     def has_masks(self) -> bool:
         return self.segmentations is not None
 
