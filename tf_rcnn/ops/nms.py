@@ -39,6 +39,9 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from tf_rcnn.backend import builtin_ops_only_enabled
+from tf_rcnn.ops.builtin_nms import nms_v5_batched, nms_v5_multiclass
+
 
 class NMSResult(NamedTuple):
     """Output of :func:`batched_nms`; K = ``max_output_size``.
@@ -121,6 +124,10 @@ def batched_nms(
             f"boxes must be [B, N, 4] and scores [B, N]; got {boxes.shape} and {scores.shape}."
         )
 
+    if builtin_ops_only_enabled():  # LiteRT export: NON_MAX_SUPPRESSION_V5 (ops/builtin_nms.py)
+        return NMSResult(*nms_v5_batched(boxes, scores, max_output_size, iou_threshold,
+                                         pre_nms_top_n, score_threshold))
+
     num_boxes = tf.shape(scores)[1]
     k = num_boxes if pre_nms_top_n is None else tf.minimum(num_boxes, int(pre_nms_top_n))
     # Sorted candidates: top_k keeps equal scores in index order (stable greedy order).
@@ -199,6 +206,9 @@ def multiclass_nms(
             "boxes must be [B, N, K or 1, 4] and scores [B, N, K] (background removed); got "
             f"{boxes.shape} and {scores.shape}."
         )
+    if builtin_ops_only_enabled():  # LiteRT export: NON_MAX_SUPPRESSION_V5 (ops/builtin_nms.py)
+        return DetectionResult(*nms_v5_multiclass(boxes, scores, max_per_class, max_total,
+                                                  iou_threshold, score_threshold))
     # clip_boxes=False: boxes are pixels, not [0, 1]; the op's IoU is scale invariant.
     nmsed = tf.image.combined_non_max_suppression(
         boxes,

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from tf_rcnn.backend import builtin_ops_only_enabled
+from tf_rcnn.ops.builtin_pooling import flat_multilevel_align
 from tf_rcnn.ops.roi_align import (
     DEFAULT_SAMPLING_RATIO,
     align_rois,
@@ -124,6 +126,11 @@ def multilevel_roi_align(
     )
     flat_rois = tf.reshape(rois, [-1, 4])  # [B, R, 4] -> [B*R, 4]
     image_index = flat_batch_indices(rois)
+    if builtin_ops_only_enabled():  # LiteRT export: no dynamic_stitch (ops/builtin_pooling.py)
+        merged = flat_multilevel_align(features, flat_rois, image_index, roi_levels - levels[0],
+                                       strides, (out_h, out_w), sampling_ratio, aligned)
+        merged = tf.reshape(merged, [batch, num_rois, out_h, out_w, channels])
+        return tf.cast(merged, features_0.dtype)
     positions, pooled = [], []
     for level, stride, level_features in zip(levels, strides, features, strict=True):
         selected = tf.cast(tf.reshape(tf.where(tf.equal(roi_levels, level)), [-1]), tf.int32)

@@ -32,6 +32,8 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from tf_rcnn.ops.crop_and_resize import crop_and_resize
+
 DEFAULT_SAMPLING_RATIO = 2
 
 
@@ -112,9 +114,8 @@ def sample_grid(
     start = (first + 1.0) / denom
     end = (last + 1.0) / denom
     boxes = tf.concat([start, end], axis=-1)  # [P, 4] normalised [y1, x1, y2, x2]
-    return tf.image.crop_and_resize(
-        padded, boxes, box_indices, crop_size, method="bilinear", extrapolation_value=0.0
-    )
+    # tf.image.crop_and_resize, or its builtin-only twin for a LiteRT export.
+    return crop_and_resize(padded, boxes, box_indices, crop_size)
 
 
 def average_bins(samples: tf.Tensor, sampling_ratio: int) -> tf.Tensor:
