@@ -25,12 +25,15 @@ from tf_rcnn import export as export_lib
 from tf_rcnn.export import tflite
 from tf_rcnn.predict import load_predictor, predict_images
 
-FAMILIES = {
-    "faster_rcnn_fpn": ("faster_rcnn", "fpn"),
-    "faster_rcnn_c4": ("faster_rcnn", "c4"),
-    "fast_rcnn": ("fast_rcnn", "fpn"),
-    "rfcn": ("rfcn", "fpn"),
-    "mask_rcnn": ("mask_rcnn", "fpn"),
+FAMILIES = {  # name -> tiny_config arguments
+    "faster_rcnn_fpn": {"family": "faster_rcnn"},
+    "faster_rcnn_c4": {"family": "faster_rcnn", "variant": "c4"},
+    "fast_rcnn": {"family": "fast_rcnn"},
+    "rfcn": {"family": "rfcn"},
+    "mask_rcnn": {"family": "mask_rcnn"},
+    # The paper recipes' quantised-bin poolings (bin tables, float32 summed-area table).
+    "fast_rcnn_roi_pool": {"family": "fast_rcnn", "pooler": "roi_pool"},
+    "rfcn_ps_roi_pool": {"family": "rfcn", "pool_mode": "pool"},
 }
 IMAGE = np.random.default_rng(5).integers(0, 256, (20, 32, 3), dtype=np.uint8)
 # Original-pixel proposals of IMAGE for Fast R-CNN; the export takes 6 rows, 2 are padding.
@@ -92,8 +95,7 @@ def exports(tmp_path_factory):
 
     def get(name):
         if name not in cache:
-            family, variant = FAMILIES[name]
-            config = tiny_config(family, variant)
+            config = tiny_config(**FAMILIES[name])
             config.data.scales = (40,)
             config.data.max_size = 64
             model = decisive_model(config)

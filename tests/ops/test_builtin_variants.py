@@ -3,9 +3,11 @@
 Each test runs the public op twice on the same random case: as shipped, and traced inside
 ``tf_rcnn.backend.builtin_ops_only()`` (gathers of bilinear taps instead of crop_and_resize,
 flat-index gathers instead of dynamic_stitch, NON_MAX_SUPPRESSION_V5 instead of
-combined_non_max_suppression). Tolerances: 1e-5 absolute on pooled values and resized pixels
-(float32 rounding of the differently computed sample positions, values of order 1-255 scaled
-to ~1); NMS outputs identical (indices, classes, counts) and boxes/scores to 1e-6.
+combined_non_max_suppression, bin tables and a float32 summed-area table instead of float64).
+Tolerances: 1e-5 absolute on sampled values and resized pixels (float32 rounding of the
+differently computed sample positions, values of order 1-255 scaled to ~1); RoI max pooling
+identical; PS-RoI average pooling 1e-4 on maps of mean 40 (float32 sums); NMS outputs identical
+(indices, classes, counts) and boxes/scores to 1e-6.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import tensorflow as tf
 
 from tf_rcnn.backend import builtin_ops_only, builtin_ops_only_enabled
 from tf_rcnn.data.pipeline import resize_image
-from tf_rcnn.ops import nms, poolers, ps_roi_pool, roi_align
+from tf_rcnn.ops import nms, poolers, ps_roi_pool, roi_align, roi_pool
+from tf_rcnn.ops.builtin_roi_pool import _bin_tables
 from tf_rcnn.ops.crop_and_resize import bilinear_gather, gather_crop_and_resize
 
 
@@ -85,6 +88,24 @@ def test_ps_roi_align_builtin_equals_default(rng):
     rois = _rois(rng, 2, 7, 40.0)
     default, builtin = _both(ps_roi_pool.ps_roi_align, maps, rois, k, 0.25, sampling_ratio=2)
     np.testing.assert_allclose(builtin.numpy(), default.numpy(), atol=1e-5)
+
+
+def test_bin_tables_hand_case():
+    # RoI size 7 in 3 bins: bin = fl32(7 / 3) = 2.3333333; lo = floor(p * bin) = 0, 2, 4 and
+    # hi = ceil((p + 1) * bin) = 3, 5, 7 (3 * fl32(7 / 3) rounds to exactly 7.0 in float32).
+    lo, hi = _bin_tables(3, 10)
+    assert lo[7].tolist() == [0, 2, 4] and hi[7].tolist() == [3, 5, 7]
+
+
+def test_roi_pool_and_ps_roi_pool_builtin_equal_default(rng):
+    features = rng.normal(size=(2, 11, 13, 3)).astype(np.float32)
+    rois = _rois(rng, 2, 12, 52.0, min_side=0.0)
+    default, builtin = _both(roi_pool.roi_pool, features, rois, (3, 2), 0.25)
+    np.testing.assert_array_equal(builtin.numpy(), default.numpy())  # max: exact
+    # Score maps far from zero mean, so the centred float32 table has something to do.
+    maps = (rng.normal(size=(2, 12, 10, 3 * 3 * 2)) * 3.0 + 40.0).astype(np.float32)
+    default, builtin = _both(ps_roi_pool.ps_roi_pool, maps, rois, 3, 0.25)
+    np.testing.assert_allclose(builtin.numpy(), default.numpy(), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("scale", [0.37, 2.6])
