@@ -9,8 +9,9 @@
    SavedModel (``DEMO/saved_model/1`` when present); the other families are the shapes recipes
    with random weights (class logits scaled so scores are spread out, as the tests do) and
    their SavedModel exported here. Per family: images compared, images whose detection count
-   or classes differ, the largest box difference (pixels of the 128 px image) and score
-   difference over the matched rows.
+   differs, SavedModel rows without a .tflite row of the same class within 1e-2 px and 1e-4,
+   rows matched at another position (score ties ordered differently), and the largest box
+   (pixels of the 128 px image) and score differences over the matched rows.
 2. ``ap``: the demo run's held-out shapes AP through ``.tflite`` none / dynamic / int8 (int8
    calibrated on 32 training images) vs ``eval.py``'s (``evaluate_checkpoint``) in this run.
 3. ``latency``: median seconds per image, LiteRT (XNNPACK, ``--threads``) float32 and int8 vs
@@ -74,6 +75,9 @@ _AP_IMAGES = flags.DEFINE_integer("ap_images", 200, "Held-out images for AP (par
 _RUNS = flags.DEFINE_integer("runs", 10, "Timed calls per measurement (after 2 warm-ups).")
 _THREADS = flags.DEFINE_integer("threads", 2, "LiteRT interpreter threads.")
 _R50 = flags.DEFINE_boolean("r50", True, "Include R50-FPN 640x640 in the latency part.")
+_FAMILIES = flags.DEFINE_list(
+    "families", ["faster_rcnn_fpn", "faster_rcnn_c4", "fast_rcnn", "rfcn", "mask_rcnn"],
+    "Families of part 1 (faster_rcnn_fpn is the demo run).")
 
 FAMILIES = {  # name -> (recipe, overrides of config.model)
     "faster_rcnn_c4": ("shapes_faster_rcnn", "c4"),
@@ -127,16 +131,29 @@ def _proposals(image: np.ndarray, count: int, seed: int) -> np.ndarray:
 
 
 def _compare(saved: dict, lite: dict, height: int, width: int) -> dict:
+    """Rows of the SavedModel matched to rows of the .tflite: same class, box within 1e-2 px
+    and score within 1e-4, preferring the same position (rows whose scores tie may come out in
+    another order: the two NMS implementations order exact ties differently)."""
     n_s, n_l = int(saved["num_detections"][0]), int(lite["num_detections"][0])
-    n = min(n_s, n_l)
     scale = np.array([height, width, height, width])
-    same_classes = np.array_equal(saved["detection_classes"][0, :n],
-                                  lite["detection_classes"][0, :n])
-    box = np.abs(saved["detection_boxes"][0, :n] - lite["detection_boxes"][0, :n]) * scale
-    score = np.abs(saved["detection_scores"][0, :n] - lite["detection_scores"][0, :n])
-    return {"count_differs": n_s != n_l, "classes_differ": not same_classes,
-            "box_px": float(box.max()) if n else 0.0, "score": float(score.max()) if n else 0.0,
-            "detections": n_s}
+    free = list(range(n_l))
+    moved = unmatched = 0
+    box_err = score_err = 0.0
+    for row in range(n_s):
+        box = np.abs(lite["detection_boxes"][0, :n_l] - saved["detection_boxes"][0, row]) * scale
+        score = np.abs(lite["detection_scores"][0, :n_l] - saved["detection_scores"][0, row])
+        same = lite["detection_classes"][0, :n_l] == saved["detection_classes"][0, row]
+        candidates = [r for r in free if same[r] and box[r].max() <= 1e-2 and score[r] <= 1e-4]
+        if not candidates:
+            unmatched += 1
+            continue
+        match = min(candidates, key=lambda r: abs(r - row))
+        free.remove(match)
+        moved += match != row
+        box_err = max(box_err, float(box[match].max()))
+        score_err = max(score_err, float(score[match]))
+    return {"count_differs": n_s != n_l, "unmatched": unmatched, "moved": moved,
+            "box_px": box_err, "score": score_err, "detections": n_s}
 
 
 def part_equality(out_dir: str) -> dict:
@@ -144,9 +161,12 @@ def part_equality(out_dir: str) -> dict:
     demo_model, demo_config, _ = restore_detector(_DEMO.value)
     demo_config.data.shapes_dir = os.path.join(REPO, "data_cache", "shapes")
     _, _, images = _val_images(demo_config, _EQ_IMAGES.value)
-    cases = {"faster_rcnn_fpn (demo)": (demo_model, demo_config)}
+    cases = {}
+    if "faster_rcnn_fpn" in _FAMILIES.value:
+        cases["faster_rcnn_fpn (demo)"] = (demo_model, demo_config)
     for name in FAMILIES:
-        cases[name] = _random_family(name)
+        if name in _FAMILIES.value:
+            cases[name] = _random_family(name)
     for name, (model, config) in cases.items():
         pre = PreprocessConfig.from_recipe(config)
         folder = os.path.join(out_dir, "equality", name.split()[0])
@@ -170,18 +190,22 @@ def part_equality(out_dir: str) -> dict:
         results[name] = {
             "images": len(rows),
             "count_differs": sum(r["count_differs"] for r in rows),
-            "classes_differ": sum(r["classes_differ"] for r in rows),
+            "unmatched": sum(r["unmatched"] for r in rows),
+            "moved": sum(r["moved"] for r in rows),
             "max_box_px": max(r["box_px"] for r in rows),
             "max_score": max(r["score"] for r in rows),
             "mean_detections": float(np.mean([r["detections"] for r in rows])),
             "ops": len(lite.ops()),
         }
     print("\n1. float32 .tflite vs SavedModel (held-out shapes images, 128x128)")
-    print(f"{'family':24s} {'images':>6s} {'dets/img':>8s} {'count!=':>7s} {'class!=':>7s} "
-          f"{'max box px':>10s} {'max score':>10s}")
+    print("(rows matched by class, box within 1e-2 px and score within 1e-4; 'moved': matched "
+          "at another position, i.e. a score tie ordered differently)")
+    print(f"{'family':24s} {'images':>6s} {'dets/img':>8s} {'count!=':>7s} {'unmatched':>9s} "
+          f"{'moved':>5s} {'max box px':>10s} {'max score':>10s}")
     for name, r in results.items():
         print(f"{name:24s} {r['images']:6d} {r['mean_detections']:8.1f} {r['count_differs']:7d} "
-              f"{r['classes_differ']:7d} {r['max_box_px']:10.2e} {r['max_score']:10.2e}")
+              f"{r['unmatched']:9d} {r['moved']:5d} {r['max_box_px']:10.2e} "
+              f"{r['max_score']:10.2e}")
     return results
 
 

@@ -2,12 +2,12 @@
 ``ai_edge_litert`` interpreter and returns what the Keras model returns on the same tensors.
 
 The reference: ``preprocess_batch`` (the eager twin of the serving preprocessing) with a recipe
-whose resize equals the export's letterbox for the test image (20x32 -> content 40x64 on a 64x64
-canvas: letterbox ``s = min(64/20, 64/32) = 2``, recipe ``s = min(40/20, 64/32) = 2``), then the
-model, then the serving postprocessing written out here (boxes / scale, clipped, normalised by
-the original size; classes -> dataset ids). Tolerances: normalised boxes 1e-4 (6e-3 px of the
-64 px canvas), scores and masks 1e-4 (float32 differences of the gather-based sampling and the
-TFLite kernels).
+whose resize equals the export's letterbox for the test image (20x32 -> content 40x64:
+letterbox ``s = min(64/20, 64/32) = 2``, recipe ``s = min(40/20, 64/32) = 2``), zero-padded to
+the export's 64x64 canvas, then the model, then the serving postprocessing written out here
+(boxes / scale, clipped, normalised by the original size; classes -> dataset ids). Tolerances:
+normalised boxes 1e-4 (6e-3 px of the 64 px canvas), scores and masks 1e-4 (float32
+differences of the gather-based sampling and the TFLite kernels).
 """
 
 from __future__ import annotations
@@ -44,7 +44,9 @@ PROPOSALS = np.array([[1, 2, 15, 20], [5, 5, 19, 31], [0, 0, 10, 10], [8, 12, 20
 def _reference(model, pre, proposals):
     batch = export_lib.preprocess_batch([IMAGE], pre)
     scale = batch["scale"].numpy()  # [1, 2]
-    inputs = {"images": batch["images"], "image_shape": batch["image_shape"]}
+    # The export's canvas is the fixed 64x64 (the recipe pads only to its size_divisor).
+    padded = tf.image.pad_to_bounding_box(batch["images"], 0, 0, 64, 64)
+    inputs = {"images": padded, "image_shape": batch["image_shape"]}
     if proposals is not None:
         rows = np.zeros((1, 6, 4), np.float32)
         rows[0, :len(proposals)] = proposals * np.tile(scale, 2)
@@ -161,3 +163,26 @@ def test_predict_runs_a_tflite_model(exports, tmp_path):
         load_predictor(tflite=out)
     with pytest.raises(ValueError, match="exactly one of"):
         load_predictor(saved_model=out, tflite=os.path.join(out, tflite.TFLITE_FILE))
+
+
+@pytest.mark.slow  # two more conversions with calibration: ~25 s of CPU
+@pytest.mark.parametrize("name,quantize", [("faster_rcnn_fpn", "dynamic"), ("fast_rcnn", "int8")])
+def test_quantized_exports_are_builtin_only_and_quantized(tmp_path, name, quantize):
+    config = tiny_config(**FAMILIES[name])
+    config.data.scales = (40,)
+    config.data.max_size = 64
+    model = decisive_model(config)
+    pre = export_lib.PreprocessConfig.from_recipe(config)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (20, 32, 3), dtype=np.uint8) for _ in range(3)]
+    path = export_lib.export_tflite(model, str(tmp_path), pre, (64, 64), quantize=quantize,
+                                    representative_images=lambda: images, num_proposals=6)
+    detector = export_lib.TFLiteDetector(path)
+    assert not [op for op in detector.ops() if "FLEX" in op.upper() or op.upper() == "CUSTOM"]
+    dtypes = {d["dtype"] for d in detector.interpreter.get_tensor_details()}
+    assert np.int8 in dtypes  # int8 weights (dynamic) or weights and activations (int8)
+    if quantize == "int8":
+        assert "QUANTIZE" in detector.ops()
+    out = detector(IMAGE, PROPOSALS if model.needs_proposals else None)
+    assert out["detection_boxes"].shape == (1, 10, 4)
+    assert 0 <= int(out["num_detections"][0]) <= 10

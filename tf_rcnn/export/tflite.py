@@ -197,14 +197,13 @@ def convert(concrete: Any, model: Any, quantize: str = "none",
             raise ValueError("--quantize=int8 needs representative images (the training data).")
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                                tf.lite.OpsSet.TFLITE_BUILTINS]
-        names = [t.name.split(":")[0] for t in concrete.inputs]
-
         def dataset():
+            # Keyed by the signature's input names (the interpreter's input order is its own).
             for image in representative_images():
                 feed = {"images": np.asarray(image, np.uint8)[np.newaxis]}
                 if proposals is not None:
                     feed["proposals"] = np.asarray(proposals, np.float32)
-                yield [feed[n] for n in names]
+                yield feed
 
         converter.representative_dataset = dataset
     return converter.convert()
