@@ -31,6 +31,9 @@ Implementation choice (measured):
     ========================================================  ========
 
     The rank-score path returned exactly the same indices as ``non_max_suppression_padded``.
+
+Inside ``tf_rcnn.backend.builtin_ops_only()`` (a LiteRT export) both functions run their
+``NON_MAX_SUPPRESSION_V5`` twins in :mod:`tf_rcnn.ops.builtin_nms` instead.
 """
 
 from __future__ import annotations

@@ -94,7 +94,9 @@ def multilevel_roi_align(
     RoIs in one ``crop_and_resize`` call, and ``tf.dynamic_stitch`` puts the results back in RoI
     order. ``benchmarks/ops.py`` compares it with pooling every RoI on every level and selecting
     (1000 RoIs, 7x7, P2-P5 of an 800x800 image, 256 channels, 2 CPU cores, TF 2.21): 71 ms vs
-    192 ms forward, 148 ms vs 471 ms forward+backward, so the partition is kept.
+    192 ms forward, 148 ms vs 471 ms forward+backward, so the partition is kept. Inside
+    ``tf_rcnn.backend.builtin_ops_only()`` (a LiteRT export, no ``dynamic_stitch``) all levels
+    are read by one flat-index gather instead (:mod:`tf_rcnn.ops.builtin_pooling`).
 
     Args:
         features: list of ``L`` maps ``[B, H_l, W_l, C]`` ordered fine to coarse.

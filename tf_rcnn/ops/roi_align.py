@@ -23,7 +23,9 @@ reference boundary rule: samples in ``[-1, 0]`` (and ``[H - 1, H]``) read the ed
 (clamping), samples outside ``[-1, H]`` fall outside the padded map and give 0 (a zero pad would
 blend towards 0 instead of clamping). ``sr x sr`` average pooling then averages each bin.
 :func:`tf_rcnn.ops.poolers.multilevel_roi_align` and
-:func:`tf_rcnn.ops.ps_roi_pool.ps_roi_align` reuse these building blocks.
+:func:`tf_rcnn.ops.ps_roi_pool.ps_roi_align` reuse these building blocks. Inside
+``tf_rcnn.backend.builtin_ops_only()`` (a LiteRT export) the crop is the gather-based twin of
+``crop_and_resize`` (:mod:`tf_rcnn.ops.crop_and_resize`), same sample points.
 """
 
 from __future__ import annotations
