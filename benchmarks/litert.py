@@ -4,14 +4,15 @@
         [--equality_images=20] [--ap_images=200] [--runs=10] [--threads=2]
 
 1. ``equality``: for every family, float32 ``.tflite`` detections vs the SavedModel's on the
-   same held-out shapes images (128x128, exported at ``--input_size=128x128``, where the
-   letterbox equals the recipe's resize). Faster R-CNN FPN is the trained demo run and its
-   SavedModel (``DEMO/saved_model/1`` when present); the other families are the shapes recipes
-   with random weights (class logits scaled so scores are spread out, as the tests do) and
-   their SavedModel exported here. Per family: images compared, images whose detection count
-   differs, SavedModel rows without a .tflite row of the same class within 1e-2 px and 1e-4,
-   rows matched at another position (score ties ordered differently), and the largest box
-   (pixels of the 128 px image) and score differences over the matched rows.
+   same held-out 128x128 shapes images, exported at the recipe's inference size (128; 256 for
+   R-FCN's 2x upsampling), where the letterbox equals the recipe's resize. Faster R-CNN FPN is
+   the trained demo run and its SavedModel (``DEMO/saved_model/1`` when present); the other
+   families are the shapes recipes with random weights (class logits scaled so scores are
+   spread out, as the tests do) and their SavedModel exported here. Per family: images
+   compared, images whose detection count differs, SavedModel rows without a .tflite row of
+   the same class within 1e-2 px and 1e-4, rows matched at another position (score ties
+   ordered differently), and the largest box (pixels of the 128 px image) and score
+   differences over the matched rows.
 2. ``ap``: the demo run's held-out shapes AP through ``.tflite`` none / dynamic / int8 (int8
    calibrated on 32 training images) vs ``eval.py``'s (``evaluate_checkpoint``) in this run.
 3. ``latency``: median seconds per image, LiteRT (XNNPACK, ``--threads``) float32 and int8 vs
@@ -63,6 +64,7 @@ from tf_rcnn.export import (  # noqa: E402
     export_tflite_from_checkpoint,
     make_serving_functions,
 )
+from tf_rcnn.export.tflite import default_input_size  # noqa: E402
 from tf_rcnn.models import builder  # noqa: E402
 from tf_rcnn.models.checkpoint import restore_detector  # noqa: E402
 
@@ -74,6 +76,7 @@ _EQ_IMAGES = flags.DEFINE_integer("equality_images", 20, "Held-out images per fa
 _AP_IMAGES = flags.DEFINE_integer("ap_images", 200, "Held-out images for AP (part 2).")
 _RUNS = flags.DEFINE_integer("runs", 10, "Timed calls per measurement (after 2 warm-ups).")
 _THREADS = flags.DEFINE_integer("threads", 2, "LiteRT interpreter threads.")
+_AP_MODES = flags.DEFINE_list("ap_modes", ["none", "dynamic", "int8"], "Quantisations of part 2.")
 _R50 = flags.DEFINE_boolean("r50", True, "Include R50-FPN 640x640 in the latency part.")
 _FAMILIES = flags.DEFINE_list(
     "families", ["faster_rcnn_fpn", "faster_rcnn_c4", "fast_rcnn", "rfcn", "mask_rcnn"],
@@ -175,8 +178,10 @@ def part_equality(out_dir: str) -> dict:
             saved_dir = export_saved_model(model, os.path.join(folder, "saved_model"), pre)
         loaded = tf.saved_model.load(saved_dir)
         serve = loaded.signatures["serving_default"]
-        path = export_tflite(model, os.path.join(folder, "tflite"), pre, (128, 128),
-                             num_proposals=100)
+        # The recipe's own inference size (128; R-FCN's recipe upsamples to 256), where the
+        # letterbox of a 128x128 image equals the recipe's resize.
+        path = export_tflite(model, os.path.join(folder, "tflite"), pre,
+                             default_input_size(pre), num_proposals=100)
         lite = TFLiteDetector(path, num_threads=_THREADS.value)
         rows = []
         for i, image in enumerate(images):
@@ -197,7 +202,7 @@ def part_equality(out_dir: str) -> dict:
             "mean_detections": float(np.mean([r["detections"] for r in rows])),
             "ops": len(lite.ops()),
         }
-    print("\n1. float32 .tflite vs SavedModel (held-out shapes images, 128x128)")
+    print("\n1. float32 .tflite vs SavedModel (held-out 128x128 shapes images)")
     print("(rows matched by class, box within 1e-2 px and score within 1e-4; 'moved': matched "
           "at another position, i.e. a score tie ordered differently)")
     print(f"{'family':24s} {'images':>6s} {'dets/img':>8s} {'count!=':>7s} {'unmatched':>9s} "
@@ -233,7 +238,7 @@ def part_ap(out_dir: str) -> dict:
     config.data.shapes_dir = os.path.join(REPO, "data_cache", "shapes")
     records, label_map, images = _val_images(config, _AP_IMAGES.value)
     results = {"eval.py": {"AP": eval_metrics["bbox/AP"], "AP50": eval_metrics["bbox/AP50"]}}
-    for mode in ("none", "dynamic", "int8"):
+    for mode in _AP_MODES.value:
         folder = os.path.join(out_dir, "ap", mode)
         path = export_tflite_from_checkpoint(_DEMO.value, folder, input_size="128x128",
                                              quantize=mode)
