@@ -54,6 +54,7 @@ def evaluate_checkpoint(
     num_images: int | None = None,
     proposal_recall: bool = False,
     visualize: int | None = None,
+    precision: str = "float32",
 ) -> dict[str, float]:
     """Restores a trained run and evaluates it on its validation split; returns the metrics.
 
@@ -65,8 +66,10 @@ def evaluate_checkpoint(
         num_images: evaluate only the first N validation images.
         proposal_recall: also report RPN recall (``rpn/AR@100``, ``rpn/AR@1000``).
         visualize: images drawn into ``detections.png`` (default ``eval.visualize``).
+        precision: the type the detector computes in (``float32``, ``bfloat16``,
+            ``float16``), to measure what a reduced-precision export gives.
     """
-    model, config, label_map = restore_detector(checkpoint, config)
+    model, config, label_map = restore_detector(checkpoint, config, precision=precision)
     with_masks = model.needs_masks and "coco" in config.eval.metrics
     # The model's classes found in the data (same ids, else same names, else an error); a
     # split without a usable box is an error, never a metric.

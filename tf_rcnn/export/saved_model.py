@@ -282,6 +282,7 @@ def write_export_info(model: Any, output_dir: str, preprocess: PreprocessConfig)
     detector class, class count, preprocessing and, for Mask R-CNN, the mask paste rule)."""
     info = {"format": "tf_rcnn.export.v1", "model": type(model).__name__,
             "num_classes": int(model.num_classes),
+            "compute_dtype": str(model.roi_heads.compute_dtype),
             "preprocess": dataclasses.asdict(preprocess)}
     if getattr(model.roi_heads, "predicts_masks", False):
         info["mask_paste_rule"] = model.roi_heads.paste_rule
@@ -301,7 +302,8 @@ def write_label_map(model: Any, output_dir: str) -> str:
     return path
 
 
-def export_from_checkpoint(checkpoint: str, output_dir: str, config: Any = None) -> str:
+def export_from_checkpoint(checkpoint: str, output_dir: str, config: Any = None,
+                           precision: str = "float32") -> str:
     """Restores a trained run (``tf_rcnn.models.checkpoint.restore_detector``) and exports it.
 
     Args:
@@ -310,11 +312,13 @@ def export_from_checkpoint(checkpoint: str, output_dir: str, config: Any = None)
         config: the recipe (path or ConfigDict); default: the run's ``config.json``, so the
             exported preprocessing (scales, max size, pixel statistics) is the one the run
             was trained with.
+        precision: the type the exported graph computes in (``float32``, ``bfloat16``,
+            ``float16``; weights stay float32 and outputs are float32 either way).
 
     The label map comes from the run's ``label_map.json``; without it class ids are exported as
     they are (1..K).
     """
-    model, config, _ = restore_detector(checkpoint, config)
+    model, config, _ = restore_detector(checkpoint, config, precision=precision)
     return export_saved_model(model, output_dir, PreprocessConfig.from_recipe(config))
 
 
