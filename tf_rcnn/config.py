@@ -106,6 +106,15 @@ def default_config() -> ml_collections.ConfigDict:
             nms_threshold=0.5,
             detections_per_image=100,
             min_size=0.0,  # detections smaller than this are dropped (0: only empty ones)
+            # The final per-class NMS (test time only; settable on a trained run with eval.py,
+            # export, predict): hard | linear | gaussian. linear and gaussian are Soft-NMS
+            # (Bodla et al., ICCV 2017, Algorithm 1): overlapping boxes are not removed but
+            # their scores decayed, by 1 - iou where iou >= nms_threshold (linear) or by
+            # exp(-iou^2 / soft_nms_sigma) (gaussian; sigma 0.5 in the paper); boxes whose
+            # decayed score is <= soft_nms_min_score (0.001) are dropped. The RPN stays hard.
+            nms_method="hard",
+            soft_nms_sigma=0.5,
+            soft_nms_min_score=0.001,
             # Online hard example mining (Shrivastava et al. 2016) instead of the sampled
             # mini-batch: the loss of every candidate, NMS 0.7 by loss, the hardest kept.
             ohem=False,  # R-FCN trains with it (R-FCN Sec. 2.2 "Training")
