@@ -166,6 +166,10 @@ def default_config() -> ml_collections.ConfigDict:
         shapes_image_size=128,
         shapes_train_seed=0,
         shapes_val_seed=1,
+        # Shapes variant: plain (1-4 independent shapes) | crowded (6-12, mostly same-class
+        # clusters at box IoU 0.3-0.7, for Soft-NMS). A variant other than plain is cached in
+        # <shapes_dir>_<variant>, never mixed with the plain cache (tf_rcnn.data.shapes).
+        shapes_variant="plain",
         scales=(800,),  # shorter side (Detectron 1x)
         max_size=1333,
         # tf_rcnn: content scaled by exactly the factor, canvas rounded up; torchvision: its
