@@ -288,9 +288,14 @@ def _soft_nms_rows(
     """
     num_rows = tf.shape(scores)[0]
     positions = tf.range(max_output_size)[None, :]  # [1, T]
+    box_positions = tf.range(tf.shape(scores)[1])[None, :]  # [1, N]
     # Not a candidate: -1, and removed boxes are set to -1 as well; a decay factor in [0, 1]
-    # keeps them <= 0 <= min_score, so they are never selected (no -inf * 0 = NaN).
+    # keeps them <= 0 <= min_score, so they are never selected (no -inf * 0 = NaN). For the
+    # same reason a row with nothing left above min_score may be decayed again harmlessly.
     current = tf.where(scores > min_score, scores, -1.0)
+    # Loop invariants: coordinates and areas [R, N] (the IoU of box_ops.iou, one row at a time).
+    y1, x1, y2, x2 = tf.unstack(boxes, 4, axis=-1)
+    areas = box_ops.area(boxes)
 
     def cond(i, current, out_indices, out_scores):
         del out_indices, out_scores
@@ -300,16 +305,17 @@ def _soft_nms_rows(
         best = tf.argmax(current, axis=1, output_type=tf.int32)  # [R]
         best_score = tf.reduce_max(current, axis=1)  # [R]
         active = best_score > min_score  # [R]
-        chosen = tf.gather(boxes, best, batch_dims=1)  # [R, 4]
-        overlap = box_ops.iou(chosen[:, None, :], boxes)[:, 0, :]  # [R, N]
+        cy1, cx1, cy2, cx2 = tf.unstack(tf.gather(boxes, best, batch_dims=1)[:, None, :], 4,
+                                        axis=-1)  # [R, 1] each
+        inter = (tf.maximum(tf.minimum(y2, cy2) - tf.maximum(y1, cy1), 0.0)
+                 * tf.maximum(tf.minimum(x2, cx2) - tf.maximum(x1, cx1), 0.0))  # [R, N]
+        chosen_area = tf.gather(areas, best, batch_dims=1)[:, None]  # [R, 1]
+        overlap = tf.math.divide_no_nan(inter, chosen_area + areas - inter)  # [R, N]
         if method == "linear":
             decay = tf.where(overlap >= iou_threshold, 1.0 - overlap, 1.0)
         else:  # gaussian
             decay = tf.exp(-tf.square(overlap) / sigma)
-        decayed = current * decay
-        decayed = tf.where(tf.range(tf.shape(current)[1])[None, :] == best[:, None], -1.0,
-                           decayed)
-        current = tf.where(active[:, None], decayed, current)
+        current = tf.where(box_positions == best[:, None], -1.0, current * decay)
         here = tf.logical_and(positions == i, active[:, None])  # [R, T]
         out_indices = tf.where(here, best[:, None], out_indices)
         out_scores = tf.where(here, best_score[:, None], out_scores)
