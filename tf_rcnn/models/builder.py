@@ -217,7 +217,8 @@ def build_box_head(cfg: ml_collections.ConfigDict, backbone_cfg: ml_collections.
 
 def training_rois_kwargs(cfg: ml_collections.ConfigDict) -> dict:
     """``config.model.roi_head`` -> the ``RoIHeadsBase`` arguments every second stage shares:
-    sampler (IoU rules, batch), OHEM, decoder (score threshold, NMS, count), box loss beta."""
+    sampler (IoU rules, batch), OHEM, decoder (:func:`build_detection_decoder`), box loss
+    beta."""
     return {
         "sampler": RoISampler(
             batch_size_per_image=cfg.batch_size_per_image,
@@ -227,14 +228,27 @@ def training_rois_kwargs(cfg: ml_collections.ConfigDict) -> dict:
         ),
         "ohem": (OHEMSampler(cfg.ohem_batch_size, cfg.ohem_nms_threshold) if cfg.ohem
                  else None),
-        "decoder": DetectionDecoder(
+        "decoder": build_detection_decoder(cfg),
+        "box_loss_beta": cfg.box_loss_beta,
+    }
+
+
+def build_detection_decoder(cfg: ml_collections.ConfigDict) -> DetectionDecoder:
+    """``config.model.roi_head`` -> the ``DetectionDecoder`` of every family (score threshold,
+    hard or Soft-NMS, detections per image); a bad NMS setting is a ``ConfigError`` naming its
+    flag."""
+    try:
+        return DetectionDecoder(
             score_threshold=cfg.score_threshold,
             nms_threshold=cfg.nms_threshold,
             max_detections=cfg.detections_per_image,
             min_size=cfg.min_size,
-        ),
-        "box_loss_beta": cfg.box_loss_beta,
-    }
+            nms_method=cfg.nms_method,
+            soft_nms_sigma=cfg.soft_nms_sigma,
+            soft_nms_min_score=cfg.soft_nms_min_score,
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def build_standard_roi_heads(m: ml_collections.ConfigDict, strides: list[int],
