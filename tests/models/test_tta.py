@@ -24,15 +24,21 @@ def _inputs(family: str) -> dict:
 
 @pytest.fixture(scope="module")
 def mask_model():
-    return decisive_model(tiny_config("mask_rcnn"))
+    model = decisive_model(tiny_config("mask_rcnn"))
+    # The mask predictor starts at std 0.001 (probabilities ~0.5 everywhere); spread it so the
+    # masks differ from their mirror images by far more than the tolerance below.
+    kernels = [v for v in model.weights if v.path.endswith("mask_logits/kernel")]
+    assert len(kernels) == 1
+    kernels[0].assign(kernels[0] * 1000.0)
+    return model
 
 
-@pytest.mark.parametrize("family", ["fast_rcnn", "mask_rcnn"])
-def test_one_unflipped_view_at_scale_one_is_the_plain_model(family, mask_model):
-    # Fast R-CNN: given proposals go through the view mapping; Mask R-CNN: the masks are
-    # recomputed on the merged boxes. Both must give back the plain model's outputs exactly.
-    model = mask_model if family == "mask_rcnn" else decisive_model(tiny_config(family))
-    inputs = _inputs(family)
+def test_one_unflipped_view_at_scale_one_is_the_plain_model(mask_model):
+    # The boxes go through the view mapping, the merging NMS and back, the masks are
+    # recomputed on the merged boxes: all must give back the plain model's outputs exactly.
+    # (Given proposals: tests/test_tta_export.py runs Fast R-CNN through the graph.)
+    model = mask_model
+    inputs = _inputs("mask_rcnn")
     plain = {k: v.numpy() for k, v in model(inputs).items()}
     tta = TTADetector(model, scales=(1.0,), flip=False)
     got = {k: v.numpy() for k, v in tta(inputs).items()}
@@ -43,11 +49,11 @@ def test_one_unflipped_view_at_scale_one_is_the_plain_model(family, mask_model):
 
 
 def test_masks_are_averaged_and_flipped_back(mask_model):
-    # The views of an image X are {X, flip(X)} (and their 1.5x versions); those of flip(X) are
-    # the same views in the other order. So TTA on flip(X) must give the mirrored boxes and the
+    # The views of an image X are 1.25 X and 1.25 flip(X); those of flip(X) are the same views
+    # in the other order. So TTA on flip(X) must give the mirrored boxes and the
     # mirrored box-relative masks of TTA on X; without flipping the flipped views' masks back,
     # both would give the same (unmirrored) mean instead.
-    tta = TTADetector(mask_model, scales=(1.0, 1.5), flip=True)
+    tta = TTADetector(mask_model, scales=(1.25,), flip=True)
     images = tiny_batch(1)[0]
     out = {k: v.numpy() for k, v in tta({"images": images}).items()}
     mirrored = {k: v.numpy() for k, v in tta({"images": images[:, :, ::-1]}).items()}
@@ -68,7 +74,7 @@ def test_masks_are_averaged_and_flipped_back(mask_model):
     np.testing.assert_allclose(mirrored["detection_masks"][0, order_m],
                                masks[order][:, :, ::-1], atol=1e-4)
     # Not a symmetric case by accident: the masks themselves are not mirror images.
-    assert np.abs(masks[order] - masks[order][:, :, ::-1]).max() > 1e-3
+    assert np.abs(masks[order] - masks[order][:, :, ::-1]).max() > 0.05
 
 
 def test_recipe_section_builds_the_wrapper_and_round_trips(mask_model):
