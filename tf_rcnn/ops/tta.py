@@ -7,6 +7,9 @@ scale FACTOR (relative to the network input, whose shorter side is already the r
 the zero padding stays bottom/right; the resize scales the whole padded canvas and pads the
 result again to a multiple of ``size_divisor``. The per-axis scale actually applied is the
 rounded canvas size over the old one (``scale [2]`` (y, x)), so mapping boxes back is exact.
+In a batch of mixed sizes, an image smaller than the canvas has its last row / column blended
+with the zero padding by the bilinear resize (about half an output pixel per unit of factor);
+images that fill the canvas are resampled as if alone.
 
 Merging: the union of every view's detections (boxes in network-input pixels), then per-class
 NMS (``merge="nms"``) or the same NMS followed by weighted box voting (``merge="vote"``: each
