@@ -230,6 +230,20 @@ def default_config() -> ml_collections.ConfigDict:
         visualize=4,
         score_threshold_visualize=0.5,
     )
+    # Test-time augmentation (eval.py --tta, predict --tta, export --tta; tf_rcnn.models.tta):
+    # each view is the network input flipped and/or resized by a factor, the views' detections
+    # are merged (Detectron's TEST.BBOX_AUG: horizontal flip, more scales, NMS or box voting).
+    config.test = _cd(
+        tta=_cd(
+            enabled=False,  # eval, predict and export run the plain model unless set (or --tta)
+            flip=True,  # add a horizontally flipped view of every scale
+            # Scale FACTORS of the network input (1.0: the recipe's data.scales size); one view
+            # per factor.
+            scales=(1.0,),
+            merge="nms",  # nms: per-class NMS of the union | vote: NMS + weighted box voting
+            nms_threshold=0.5,  # IoU of the merging NMS and of the voting clusters
+        ),
+    )
     return config
 
 

@@ -53,6 +53,8 @@ from tf_rcnn.models.roi_heads import (
     RoIHeads,
     VGGBoxHead,
 )
+from tf_rcnn.models.tta import TTADetector
+from tf_rcnn.ops import tta as tta_ops
 
 # ------------------------------------------------------------------------------- trunk
 
@@ -477,3 +479,37 @@ def build_model(config: ml_collections.ConfigDict, label_map: dict | None = None
     logging.info("Built %s: backbone %s, neck %s, %d classes.", type(model).__name__,
                  m.backbone.name, m.neck.type, m.num_classes)
     return model
+
+
+def build_tta(model: TwoStageDetector, config: ml_collections.ConfigDict) -> TTADetector:
+    """Wraps a detector in the recipe's test-time augmentation (``config.test.tta``; the
+    ``enabled`` switch is the caller's business: eval/predict/export ``--tta`` turn it on).
+
+    Raises:
+        ConfigError: a ``test.tta`` value that cannot work (the message names the flag).
+    """
+    t = config.test.tta
+    try:
+        scales = tuple(float(s) for s in t.scales)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--config.test.tta.scales must be a list of scale factors of the "
+                          f"network input such as '(1.0, 1.25)', got {t.scales!r}.") from None
+    if not scales or any(not s > 0.0 for s in scales):
+        raise ConfigError(f"--config.test.tta.scales must be a non-empty list of factors > 0 "
+                          f"(1.0 = the recipe's data.scales size), got {t.scales!r}.")
+    if t.merge not in tta_ops.MERGE_METHODS:
+        raise ConfigError(f"--config.test.tta.merge must be one of {tta_ops.MERGE_METHODS} "
+                          f"(per-class NMS of the union, or NMS + weighted box voting), got "
+                          f"{t.merge!r}.")
+    if not 0.0 <= float(t.nms_threshold) <= 1.0:
+        raise ConfigError(f"--config.test.tta.nms_threshold must be an IoU in [0, 1], got "
+                          f"{t.nms_threshold!r}.")
+    views = tta_ops.view_list(scales, t.flip)
+    if views == [(1.0, False)]:
+        logging.warning("test.tta has one view (scales=(1.0,), flip=False): the detections are "
+                        "the plain model's; set --config.test.tta.flip or more scales.")
+    logging.info("TTA: %d views (scale factors %s%s), merge %s at IoU %.2f.", len(views),
+                 list(scales), ", flipped too" if t.flip else "", t.merge, t.nms_threshold)
+    return TTADetector(model, scales=scales, flip=t.flip, merge=t.merge,
+                       nms_threshold=float(t.nms_threshold),
+                       size_divisor=int(config.data.size_divisor))
