@@ -11,7 +11,9 @@ JPEG/PNG strings ``[B]``) and ``tf_example`` (serialized ``tf.train.Example`` wi
 original-image pixels. Outputs: ``num_detections``, ``detection_boxes`` (normalised
 ``[y1, x1, y2, x2]`` of the original image), ``detection_scores``, ``detection_classes``
 (dataset category ids) and, for Mask R-CNN, ``detection_masks``. ``label_map.json`` is written
-beside ``saved_model.pb``. See ``tf_rcnn/export/saved_model.py`` and ``export/client.py``.
+beside ``saved_model.pb``. ``--tta`` bakes the recipe's test-time augmentation (``test.tta``:
+horizontal flip, scale factors, NMS or box-voting merge) into the graph. See
+``tf_rcnn/export/saved_model.py`` and ``export/client.py``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,14 @@ _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "Run directory (its newest checkpoint) or a checkpoint prefix.")
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "SavedModel directory (for TF Serving: MODEL_BASE/<version>).")
+_PRECISION = flags.DEFINE_enum(
+    "precision", "float32", ["float32", "bfloat16", "float16"],
+    "Type the exported graph computes in (weights stay "
+    "float32). float32 is the fastest on CPUs without AMX; bfloat16 suits AMX CPUs and "
+    "TPUs, float16 GPUs.")
+_TTA = flags.DEFINE_bool(
+    "tta", False, "Bake test-time augmentation into the graph with the recipe's test.tta values "
+    "(flip, scale factors, merge; --config.test.tta.* to change them).")
 flags.mark_flags_as_required(["checkpoint", "output_dir"])
 
 
@@ -42,7 +52,8 @@ def main(argv):
     del argv
     try:
         out = export_from_checkpoint(_CHECKPOINT.value, _OUTPUT_DIR.value,
-                                     config=_CONFIG.resolve())
+                                     config=_CONFIG.resolve(), precision=_PRECISION.value,
+                                     tta=_TTA.value)
     except (ConfigError, FileNotFoundError) as error:
         raise app.UsageError(str(error)) from error
     print(f"SavedModel written to {out} (label map: {os.path.join(out, 'label_map.json')})")

@@ -106,6 +106,15 @@ def default_config() -> ml_collections.ConfigDict:
             nms_threshold=0.5,
             detections_per_image=100,
             min_size=0.0,  # detections smaller than this are dropped (0: only empty ones)
+            # The final per-class NMS (test time only; settable on a trained run with eval.py,
+            # export, predict): hard | linear | gaussian. linear and gaussian are Soft-NMS
+            # (Bodla et al., ICCV 2017, Algorithm 1): overlapping boxes are not removed but
+            # their scores decayed, by 1 - iou where iou >= nms_threshold (linear) or by
+            # exp(-iou^2 / soft_nms_sigma) (gaussian; sigma 0.5 in the paper); boxes whose
+            # decayed score is <= soft_nms_min_score (0.001) are dropped. The RPN stays hard.
+            nms_method="hard",
+            soft_nms_sigma=0.5,
+            soft_nms_min_score=0.001,
             # Online hard example mining (Shrivastava et al. 2016) instead of the sampled
             # mini-batch: the loss of every candidate, NMS 0.7 by loss, the hardest kept.
             ohem=False,  # R-FCN trains with it (R-FCN Sec. 2.2 "Training")
@@ -157,6 +166,10 @@ def default_config() -> ml_collections.ConfigDict:
         shapes_image_size=128,
         shapes_train_seed=0,
         shapes_val_seed=1,
+        # Shapes variant: plain (1-4 independent shapes) | crowded (6-12, mostly same-class
+        # clusters at box IoU 0.3-0.7, for Soft-NMS). A variant other than plain is cached in
+        # <shapes_dir>_<variant>, never mixed with the plain cache (tf_rcnn.data.shapes).
+        shapes_variant="plain",
         scales=(800,),  # shorter side (Detectron 1x)
         max_size=1333,
         # tf_rcnn: content scaled by exactly the factor, canvas rounded up; torchvision: its
@@ -216,6 +229,20 @@ def default_config() -> ml_collections.ConfigDict:
         num_images=placeholder(int),
         visualize=4,
         score_threshold_visualize=0.5,
+    )
+    # Test-time augmentation (eval.py --tta, predict --tta, export --tta; tf_rcnn.models.tta):
+    # each view is the network input flipped and/or resized by a factor, the views' detections
+    # are merged (Detectron's TEST.BBOX_AUG: horizontal flip, more scales, NMS or box voting).
+    config.test = _cd(
+        tta=_cd(
+            enabled=False,  # eval, predict and export run the plain model unless set (or --tta)
+            flip=True,  # add a horizontally flipped view of every scale
+            # Scale FACTORS of the network input (1.0: the recipe's data.scales size); one view
+            # per factor.
+            scales=(1.0,),
+            merge="nms",  # nms: per-class NMS of the union | vote: NMS + weighted box voting
+            nms_threshold=0.5,  # IoU of the merging NMS and of the voting clusters
+        ),
     )
     return config
 

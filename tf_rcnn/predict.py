@@ -10,9 +10,10 @@
 ``--inputs`` is an image file, a folder (its JPEG/PNG/BMP/GIF files) or a glob. Both sources go
 through the same serving graph (``tf_rcnn.export``): a SavedModel is loaded as is; a trained run
 is restored (``tf_rcnn.models.checkpoint.restore_detector``: its ``config.json`` unless
-``--config`` is given) and wrapped in the same ``image_bytes`` function in-process. A LiteRT
-model (``--tflite``, from ``export/export_tflite.py``) runs on the stock LiteRT interpreter
-(``pip install ai-edge-litert``) on the image decoded as the serving graph decodes it. Writes
+``--config`` is given) and wrapped in the same ``image_bytes`` function in-process (``--tta``:
+with the recipe's test-time augmentation, ``test.tta``). A LiteRT model (``--tflite``, from
+``export/export_tflite.py``) runs on the stock LiteRT interpreter (``pip install
+ai-edge-litert``) on the image decoded as the serving graph decodes it. Writes
 ``OUTPUT/<name>.png`` per image (boxes, class names, scores, translucent masks for Mask R-CNN;
 small images enlarged so labels stay legible) and ``OUTPUT/detections.json``: one entry per
 image with ``image``, ``height``, ``width`` and ``detections``, each ``{"box": [y1, x1, y2, x2]
@@ -43,6 +44,7 @@ from tf_rcnn.export import (
     make_serving_functions,
 )
 from tf_rcnn.export.saved_model import EXPORT_INFO_FILE
+from tf_rcnn.models.builder import build_tta
 from tf_rcnn.models.checkpoint import restore_detector
 from tf_rcnn.ops.masks import paste_image_masks
 from tf_rcnn.tools import cli
@@ -97,11 +99,15 @@ def load_tflite_predictor(path: str) -> tuple[Callable, dict[int, str]]:
 
 
 def load_predictor(saved_model: str | None = None, checkpoint: str | None = None,
-                   config: Any = None, tflite: str | None = None
+                   config: Any = None, tta: bool = False, tflite: str | None = None
                    ) -> tuple[Callable, dict[int, str]]:
     """A function ``bytes -> outputs dict`` (the ``image_bytes`` signature on one image) and the
     class names ``{dataset_id: name}``, from a SavedModel, a trained run (+ optional recipe) or
     a LiteRT model.
+
+    ``tta`` (with ``checkpoint``) runs the run's detector with the recipe's test-time
+    augmentation (``test.tta``, also on when the config enables it); a SavedModel has it in its
+    graph when it was exported with ``--tta``.
 
     The function carries ``paste_rule``, the mask paste rule of the model (``"tf_rcnn"`` for
     models without masks or SavedModels without ``export_info.json``)."""
@@ -110,8 +116,14 @@ def load_predictor(saved_model: str | None = None, checkpoint: str | None = None
                          "--checkpoint (a run directory or checkpoint prefix) or --tflite (an "
                          "exported model.tflite).")
     if tflite is not None:
+        if tta:
+            raise ValueError("--tta applies to --checkpoint: a .tflite runs the graph it was "
+                             "exported with.")
         return load_tflite_predictor(tflite)
     if saved_model is not None:
+        if tta:
+            raise ValueError("--tta applies to --checkpoint: a SavedModel runs the graph it was "
+                             "exported with (export/export_saved_model.py --tta bakes TTA in).")
         loaded = tf.saved_model.load(saved_model)
         fn = loaded.signatures["image_bytes"]
         names = _read_label_map(os.path.join(saved_model, "label_map.json"))
@@ -128,6 +140,8 @@ def load_predictor(saved_model: str | None = None, checkpoint: str | None = None
         return predict, names
 
     model, config, _ = restore_detector(checkpoint, config)
+    if tta or config.test.tta.enabled:
+        model = build_tta(model, config)
     fn = make_serving_functions(model, PreprocessConfig.from_recipe(config))["image_bytes"]
     names = {e["dataset_id"]: e["name"] for e in label_map_entries(model)}
 
@@ -243,7 +257,7 @@ def main(argv: Sequence[str], config_flag: cli.ConfigFlag) -> None:
     try:
         predict, names = load_predictor(
             f.saved_model, f.checkpoint,
-            config_flag.resolve() if f.checkpoint else None, tflite=f.tflite)
+            config_flag.resolve() if f.checkpoint else None, tta=f.tta, tflite=f.tflite)
         paths = find_images(f.inputs)
     except (ValueError, FileNotFoundError) as error:
         raise app.UsageError(str(error)) from error
@@ -265,6 +279,8 @@ def _define_flags(argv: list[str]) -> cli.ConfigFlag:
     flags.DEFINE_string("tflite", None, "Or: a LiteRT model.tflite (export/export_tflite.py).")
     flags.DEFINE_string("output_dir", None, "Where the PNGs and detections.json go.")
     flags.DEFINE_float("score_threshold", 0.5, "Lowest score drawn (the JSON keeps all).")
+    flags.DEFINE_bool("tta", False, "With --checkpoint: test-time augmentation with the recipe's "
+                      "test.tta values (flip, scale factors, merge; --config.test.tta.*).")
     flags.mark_flags_as_required(["inputs", "output_dir"])
     return config
 

@@ -271,6 +271,54 @@ def test_bad_records_are_counted_named_and_skipped(tmp_path, capfd):
     assert f"{truncated} record 2: 1 truncated shard" in err
 
 
+def test_records_parsed_in_a_batch_decode_as_when_parsed_alone(tmp_path):
+    # The stream parses PARSE_BATCH records at once, padding their per-object lists to the
+    # longest one: a record's neighbours (more boxes, bad lengths, NaNs, no boxes, crowd
+    # regions) must change nothing in what it decodes to.
+    image = _jpeg(20, 40)
+    examples = [
+        foreign_example(image, [[0.1, 0.1, 0.5, 0.5]], [3], "1"),
+        foreign_example(image, [[-0.5, 0.2, 0.5, 1.25], [0.2, 0.2, 0.3, 0.3],
+                                [0.1, 0.5, 0.6, 0.9]], [7, 3, 9], "2", crowd=[0, 1, 0]),
+        foreign_example(image, [], [], "3"),
+        foreign_example(image, [[np.nan, 0, 0.5, 0.5], [0.1, 0.1, 0.2, 0.2]], [3, 7], "4",
+                        image__object__difficult=([1, 0], "int")),
+        foreign_example(image, [[0.1, 0.1, 0.5, 0.5], [0.5, 0.5, 0.9, 0.9]], [3], "5"),
+        foreign_example(b"not an image", [[0.1, 0.1, 0.5, 0.5]], [3], "name.jpg"),
+        foreign_example(image, [[0.3, 0.3, 0.2, 0.9]], [7], ""),
+    ]
+    shard = _write_shard(tmp_path / "a.tfrecord", examples)
+    decoder = tfr.ExampleDecoder(LabelMap([3, 7], ["cat", "dog"]))
+    ds = tfr.read_shards([shard], [os.path.getsize(shard)])
+    batched = list(decoder.stream(ds).map(decoder.finish))
+    alone = list(ds.map(decoder))
+    assert len(batched) == len(alone) == len(examples) + 1  # + the end-of-shard element
+    for together, single in zip(batched, alone, strict=True):
+        assert together.keys() == single.keys()
+        for key in together:
+            np.testing.assert_array_equal(together[key].numpy(), single[key].numpy(), key)
+    # Spot checks of the values themselves: record 2 keeps its one box (label 7 -> class 2,
+    # [-0.5, 0.2, 0.5, 1.25] clipped to [0, 0.2, 0.5, 1] -> [0, 8, 10, 40] px on 20x40), its
+    # crowd region and drops the unknown label 9; record 3 has no box; record 6's id is a hash.
+    np.testing.assert_allclose(batched[1]["boxes"].numpy(), [[0, 8, 10, 40]], atol=1e-4)
+    assert batched[1]["classes"].numpy().tolist() == [2]
+    np.testing.assert_allclose(batched[1]["crowd"].numpy(), [[4, 8, 6, 12]], atol=1e-4)
+    assert batched[2]["boxes"].shape == (0, 4) and bool(batched[2]["ok"])
+    assert batched[3]["difficult"].numpy().tolist() == [False]
+    assert int(batched[5]["image_id"]) >= 2**62 and not bool(batched[5]["ok"])
+
+
+def test_a_key_of_the_wrong_type_is_named_before_reading(tmp_path):
+    image = _jpeg(16, 16)
+    shard = _write_shard(tmp_path / "a.tfrecord", [foreign_example(
+        image, [[0.1, 0.1, 0.6, 0.6]], [3], "1", image__object__area=([12], "int"))])
+    with pytest.raises(ValueError, match="a.tfrecord: image/object/area is stored as "
+                                         "int64_list; the OD API format stores it as "
+                                         "float_list"):
+        tfr.TFRecordPipeline([shard], LabelMap([3], ["cat"]), training=False, batch_size=1,
+                             scales=(16,), max_size=16, backbone="tiny")
+
+
 def test_each_worker_reads_its_own_shards(tmp_path):
     image = _jpeg(16, 16)
     files = [_write_shard(tmp_path / f"s{k}.tfrecord",

@@ -23,7 +23,7 @@ from tf_rcnn.data.custom import load_custom
 from tf_rcnn.data.pipeline import InputPipeline, pixel_stats_for_backbone
 from tf_rcnn.data.proposals import load_proposals
 from tf_rcnn.data.records import DetectionRecord, LoadReport
-from tf_rcnn.data.shapes import generate_shapes_dataset
+from tf_rcnn.data.shapes import generate_shapes_dataset, variant_dir
 from tf_rcnn.data.tfrecords import (
     SCANNED_LABEL_MAP,
     TFRecordFiles,
@@ -65,7 +65,8 @@ def _where_images_are(config: ml_collections.ConfigDict, split: str, source: str
                 f"{getattr(d, f'{split}_images')}.")
     if d.dataset == "voc":
         return "Images are read from VOC<year>/JPEGImages/<id>.jpg under --config.data.voc_root."
-    return f"Delete {d.shapes_dir} to have the shapes data generated again."
+    return (f"Delete {variant_dir(d.shapes_dir, d.shapes_variant)} to have the shapes data "
+            "generated again.")
 
 
 def _no_images_error(config: ml_collections.ConfigDict, split: str, source: str,
@@ -119,12 +120,16 @@ def load_split(
     if split not in SPLITS:
         raise ValueError(f"split must be 'train' or 'val', got {split!r}.")
     if d.dataset == "shapes":
-        out = os.path.join(d.shapes_dir, split)
+        try:
+            out = os.path.join(variant_dir(d.shapes_dir, d.shapes_variant), split)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         annotation_file = generate_shapes_dataset(
             out,
             num_images=d.shapes_train_images if split == "train" else d.shapes_val_images,
             image_size=d.shapes_image_size,
             seed=d.shapes_train_seed if split == "train" else d.shapes_val_seed,
+            variant=d.shapes_variant,
         )
         try:
             records, label_map, report = load_coco(

@@ -23,11 +23,12 @@ Format (one ``tf.train.Example`` per image; every key but ``image/encoded`` opti
 Class ids: ``label_map.pbtxt`` (``item { id: 3 name: 'cat' }``) names the dataset ids; the
 :class:`~tf_rcnn.label_map.LabelMap` maps them to ``1..K`` (ascending ids) as for every reader.
 
-Reading happens in the tf.data graph (no Python per record): shards are interleaved, each
-record is parsed, its image decoded and checked, its objects validated, and a problem vector
-counted into a :class:`ProblemCounter` (a variable read at the end of a run). Problems (see
-``PROBLEMS``): a record that cannot be used is skipped, a bad object is skipped, a box partly
-outside ``[0, 1]`` is clipped; the first few of each kind are printed with the shard and record
+Reading happens in the tf.data graph (no Python per record): shards are interleaved, records
+parsed in small batches (:meth:`ExampleDecoder.parse`: the object checks are vectorised over
+the batch), each image decoded and checked, and a problem vector per record counted into a
+:class:`ProblemCounter` (a variable read at the end of a run). Problems (see ``PROBLEMS``):
+a record that cannot be used is skipped, a bad object is skipped, a box partly outside
+``[0, 1]`` is clipped; the first few of each kind are printed with the shard and record
 number, the run goes on. A truncated shard ends where the damage starts (the rest of that shard
 is skipped, with a message naming it; the other shards are read): each shard's size is taken
 once when the pipeline is built and compared with the bytes its records used. Evaluation reads
@@ -388,13 +389,25 @@ def crop_masks_to_boxes(masks: tf.Tensor, boxes: tf.Tensor, size: int) -> tf.Ten
 
 
 class ExampleDecoder:
-    """The graph function from one serialized Example to a checked, decoded image record.
+    """Parses, decodes and checks OD API records in the graph, in two steps:
+
+    :meth:`parse` takes a batch of serialized records and does everything that does not need
+    the image (one ``parse_example`` for the batch, the per-object checks, class ids, image ids,
+    the object-level problem counts), vectorised over the batch; :meth:`finish` takes one
+    parsed record, decodes its image and completes the checks that need the image size.
+    :meth:`stream` chains both over a dataset of :func:`read_shards` elements; calling the
+    decoder on one record does the same for that record alone. The result is the same either
+    way; batching only spends fewer graph ops per record.
 
     Args:
-        label_map: dataset class ids -> ``1..K``; objects with other ids are skipped (crowd
+        label_map: dataset class ids -> ``1..K`` (labels not in it are skipped; crowd
             regions excepted: they are class-less ignore regions).
         mask_format: ``"png"``, ``"float"`` or None (masks not read).
     """
+
+    # Records parsed together by stream(): enough to amortise the per-op cost, few enough to
+    # keep the first element quick.
+    PARSE_BATCH = 16
 
     def __init__(self, label_map: LabelMap, mask_format: str | None = None) -> None:
         if mask_format not in (None, "png", "float"):
@@ -410,102 +423,163 @@ class ExampleDecoder:
             SOURCE_ID: tf.io.FixedLenFeature([], tf.string, default_value=""),
         }
         for key in (XMIN, YMIN, XMAX, YMAX, AREA):
-            self.spec[key] = tf.io.VarLenFeature(tf.float32)
+            self.spec[key] = tf.io.RaggedFeature(tf.float32)
         for key in (LABEL, IS_CROWD, DIFFICULT):
-            self.spec[key] = tf.io.VarLenFeature(tf.int64)
-        self.spec[TEXT] = tf.io.VarLenFeature(tf.string)
+            self.spec[key] = tf.io.RaggedFeature(tf.int64)
+        self.spec[TEXT] = tf.io.RaggedFeature(tf.string)
         if mask_format is not None:
-            self.spec[MASK] = tf.io.VarLenFeature(tf.string if mask_format == "png"
+            self.spec[MASK] = tf.io.RaggedFeature(tf.string if mask_format == "png"
                                                   else tf.float32)
 
-    def __call__(self, shard: tf.Tensor, index: tf.Tensor, serialized: tf.Tensor,
-                 is_end: tf.Tensor, truncated: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Returns ``image [H, W, 3]`` uint8, ``image_id`` int64, ``hw [2]`` int32,
-        ``boxes [M, 4]`` float32 pixels (checked, clipped), ``classes [M]`` int32 (1..K),
-        ``difficult [M]`` bool, ``crowd [Mc, 4]``, ``masks [M, H, W]`` uint8 (with a
-        mask format), ``filename``, ``shard``, ``index``, ``problems [len(PROBLEMS)]`` int64
-        and ``ok`` (the record can be used)."""
-        f = tf.io.parse_single_example(serialized, self.spec)
-        dense = {k: tf.sparse.to_dense(v) for k, v in f.items() if isinstance(v, tf.SparseTensor)}
-        n = tf.size(dense[XMIN])
-        required = [tf.size(dense[k]) == n for k in (YMIN, XMAX, YMAX, LABEL)]
-        optional = [(tf.size(dense[k]) == n) | (tf.size(dense[k]) == 0)
-                    for k in (IS_CROWD, DIFFICULT, AREA, TEXT)]
-        if self.mask_format == "png":
-            optional.append((tf.size(dense[MASK]) == n) | (tf.size(dense[MASK]) == 0))
-        lengths_ok = tf.reduce_all(tf.stack(required + optional))
-        m = tf.where(lengths_ok, n, 0)
+    def check_types(self, files: Sequence[str], peek: int = 20) -> None:
+        """Raises ValueError naming the key and shard when one of the first ``peek`` records
+        of the first shards stores a key with another type than the format's: the graph parses
+        records in batches, and a batch it cannot parse would be lost as a whole (and logged).
+        """
+        kinds = {tf.string: "bytes_list", tf.int64: "int64_list", tf.float32: "float_list"}
+        for path in files[:CYCLE_LENGTH]:
+            for example in _first_records([path], peek):
+                for key, spec in self.spec.items():
+                    feature = example.features.feature.get(key)
+                    kind = None if feature is None else feature.WhichOneof("kind")
+                    if kind in (None, kinds[spec.dtype]):
+                        continue
+                    raise ValueError(
+                        f"{path}: {key} is stored as {kind}; the OD API format stores it as "
+                        f"{kinds[spec.dtype]}. Rewrite the records (python -m "
+                        "tf_rcnn.tools.create_tfrecords writes this format).")
 
-        data = f[ENCODED]
-        bytes_ok = tf.logical_and(image_bytes_ok(data), tf.logical_not(is_end))
+    def parse(self, shard: tf.Tensor, index: tf.Tensor, serialized: tf.Tensor,
+              is_end: tf.Tensor, truncated: tf.Tensor) -> dict[str, tf.Tensor]:
+        """A batch of records ``[B]`` -> their image-independent fields, ``[B, ...]`` with the
+        per-object ones padded to the batch's largest object count ``m``."""
+        f = tf.io.parse_example(serialized, self.spec)
+        rows = {k: tf.cast(v.row_lengths(), tf.int64) for k, v in f.items()
+                if isinstance(v, tf.RaggedTensor)}
+        n = rows[XMIN]
+        required = [rows[k] == n for k in (YMIN, XMAX, YMAX, LABEL)]
+        optional = [(rows[k] == n) | (rows[k] == 0) for k in (IS_CROWD, DIFFICULT, AREA, TEXT)]
+        if self.mask_format == "png":
+            optional.append((rows[MASK] == n) | (rows[MASK] == 0))
+        lengths_ok = tf.reduce_all(tf.stack(required + optional, 1), axis=1)
+        m = tf.where(lengths_ok, n, 0)
+        shape = tf.stack([tf.size(n, out_type=tf.int64), tf.maximum(tf.reduce_max(m), 0)])
+        valid = tf.range(shape[1])[None, :] < m[:, None]
+
+        def padded(key: str, default: Any = None) -> tf.Tensor:
+            # [B, max m]: a list cut at m, zeros (``default``) past its end or when absent.
+            return f[key].to_tensor(default_value=default, shape=shape)
+
+        normalised = tf.stack([padded(k) for k in (YMIN, XMIN, YMAX, XMAX)], 2)
+        finite = tf.reduce_all(tf.math.is_finite(normalised), axis=2)
+        safe = tf.where(finite[..., None], normalised, 0.0)
+        degenerate = (safe[..., 2] <= safe[..., 0]) | (safe[..., 3] <= safe[..., 1])
+        outside = ((safe[..., 2] <= 0) | (safe[..., 0] >= 1) | (safe[..., 3] <= 0)
+                   | (safe[..., 1] >= 1))
+        clipped = tf.clip_by_value(safe, 0.0, 1.0)
+        changed = tf.reduce_any(tf.abs(clipped - safe) > 1e-6, axis=2)
+        good_box = finite & ~degenerate & ~outside
+        crowd = padded(IS_CROWD) > 0
+        match = tf.equal(padded(LABEL)[..., None], self._ids)
+        known = tf.reduce_any(match, axis=2)
+        keep = good_box & ~crowd & known & valid
+        no_mask = tf.zeros_like(m)
+        if self.mask_format is not None:
+            no_mask = tf.where((rows[MASK] == 0) & (m > 0), self._count(keep), 0)
+
+        out = {
+            "encoded": f[ENCODED], "header_hw": tf.stack([f[HEIGHT], f[WIDTH]], 1),
+            "filename": f[FILENAME], "image_id": _image_ids(f[SOURCE_ID], f[FILENAME], shard,
+                                                              index),
+            "shard": shard, "index": index, "is_end": is_end, "truncated": truncated,
+            "lengths_ok": lengths_ok, "num_objects": m,
+            "boxes": clipped,
+            "classes": tf.cast(tf.argmax(tf.cast(match, tf.int32), axis=2), tf.int32) + 1,
+            "keep": keep, "keep_crowd": good_box & crowd & valid,
+            "difficult": padded(DIFFICULT) > 0,
+            "object_problems": tf.stack([
+                self._count(~finite & valid), self._count(finite & degenerate & valid),
+                self._count(finite & ~degenerate & outside & valid),
+                self._count(good_box & changed & valid),
+                self._count(good_box & ~crowd & ~known & valid), no_mask], 1),
+        }
+        if self.mask_format is not None:
+            # PNG: one string per object (cut at m); float: the record's whole flat list.
+            out["masks"] = (padded(MASK, "") if self.mask_format == "png"
+                            else f[MASK].to_tensor())
+            out["mask_count"] = rows[MASK]
+        return out
+
+    @staticmethod
+    def _count(mask: tf.Tensor) -> tf.Tensor:
+        return tf.reduce_sum(tf.cast(mask, tf.int64), axis=-1)
+
+    def finish(self, p: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """One parsed record (a row of :meth:`parse`) -> ``image [H, W, 3]`` uint8,
+        ``image_id`` int64, ``hw [2]`` int32, ``boxes [M, 4]`` float32 pixels (checked,
+        clipped), ``classes [M]`` int32 (1..K), ``difficult [M]`` bool, ``crowd [Mc, 4]``,
+        ``masks [M, H, W]`` uint8 (with a mask format), ``filename``, ``shard``, ``index``,
+        ``problems [len(PROBLEMS)]`` int64 and ``ok`` (the record can be used)."""
+        m = p["num_objects"]
+        data = p["encoded"]
+        bytes_ok = image_bytes_ok(data) & ~p["is_end"]
         image = tf.cond(bytes_ok, lambda: decode_image(data),
                         lambda: tf.zeros([1, 1, 3], tf.uint8))
         shape = tf.shape(image)
         h, w = shape[0], shape[1]
-        hdr_h, hdr_w = f[HEIGHT], f[WIDTH]
-        size_ok = ((hdr_h <= 0) | (hdr_h == tf.cast(h, tf.int64))) & (
-            (hdr_w <= 0) | (hdr_w == tf.cast(w, tf.int64)))
-
-        normalised = tf.stack([_with_length(dense[k], m) for k in (YMIN, XMIN, YMAX, XMAX)], 1)
-        finite = tf.reduce_all(tf.math.is_finite(normalised), axis=1)
-        safe = tf.where(finite[:, None], normalised, 0.0)
-        degenerate = (safe[:, 2] <= safe[:, 0]) | (safe[:, 3] <= safe[:, 1])
-        outside = (safe[:, 2] <= 0) | (safe[:, 0] >= 1) | (safe[:, 3] <= 0) | (safe[:, 1] >= 1)
-        clipped = tf.clip_by_value(safe, 0.0, 1.0)
-        changed = tf.reduce_any(tf.abs(clipped - safe) > 1e-6, axis=1)
-        good_box = finite & ~degenerate & ~outside
-        crowd = _with_length(dense[IS_CROWD], m) > 0
-        labels = _with_length(dense[LABEL], m)
-        match = tf.equal(labels[:, None], self._ids[None, :])
-        known = tf.reduce_any(match, axis=1)
-        classes = tf.cast(tf.argmax(tf.cast(match, tf.int32), axis=1), tf.int32) + 1
-        keep = good_box & ~crowd & known
-        keep_crowd = good_box & crowd
-        size_f = tf.cast(tf.stack([h, w, h, w]), tf.float32)
-        pixels = clipped * size_f
+        header = p["header_hw"]
+        size_ok = tf.reduce_all((header <= 0) | (header == tf.cast(shape[:2], tf.int64)))
+        pixels = p["boxes"][:m] * tf.cast(tf.stack([h, w, h, w]), tf.float32)
+        keep = p["keep"][:m]
+        lengths_ok = p["lengths_ok"]
 
         masks_ok = tf.constant(True)
-        no_mask = tf.constant(0, tf.int64)
         out: dict[str, tf.Tensor] = {}
         if self.mask_format is not None:
-            masks, masks_ok, missing = self._masks(dense[MASK], m, h, w, pixels,
-                                                   lengths_ok & bytes_ok & size_ok)
+            values = p["masks"][:p["mask_count"]]
+            masks, masks_ok = self._masks(values, m, h, w, pixels,
+                                          lengths_ok & bytes_ok & size_ok)
             out["masks"] = tf.boolean_mask(masks, keep)
-            no_mask = tf.where(missing, tf.reduce_sum(tf.cast(keep, tf.int64)), 0)
 
         ok = bytes_ok & lengths_ok & size_ok & masks_ok
-        record_level = [~bytes_ok & ~is_end, ~lengths_ok, bytes_ok & ~size_ok,
-                        lengths_ok & bytes_ok & size_ok & ~masks_ok, truncated]
-
-        def count(mask: tf.Tensor) -> tf.Tensor:
-            return tf.reduce_sum(tf.cast(mask, tf.int64))
-
-        object_level = tf.stack([count(~finite), count(finite & degenerate),
-                                 count(finite & ~degenerate & outside), count(good_box & changed),
-                                 count(good_box & ~crowd & ~known), no_mask])
-        object_level *= tf.cast(ok, tf.int64)
-        problems = tf.concat([tf.cast(tf.stack(record_level), tf.int64), object_level,
+        record_level = tf.stack([~bytes_ok & ~p["is_end"], ~lengths_ok, bytes_ok & ~size_ok,
+                                 lengths_ok & bytes_ok & size_ok & ~masks_ok, p["truncated"]])
+        object_level = p["object_problems"] * tf.cast(ok, tf.int64)
+        problems = tf.concat([tf.cast(record_level, tf.int64), object_level,
                               tf.zeros([len(PROBLEMS) - NUM_NAMED], tf.int64)], 0)
         out.update({
             "image": image,
-            "image_id": _image_id(f[SOURCE_ID], f[FILENAME], shard, index),
+            "image_id": p["image_id"],
             "hw": tf.stack([h, w]),
             "boxes": tf.boolean_mask(pixels, keep),
-            "classes": tf.boolean_mask(classes, keep),
-            "difficult": tf.boolean_mask(_with_length(dense[DIFFICULT], m) > 0, keep),
-            "crowd": tf.boolean_mask(pixels, keep_crowd),
-            "filename": f[FILENAME],
-            "shard": shard,
-            "index": index,
+            "classes": tf.boolean_mask(p["classes"][:m], keep),
+            "difficult": tf.boolean_mask(p["difficult"][:m], keep),
+            "crowd": tf.boolean_mask(pixels, p["keep_crowd"][:m]),
+            "filename": p["filename"],
+            "shard": p["shard"],
+            "index": p["index"],
             "problems": problems,
             "ok": ok,
         })
         return out
 
+    def stream(self, ds: tf.data.Dataset, deterministic: bool = True) -> tf.data.Dataset:
+        """:func:`read_shards` elements -> parsed records (rows of :meth:`parse`), in order;
+        :meth:`finish` each of them."""
+        return ds.batch(self.PARSE_BATCH).map(
+            self.parse, num_parallel_calls=AUTOTUNE, deterministic=deterministic).unbatch()
+
+    def __call__(self, shard: tf.Tensor, index: tf.Tensor, serialized: tf.Tensor,
+                 is_end: tf.Tensor, truncated: tf.Tensor) -> dict[str, tf.Tensor]:
+        """One record: :meth:`finish` of :meth:`parse` of a batch of one."""
+        batch = self.parse(*(tf.expand_dims(x, 0) for x in (shard, index, serialized, is_end,
+                                                            truncated)))
+        return self.finish({k: v[0] for k, v in batch.items()})
+
     def _masks(self, values: tf.Tensor, m: tf.Tensor, h: tf.Tensor, w: tf.Tensor,
-               boxes: tf.Tensor, usable: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """``(masks [m, H, W] uint8, ok, missing)``: decoded masks, whether they fit the image,
-        and whether the record has none (then the boxes are filled)."""
+               boxes: tf.Tensor, usable: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(masks [m, H, W] uint8, ok)``: decoded masks (the boxes filled when the record
+        has none) and whether they fit the image."""
         missing = tf.size(values) == 0
         if self.mask_format == "png":
             is_png, mh, mw = _png_sizes(values)
@@ -515,9 +589,9 @@ class ExampleDecoder:
             def decode() -> tf.Tensor:
                 return tf.map_fn(lambda s: tf.io.decode_png(s, channels=1)[:, :, 0],
                                  values[:m], fn_output_signature=tf.TensorSpec([None, None],
-                                                                               tf.uint8))
+                                                                           tf.uint8))
         else:
-            fits = tf.size(values) == m * h * w
+            fits = tf.size(values) == tf.cast(m, tf.int32) * h * w
 
             def decode() -> tf.Tensor:
                 return tf.cast(tf.reshape(values, [m, h, w]) > 0, tf.uint8)
@@ -526,18 +600,20 @@ class ExampleDecoder:
             usable & ~missing & fits,
             lambda: tf.cast(decode() > 0, tf.uint8),
             lambda: filled_box_masks(boxes, h, w))
-        return masks, ok, missing & (m > 0)
+        return masks, ok
 
 
-def _image_id(source_id: tf.Tensor, filename: tf.Tensor, shard: tf.Tensor,
-              index: tf.Tensor) -> tf.Tensor:
-    """int64 image id (module docstring): the source id if it is an integer, else a hash."""
+def _image_ids(source_id: tf.Tensor, filename: tf.Tensor, shard: tf.Tensor,
+               index: tf.Tensor) -> tf.Tensor:
+    """int64 image ids ``[B]`` (module docstring): the source id if it is an integer, else a
+    hash."""
     fallback = tf.strings.join([tf.strings.regex_replace(shard, ".*/", ""), "#",
                                 tf.strings.as_string(index)])
     key = tf.where(source_id != "", source_id, tf.where(filename != "", filename, fallback))
-    return tf.cond(tf.strings.regex_full_match(key, "[0-9]{1,18}"),
-                   lambda: tf.strings.to_number(key, tf.int64),
-                   lambda: tf.strings.to_hash_bucket_fast(key, _HASHED_IDS) + _HASHED_IDS)
+    numeric = tf.strings.regex_full_match(key, "[0-9]{1,18}")
+    number = tf.strings.to_number(tf.where(numeric, key, "0"), tf.int64)
+    hashed = tf.strings.to_hash_bucket_fast(key, _HASHED_IDS) + _HASHED_IDS
+    return tf.where(numeric, number, hashed)
 
 
 # ------------------------------------------------------------------------------ pipeline
@@ -561,8 +637,9 @@ class TFRecordPipeline(InputPipeline):
     Everything after reading is the file pipeline's graph (``_augment`` and ``_batch``): the
     same scale choice, flip, resize, padding and aspect grouping. Reading: the shards (each
     input pipeline takes every n-th shard: file-level sharding per worker), shuffled in
-    training and interleaved, a ``shuffle_buffer`` of serialized records, then one parallel
-    map: each record decoded and checked by :class:`ExampleDecoder`, problems counted in
+    training and interleaved, a ``shuffle_buffer`` of serialized records, parsed a few at a
+    time (:meth:`ExampleDecoder.stream`), then one parallel map: each record decoded and checked
+    by :meth:`ExampleDecoder.finish`, problems counted in
     :attr:`counter`, the training filters (difficult boxes, images without boxes,
     ``max_instances``/``max_crowd`` keeping the largest), masks cropped to their boxes and
     ``_augment``; unusable records are filtered out after it.
@@ -603,6 +680,7 @@ class TFRecordPipeline(InputPipeline):
                              f"no {MASK}; write the records with instance masks or set "
                              "with_masks=False.")
         self.decoder = ExampleDecoder(self.label_map, self.mask_format)
+        self.decoder.check_types(self.files)
         self.counter = ProblemCounter()
         if self.shuffle_buffer is None:
             self.shuffle_buffer = 1024
@@ -657,7 +735,8 @@ class TFRecordPipeline(InputPipeline):
             # The buffer holds serialized records (encoded images), not decoded ones.
             ds = ds.shuffle(self.shuffle_buffer, seed=self.seed + pipeline_id,
                             reshuffle_each_iteration=True)
-        ds = ds.enumerate().map(lambda c, record: self._to_input(c, record, pipeline_id),
+        ds = self.decoder.stream(ds, deterministic=ordered)
+        ds = ds.enumerate().map(lambda c, parsed: self._to_input(c, parsed, pipeline_id),
                                 num_parallel_calls=self.num_parallel, deterministic=ordered)
         ds = ds.ignore_errors(log_warning=True)  # damage inside image bytes the decoder finds
         ds = ds.filter(_usable).map(_without_flag)
@@ -665,9 +744,9 @@ class TFRecordPipeline(InputPipeline):
             ds = ds.take(self._num_images)
         return self._batch(ds, batch)
 
-    def _read_element(self, shard, index, serialized, is_end, truncated) -> dict[str, tf.Tensor]:
+    def _read_element(self, parsed: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """Decode, check, apply the training filters, count."""
-        e = self.decoder(shard, index, serialized, is_end, truncated)
+        e = self.decoder.finish(parsed)
         usable = e["ok"]
         extra = [tf.constant(0, tf.int64)] * 4
         keep = tf.ones_like(e["classes"], tf.bool)
@@ -693,12 +772,12 @@ class TFRecordPipeline(InputPipeline):
             e["ok"] = tf.identity(e["ok"])
         return e
 
-    def _to_input(self, counter: tf.Tensor, record: tuple[tf.Tensor, ...],
+    def _to_input(self, counter: tf.Tensor, parsed: Mapping[str, tf.Tensor],
                   pipeline_id: int) -> tuple[Any, Any, tf.Tensor]:
         """One record -> ``(image, targets, usable)``: read, checked and counted, then the
         file pipeline's ``_augment`` (run on a placeholder for a record that is filtered out
         next, so one parallel map does all the work)."""
-        e = self._read_element(*record)
+        e = self._read_element(parsed)
         fields = {"boxes": e["boxes"], "classes": e["classes"], "crowd": e["crowd"],
                   "image_id": e["image_id"]}
         if self.with_masks:
@@ -770,7 +849,9 @@ def read_tfrecord_records(
         logging.warning("%s: the first records have no %s: reading boxes only.", files[0], MASK)
     decoder = ExampleDecoder(label_map, mask_format)
     report = LoadReport(f"TFRecords {source or ', '.join(files[:2])}")
-    ds = read_shards(files, _shard_sizes(files)).map(decoder).ignore_errors(log_warning=True)
+    decoder.check_types(files)
+    ds = decoder.stream(read_shards(files, _shard_sizes(files))).map(decoder.finish)
+    ds = ds.ignore_errors(log_warning=True)
     records: list[DetectionRecord] = []
     seen: dict[int, str] = {}
     for e in ds:
@@ -816,7 +897,8 @@ def check_first_records(files: Sequence[str], label_map: LabelMap,
     ds = read_shards(files, _shard_sizes(files)).filter(
         lambda shard, index, serialized, is_end, truncated: tf.logical_not(is_end))
     usable = 0
-    for e in ds.take(count).map(decoder).ignore_errors():
+    decoder.check_types(files)
+    for e in decoder.stream(ds.take(count)).map(decoder.finish).ignore_errors():
         _report_problems(report, e["problems"].numpy(),
                          f"{e['shard'].numpy().decode()} record {int(e['index'].numpy())}")
         usable += int(bool(e["ok"].numpy()) and e["classes"].shape[0] > 0)

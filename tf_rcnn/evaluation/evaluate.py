@@ -31,6 +31,7 @@ from tf_rcnn.evaluation.mask_pasting import MaskPastingEvaluator
 from tf_rcnn.evaluation.proposal_recall import ProposalRecallEvaluator
 from tf_rcnn.evaluation.runner import run_evaluation
 from tf_rcnn.evaluation.voc_evaluator import VOCEvaluator
+from tf_rcnn.models.builder import build_tta
 from tf_rcnn.models.checkpoint import restore_detector
 
 
@@ -54,6 +55,8 @@ def evaluate_checkpoint(
     num_images: int | None = None,
     proposal_recall: bool = False,
     visualize: int | None = None,
+    precision: str = "float32",
+    tta: bool = False,
 ) -> dict[str, float]:
     """Restores a trained run and evaluates it on its validation split; returns the metrics.
 
@@ -65,8 +68,18 @@ def evaluate_checkpoint(
         num_images: evaluate only the first N validation images.
         proposal_recall: also report RPN recall (``rpn/AR@100``, ``rpn/AR@1000``).
         visualize: images drawn into ``detections.png`` (default ``eval.visualize``).
+        precision: the type the detector computes in (``float32``, ``bfloat16``,
+            ``float16``), to measure what a reduced-precision export gives.
+        tta: test-time augmentation with the config's ``test.tta`` values
+            (``tf_rcnn.models.tta``); also on when the config sets ``test.tta.enabled``.
     """
-    model, config, label_map = restore_detector(checkpoint, config)
+    model, config, label_map = restore_detector(checkpoint, config, precision=precision)
+    if tta or config.test.tta.enabled:
+        if proposal_recall:
+            raise ConfigError("--proposal_recall measures the RPN's proposals, which test-time "
+                              "augmentation does not change: run it without --tta (and with "
+                              "--config.test.tta.enabled=False).")
+        model = build_tta(model, config)
     with_masks = model.needs_masks and "coco" in config.eval.metrics
     # The model's classes found in the data (same ids, else same names, else an error); a
     # split without a usable box is an error, never a metric.

@@ -1,6 +1,8 @@
 """SavedModel export for TF Serving: preprocessing and postprocessing inside the graph.
 
-Works for every ``TwoStageDetector`` (Fast/Faster R-CNN, R-FCN, Mask R-CNN). The only
+Works for every ``TwoStageDetector`` (Fast/Faster R-CNN, R-FCN, Mask R-CNN), and for a
+``tf_rcnn.models.tta.TTADetector`` around one (test-time augmentation in the graph:
+``export/export_saved_model.py --tta``; ``export_info.json`` records its views). The only
 per-model differences are read off the model: a family that takes its proposals with the inputs
 (``model.needs_proposals``, Fast R-CNN) has a ``proposals`` input in every signature, and
 ``detection_masks`` is exported when the model returns it.
@@ -46,7 +48,9 @@ import tensorflow as tf
 from tf_rcnn.data.builder import pixel_stats
 from tf_rcnn.data.pipeline import decode_image, preprocess_image_for_inference, scale_boxes
 from tf_rcnn.label_map import LABEL_MAP_FILE
+from tf_rcnn.models.builder import build_tta
 from tf_rcnn.models.checkpoint import restore_detector
+from tf_rcnn.models.tta import TTADetector
 
 SIGNATURES = ("serving_default", "image_bytes", "tf_example")
 
@@ -173,7 +177,7 @@ def make_serving_functions(model: Any, preprocess: PreprocessConfig) -> dict[str
     """The three signature ``tf.function`` s of ``model`` (see the module docstring).
 
     Args:
-        model: a built ``TwoStageDetector``.
+        model: a built ``TwoStageDetector`` or a ``TTADetector`` around one.
         preprocess: the recipe's inference preprocessing.
 
     Returns:
@@ -248,7 +252,8 @@ def export_saved_model(
     """Writes ``model`` as a SavedModel with the three signatures and ``label_map.json``.
 
     Args:
-        model: a built ``TwoStageDetector`` (e.g. ``model.build_with_dummy_inputs()``).
+        model: a built ``TwoStageDetector`` (e.g. ``model.build_with_dummy_inputs()``) or a
+            ``TTADetector`` around one.
         output_dir: SavedModel directory (for TF Serving: ``MODEL_BASE/<version>``).
         preprocess: the recipe's inference preprocessing (``PreprocessConfig.from_recipe``).
         overwrite: replace an existing SavedModel in ``output_dir``.
@@ -280,9 +285,14 @@ EXPORT_INFO_FILE = "export_info.json"
 def write_export_info(model: Any, output_dir: str, preprocess: PreprocessConfig) -> str:
     """Writes ``output_dir/export_info.json``: what a client needs besides the graph (the
     detector class, class count, preprocessing and, for Mask R-CNN, the mask paste rule)."""
-    info = {"format": "tf_rcnn.export.v1", "model": type(model).__name__,
+    detector = model.detector if isinstance(model, TTADetector) else model
+    tta = None
+    if isinstance(model, TTADetector):
+        tta = {k: model.get_config()[k] for k in ("scales", "flip", "merge", "nms_threshold")}
+    info = {"format": "tf_rcnn.export.v1", "model": type(detector).__name__,
             "num_classes": int(model.num_classes),
-            "preprocess": dataclasses.asdict(preprocess)}
+            "compute_dtype": str(detector.roi_heads.compute_dtype),
+            "preprocess": dataclasses.asdict(preprocess), "tta": tta}
     if getattr(model.roi_heads, "predicts_masks", False):
         info["mask_paste_rule"] = model.roi_heads.paste_rule
     path = os.path.join(output_dir, EXPORT_INFO_FILE)
@@ -301,7 +311,8 @@ def write_label_map(model: Any, output_dir: str) -> str:
     return path
 
 
-def export_from_checkpoint(checkpoint: str, output_dir: str, config: Any = None) -> str:
+def export_from_checkpoint(checkpoint: str, output_dir: str, config: Any = None,
+                           precision: str = "float32", tta: bool = False) -> str:
     """Restores a trained run (``tf_rcnn.models.checkpoint.restore_detector``) and exports it.
 
     Args:
@@ -310,11 +321,17 @@ def export_from_checkpoint(checkpoint: str, output_dir: str, config: Any = None)
         config: the recipe (path or ConfigDict); default: the run's ``config.json``, so the
             exported preprocessing (scales, max size, pixel statistics) is the one the run
             was trained with.
+        precision: the type the exported graph computes in (``float32``, ``bfloat16``,
+            ``float16``; weights stay float32 and outputs are float32 either way).
+        tta: bake the recipe's test-time augmentation (``test.tta``: flip, scale factors,
+            merge) into the graph; also on when the config sets ``test.tta.enabled``.
 
     The label map comes from the run's ``label_map.json``; without it class ids are exported as
     they are (1..K).
     """
-    model, config, _ = restore_detector(checkpoint, config)
+    model, config, _ = restore_detector(checkpoint, config, precision=precision)
+    if tta or config.test.tta.enabled:
+        model = build_tta(model, config)
     return export_saved_model(model, output_dir, PreprocessConfig.from_recipe(config))
 
 

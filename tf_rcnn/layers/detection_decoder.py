@@ -3,7 +3,9 @@
 Softmax over the K+1 classes, class-specific decode of each RoI (weights (10, 10, 5, 5)), clip
 to the true image shape, drop scores not above ``score_threshold`` (0.05) and boxes smaller than
 ``min_size`` (empty ones by default), per-class NMS (IoU 0.5), keep the ``max_detections`` (100)
-best per image.
+best per image. The per-class NMS is hard by default; ``nms_method`` ``"linear"`` or
+``"gaussian"`` selects Soft-NMS (``tf_rcnn.ops.nms``, Bodla et al. 2017), which decays the scores
+of overlapping boxes instead of removing them (every family decodes here, so it serves all).
 
 Conventions: boxes ``[y1, x1, y2, x2]`` pixels; classes 1..K (0 = padding in the outputs).
 Shape shorthand: B batch, R RoIs per image, K classes, D = max_detections.
@@ -33,6 +35,10 @@ class DetectionDecoder(keras.layers.Layer):
         box_weights: coder weights of the head's deltas.
         min_size: boxes narrower or lower than this (pixels of the network input) are dropped;
             0 drops only empty boxes (torchvision uses 0.01).
+        nms_method: ``"hard"`` (default), ``"linear"`` or ``"gaussian"`` Soft-NMS; linear
+            decays a score by ``1 - iou`` where ``iou >= nms_threshold``.
+        soft_nms_sigma: Gaussian Soft-NMS ``sigma`` in ``exp(-iou**2 / sigma)`` (0.5).
+        soft_nms_min_score: Soft-NMS drops boxes whose decayed score is ``<=`` this (0.001).
 
     Call arguments:
         class_logits: ``[B, R, K+1]``; pred_deltas ``[B, R, K+1, 4]`` (or ``[B, R, 1, 4]``
@@ -53,6 +59,9 @@ class DetectionDecoder(keras.layers.Layer):
         max_detections_per_class: int | None = None,
         box_weights: Sequence[float] = box_coder.RCNN_BOX_WEIGHTS,
         min_size: float = 0.0,
+        nms_method: str = "hard",
+        soft_nms_sigma: float = 0.5,
+        soft_nms_min_score: float = 0.001,
         **kwargs,
     ):
         # Mixed precision: box decoding and NMS stay float32 (float16: ~0.5 px steps at 1000 px).
@@ -66,6 +75,10 @@ class DetectionDecoder(keras.layers.Layer):
         )
         self.box_weights = tuple(float(w) for w in box_weights)
         self.min_size = float(min_size)
+        nms_ops.check_soft_nms_args(nms_method, soft_nms_sigma, soft_nms_min_score)
+        self.nms_method = str(nms_method)
+        self.soft_nms_sigma = float(soft_nms_sigma)
+        self.soft_nms_min_score = float(soft_nms_min_score)
 
     def call(self, class_logits, pred_deltas, rois, roi_valid, image_shape, class_probs=None):
         if class_probs is None:
@@ -93,6 +106,9 @@ class DetectionDecoder(keras.layers.Layer):
             max_total=self.max_detections,
             iou_threshold=self.nms_threshold,
             score_threshold=self.score_threshold,
+            method=self.nms_method,
+            soft_nms_sigma=self.soft_nms_sigma,
+            soft_nms_min_score=self.soft_nms_min_score,
         )
         return {
             "detection_boxes": result.boxes,
@@ -110,5 +126,8 @@ class DetectionDecoder(keras.layers.Layer):
             max_detections_per_class=self.max_detections_per_class,
             box_weights=list(self.box_weights),
             min_size=self.min_size,
+            nms_method=self.nms_method,
+            soft_nms_sigma=self.soft_nms_sigma,
+            soft_nms_min_score=self.soft_nms_min_score,
         )
         return config

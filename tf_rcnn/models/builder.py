@@ -53,6 +53,8 @@ from tf_rcnn.models.roi_heads import (
     RoIHeads,
     VGGBoxHead,
 )
+from tf_rcnn.models.tta import TTADetector
+from tf_rcnn.ops import tta as tta_ops
 
 # ------------------------------------------------------------------------------- trunk
 
@@ -217,7 +219,8 @@ def build_box_head(cfg: ml_collections.ConfigDict, backbone_cfg: ml_collections.
 
 def training_rois_kwargs(cfg: ml_collections.ConfigDict) -> dict:
     """``config.model.roi_head`` -> the ``RoIHeadsBase`` arguments every second stage shares:
-    sampler (IoU rules, batch), OHEM, decoder (score threshold, NMS, count), box loss beta."""
+    sampler (IoU rules, batch), OHEM, decoder (:func:`build_detection_decoder`), box loss
+    beta."""
     return {
         "sampler": RoISampler(
             batch_size_per_image=cfg.batch_size_per_image,
@@ -227,14 +230,27 @@ def training_rois_kwargs(cfg: ml_collections.ConfigDict) -> dict:
         ),
         "ohem": (OHEMSampler(cfg.ohem_batch_size, cfg.ohem_nms_threshold) if cfg.ohem
                  else None),
-        "decoder": DetectionDecoder(
+        "decoder": build_detection_decoder(cfg),
+        "box_loss_beta": cfg.box_loss_beta,
+    }
+
+
+def build_detection_decoder(cfg: ml_collections.ConfigDict) -> DetectionDecoder:
+    """``config.model.roi_head`` -> the ``DetectionDecoder`` of every family (score threshold,
+    hard or Soft-NMS, detections per image); a bad NMS setting is a ``ConfigError`` naming its
+    flag."""
+    try:
+        return DetectionDecoder(
             score_threshold=cfg.score_threshold,
             nms_threshold=cfg.nms_threshold,
             max_detections=cfg.detections_per_image,
             min_size=cfg.min_size,
-        ),
-        "box_loss_beta": cfg.box_loss_beta,
-    }
+            nms_method=cfg.nms_method,
+            soft_nms_sigma=cfg.soft_nms_sigma,
+            soft_nms_min_score=cfg.soft_nms_min_score,
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def build_standard_roi_heads(m: ml_collections.ConfigDict, strides: list[int],
@@ -463,3 +479,37 @@ def build_model(config: ml_collections.ConfigDict, label_map: dict | None = None
     logging.info("Built %s: backbone %s, neck %s, %d classes.", type(model).__name__,
                  m.backbone.name, m.neck.type, m.num_classes)
     return model
+
+
+def build_tta(model: TwoStageDetector, config: ml_collections.ConfigDict) -> TTADetector:
+    """Wraps a detector in the recipe's test-time augmentation (``config.test.tta``; the
+    ``enabled`` switch is the caller's business: eval/predict/export ``--tta`` turn it on).
+
+    Raises:
+        ConfigError: a ``test.tta`` value that cannot work (the message names the flag).
+    """
+    t = config.test.tta
+    try:
+        scales = tuple(float(s) for s in t.scales)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--config.test.tta.scales must be a list of scale factors of the "
+                          f"network input such as '(1.0, 1.25)', got {t.scales!r}.") from None
+    if not scales or any(not s > 0.0 for s in scales):
+        raise ConfigError(f"--config.test.tta.scales must be a non-empty list of factors > 0 "
+                          f"(1.0 = the recipe's data.scales size), got {t.scales!r}.")
+    if t.merge not in tta_ops.MERGE_METHODS:
+        raise ConfigError(f"--config.test.tta.merge must be one of {tta_ops.MERGE_METHODS} "
+                          f"(per-class NMS of the union, or NMS + weighted box voting), got "
+                          f"{t.merge!r}.")
+    if not 0.0 <= float(t.nms_threshold) <= 1.0:
+        raise ConfigError(f"--config.test.tta.nms_threshold must be an IoU in [0, 1], got "
+                          f"{t.nms_threshold!r}.")
+    views = tta_ops.view_list(scales, t.flip)
+    if views == [(1.0, False)]:
+        logging.warning("test.tta has one view (scales=(1.0,), flip=False): the detections are "
+                        "the plain model's; set --config.test.tta.flip or more scales.")
+    logging.info("TTA: %d views (scale factors %s%s), merge %s at IoU %.2f.", len(views),
+                 list(scales), ", flipped too" if t.flip else "", t.merge, t.nms_threshold)
+    return TTADetector(model, scales=scales, flip=t.flip, merge=t.merge,
+                       nms_threshold=float(t.nms_threshold),
+                       size_divisor=int(config.data.size_divisor))

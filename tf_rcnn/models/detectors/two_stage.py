@@ -182,7 +182,9 @@ class TwoStageDetector(keras.Model):
             self.optimizer.build(self.trainable_variables)
 
     @staticmethod
-    def _parse_inputs(inputs):
+    def parse_inputs(inputs) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:
+        """``images`` or ``{"images", "image_shape", "proposals"}`` -> ``(images float32,
+        image_shape [B, 2] int32 (default: the full padded size), proposals or None)``."""
         if isinstance(inputs, dict):
             images = inputs["images"]
             image_shape = inputs.get("image_shape")
@@ -246,7 +248,7 @@ class TwoStageDetector(keras.Model):
     def detect_with_proposals(self, inputs, return_proposals: bool = True) -> dict:
         """One inference pass returning the detections and, optionally, the proposals
         (``proposals [B, P, 4]``, ``proposal_valid [B, P]``) they came from."""
-        images, image_shape, proposals = self._parse_inputs(inputs)
+        images, image_shape, proposals = self.parse_inputs(inputs)
         features = self.extract_features(images, training=False)
         return self.detect_from_features(features, image_shape, proposals,
                                          return_proposals=return_proposals)
@@ -274,7 +276,7 @@ class TwoStageDetector(keras.Model):
         """Inference proposals: ``proposals [B, P, 4]``, ``proposal_valid [B, P]`` (the RPN's
         test-time output, or the given proposals for a detector without an RPN) and, with an
         RPN, ``proposal_scores [B, P]`` (objectness, highest first)."""
-        images, image_shape, proposals = self._parse_inputs(inputs)
+        images, image_shape, proposals = self.parse_inputs(inputs)
         features = self.extract_features(images, training=False)
         if self.rpn is not None:
             out = self.rpn(self._select(features, self.rpn_in_features), image_shape,
