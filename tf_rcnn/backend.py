@@ -2,11 +2,17 @@
 
 Importing this module before Keras sets ``KERAS_BACKEND=tensorflow`` when the user has not
 chosen a backend, and raises a clear error when another backend was chosen explicitly.
+
+It also holds the export-target switch :func:`builtin_ops_only` (the ops without a TFLite builtin
+trace builtin-only variants inside it; see docs/design.md, "On-device export").
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
+from collections.abc import Iterator
 
 _REQUIRED = "tensorflow"
 
@@ -31,3 +37,27 @@ def ensure_tensorflow_backend() -> None:
 
 
 ensure_tensorflow_backend()
+
+
+# --- Export target: builtin-only op variants (on-device LiteRT export) -------------------------
+# Graph-building switch read by the ops that have no TFLite builtin (crop_and_resize,
+# combined_non_max_suppression, dynamic_stitch): inside ``builtin_ops_only()`` they trace their
+# builtin-only variants (tf_rcnn/ops/gather_sampling.py, builtin_pooling.py, builtin_nms.py);
+# outside it (the default) nothing changes. It is read when a graph is traced, so the detector
+# must be traced (e.g. ``get_concrete_function``) inside the context.
+_builtin_ops_only = contextvars.ContextVar("tf_rcnn_builtin_ops_only", default=False)
+
+
+@contextlib.contextmanager
+def builtin_ops_only(enabled: bool = True) -> Iterator[None]:
+    """Trace tf_rcnn's ops as TFLite builtins only (``TFLITE_BUILTINS``, no Flex ops)."""
+    token = _builtin_ops_only.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _builtin_ops_only.reset(token)
+
+
+def builtin_ops_only_enabled() -> bool:
+    """True inside :func:`builtin_ops_only`: ops must trace their builtin-only variants."""
+    return _builtin_ops_only.get()

@@ -4,12 +4,16 @@
         --output_dir=predictions
     python -m tf_rcnn.predict --inputs=photos/ --checkpoint=runs/shapes --output_dir=predictions \
         [--config=configs/shapes_faster_rcnn.py] [--config.a.b=v ...]
+    python -m tf_rcnn.predict --inputs=photos/ --tflite=exported/shapes_tflite/model.tflite \
+        --output_dir=predictions
 
 ``--inputs`` is an image file, a folder (its JPEG/PNG/BMP/GIF files) or a glob. Both sources go
 through the same serving graph (``tf_rcnn.export``): a SavedModel is loaded as is; a trained run
 is restored (``tf_rcnn.models.checkpoint.restore_detector``: its ``config.json`` unless
 ``--config`` is given) and wrapped in the same ``image_bytes`` function in-process (``--tta``:
-with the recipe's test-time augmentation, ``test.tta``). Writes
+with the recipe's test-time augmentation, ``test.tta``). A LiteRT model (``--tflite``, from
+``export/export_tflite.py``) runs on the stock LiteRT interpreter (``pip install
+ai-edge-litert``) on the image decoded as the serving graph decodes it. Writes
 ``OUTPUT/<name>.png`` per image (boxes, class names, scores, translucent masks for Mask R-CNN;
 small images enlarged so labels stay legible) and ``OUTPUT/detections.json``: one entry per
 image with ``image``, ``height``, ``width`` and ``detections``, each ``{"box": [y1, x1, y2, x2]
@@ -32,7 +36,13 @@ from absl import app, flags
 from PIL import Image, UnidentifiedImageError
 
 from tf_rcnn import visualize
-from tf_rcnn.export import PreprocessConfig, label_map_entries, make_serving_functions
+from tf_rcnn.export import (
+    PreprocessConfig,
+    TFLiteDetector,
+    decode_image_bytes,
+    label_map_entries,
+    make_serving_functions,
+)
 from tf_rcnn.export.saved_model import EXPORT_INFO_FILE
 from tf_rcnn.models.builder import build_tta
 from tf_rcnn.models.checkpoint import restore_detector
@@ -70,10 +80,30 @@ def _read_label_map(path: str) -> dict[int, str]:
     return {int(c["dataset_id"]): str(c["name"]) for c in data.get("classes", [])}
 
 
+def load_tflite_predictor(path: str) -> tuple[Callable, dict[int, str]]:
+    """:func:`load_predictor` for a LiteRT ``model.tflite`` (``export/export_tflite.py``)."""
+    if not os.path.isfile(path) or not path.endswith(".tflite"):
+        raise ValueError(f"--tflite={path!r} is not a .tflite file; export one with "
+                         "export/export_tflite.py (it writes OUTPUT/model.tflite).")
+    detector = TFLiteDetector(path)
+    if detector.needs_proposals:
+        raise ValueError(f"--tflite={path!r} takes proposals with each image (Fast R-CNN); "
+                         "predict has no proposal input: run it with TFLiteDetector.")
+    names = _read_label_map(os.path.join(os.path.dirname(path), "label_map.json"))
+
+    def predict(data: bytes) -> dict:
+        return detector(decode_image_bytes(tf.constant(data)).numpy())
+
+    predict.paste_rule = detector.paste_rule
+    return predict, names
+
+
 def load_predictor(saved_model: str | None = None, checkpoint: str | None = None,
-                   config: Any = None, tta: bool = False) -> tuple[Callable, dict[int, str]]:
+                   config: Any = None, tta: bool = False, tflite: str | None = None
+                   ) -> tuple[Callable, dict[int, str]]:
     """A function ``bytes -> outputs dict`` (the ``image_bytes`` signature on one image) and the
-    class names ``{dataset_id: name}``, from a SavedModel or a trained run (+ optional recipe).
+    class names ``{dataset_id: name}``, from a SavedModel, a trained run (+ optional recipe) or
+    a LiteRT model.
 
     ``tta`` (with ``checkpoint``) runs the run's detector with the recipe's test-time
     augmentation (``test.tta``, also on when the config enables it); a SavedModel has it in its
@@ -81,9 +111,15 @@ def load_predictor(saved_model: str | None = None, checkpoint: str | None = None
 
     The function carries ``paste_rule``, the mask paste rule of the model (``"tf_rcnn"`` for
     models without masks or SavedModels without ``export_info.json``)."""
-    if (saved_model is None) == (checkpoint is None):
-        raise ValueError("Pass exactly one of --saved_model (an exported directory) or "
-                         "--checkpoint (a run directory or checkpoint prefix).")
+    if sum(x is not None for x in (saved_model, checkpoint, tflite)) != 1:
+        raise ValueError("Pass exactly one of --saved_model (an exported directory), "
+                         "--checkpoint (a run directory or checkpoint prefix) or --tflite (an "
+                         "exported model.tflite).")
+    if tflite is not None:
+        if tta:
+            raise ValueError("--tta applies to --checkpoint: a .tflite runs the graph it was "
+                             "exported with.")
+        return load_tflite_predictor(tflite)
     if saved_model is not None:
         if tta:
             raise ValueError("--tta applies to --checkpoint: a SavedModel runs the graph it was "
@@ -219,9 +255,9 @@ def main(argv: Sequence[str], config_flag: cli.ConfigFlag) -> None:
     del argv
     f = flags.FLAGS
     try:
-        predict, names = load_predictor(f.saved_model, f.checkpoint,
-                                        None if f.saved_model else config_flag.resolve(),
-                                        tta=f.tta)
+        predict, names = load_predictor(
+            f.saved_model, f.checkpoint,
+            config_flag.resolve() if f.checkpoint else None, tta=f.tta, tflite=f.tflite)
         paths = find_images(f.inputs)
     except (ValueError, FileNotFoundError) as error:
         raise app.UsageError(str(error)) from error
@@ -240,6 +276,7 @@ def _define_flags(argv: list[str]) -> cli.ConfigFlag:
     flags.DEFINE_string("inputs", None, "An image file, a folder or a glob ('dir/*.jpg').")
     flags.DEFINE_string("saved_model", None, "An exported SavedModel directory.")
     flags.DEFINE_string("checkpoint", None, "Or: a run directory or checkpoint prefix.")
+    flags.DEFINE_string("tflite", None, "Or: a LiteRT model.tflite (export/export_tflite.py).")
     flags.DEFINE_string("output_dir", None, "Where the PNGs and detections.json go.")
     flags.DEFINE_float("score_threshold", 0.5, "Lowest score drawn (the JSON keeps all).")
     flags.DEFINE_bool("tta", False, "With --checkpoint: test-time augmentation with the recipe's "

@@ -64,6 +64,7 @@ from tf_rcnn.data import masks as masks_lib
 from tf_rcnn.data.proposals import read_proposals
 from tf_rcnn.data.records import DetectionRecord
 from tf_rcnn.label_map import LabelMap
+from tf_rcnn.ops.crop_and_resize import crop_and_resize
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -198,8 +199,9 @@ def resize_image(image: tf.Tensor, scale: tf.Tensor, out_shape: tf.Tensor,
         ((oh - 0.5) / scale - 0.5 + p) / (h + 2 * p - 1),
         ((ow - 0.5) / scale - 0.5 + p) / (w + 2 * p - 1),
     ])
-    out = tf.image.crop_and_resize(padded[tf.newaxis], box[tf.newaxis], tf.zeros([1], tf.int32),
-                                   out_shape)
+    # tf.image.crop_and_resize, or its builtin-only twin for a LiteRT export.
+    out = crop_and_resize(padded[tf.newaxis], box[tf.newaxis], tf.zeros([1], tf.int32),
+                          out_shape)
     return out[0]
 
 

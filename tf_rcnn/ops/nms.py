@@ -45,6 +45,10 @@ and the next selection is the best DECAYED score. Boxes whose decayed score fall
 ``tf.while_loop`` over selections, vectorised over every (image, class) row and box per
 iteration (no ``py_function``; exportable); ``tf.image.non_max_suppression_with_scores`` does
 Gaussian only and one image and class at a time. The RPN keeps hard NMS.
+
+Inside ``tf_rcnn.backend.builtin_ops_only()`` (a LiteRT export) hard NMS in both functions runs
+its ``NON_MAX_SUPPRESSION_V5`` twin in :mod:`tf_rcnn.ops.builtin_nms` instead (Soft-NMS keeps
+its own graph; its LiteRT conversion is not checked yet).
 """
 
 from __future__ import annotations
@@ -53,10 +57,13 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from tf_rcnn.backend import builtin_ops_only_enabled
 from tf_rcnn.ops import boxes as box_ops
+from tf_rcnn.ops.builtin_nms import nms_v5_batched, nms_v5_multiclass
 
 # Final per-class NMS methods: hard (greedy suppression) or Soft-NMS's linear / Gaussian decay.
 NMS_METHODS = ("hard", "linear", "gaussian")
+
 
 class NMSResult(NamedTuple):
     """Output of :func:`batched_nms`; K = ``max_output_size``.
@@ -151,6 +158,10 @@ def batched_nms(
         raise ValueError(
             f"boxes must be [B, N, 4] and scores [B, N]; got {boxes.shape} and {scores.shape}."
         )
+
+    if builtin_ops_only_enabled():  # LiteRT export: NON_MAX_SUPPRESSION_V5 (ops/builtin_nms.py)
+        return NMSResult(*nms_v5_batched(boxes, scores, max_output_size, iou_threshold,
+                                         pre_nms_top_n, score_threshold))
 
     num_boxes = tf.shape(scores)[1]
     k = num_boxes if pre_nms_top_n is None else tf.minimum(num_boxes, int(pre_nms_top_n))
@@ -247,6 +258,9 @@ def multiclass_nms(
         return _multiclass_soft_nms(boxes, scores, max_per_class, max_total, method,
                                     float(iou_threshold), float(soft_nms_sigma),
                                     float(score_threshold), float(soft_nms_min_score))
+    if builtin_ops_only_enabled():  # LiteRT export: NON_MAX_SUPPRESSION_V5 (ops/builtin_nms.py)
+        return DetectionResult(*nms_v5_multiclass(boxes, scores, max_per_class, max_total,
+                                                  iou_threshold, score_threshold))
     # clip_boxes=False: boxes are pixels, not [0, 1]; the op's IoU is scale invariant.
     nmsed = tf.image.combined_non_max_suppression(
         boxes,

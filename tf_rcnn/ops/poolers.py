@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from tf_rcnn.backend import builtin_ops_only_enabled
+from tf_rcnn.ops.builtin_pooling import flat_multilevel_align
 from tf_rcnn.ops.roi_align import (
     DEFAULT_SAMPLING_RATIO,
     align_rois,
@@ -92,7 +94,9 @@ def multilevel_roi_align(
     RoIs in one ``crop_and_resize`` call, and ``tf.dynamic_stitch`` puts the results back in RoI
     order. ``benchmarks/ops.py`` compares it with pooling every RoI on every level and selecting
     (1000 RoIs, 7x7, P2-P5 of an 800x800 image, 256 channels, 2 CPU cores, TF 2.21): 71 ms vs
-    192 ms forward, 148 ms vs 471 ms forward+backward, so the partition is kept.
+    192 ms forward, 148 ms vs 471 ms forward+backward, so the partition is kept. Inside
+    ``tf_rcnn.backend.builtin_ops_only()`` (a LiteRT export, no ``dynamic_stitch``) all levels
+    are read by one flat-index gather instead (:mod:`tf_rcnn.ops.builtin_pooling`).
 
     Args:
         features: list of ``L`` maps ``[B, H_l, W_l, C]`` ordered fine to coarse.
@@ -124,6 +128,11 @@ def multilevel_roi_align(
     )
     flat_rois = tf.reshape(rois, [-1, 4])  # [B, R, 4] -> [B*R, 4]
     image_index = flat_batch_indices(rois)
+    if builtin_ops_only_enabled():  # LiteRT export: no dynamic_stitch (ops/builtin_pooling.py)
+        merged = flat_multilevel_align(features, flat_rois, image_index, roi_levels - levels[0],
+                                       strides, (out_h, out_w), sampling_ratio, aligned)
+        merged = tf.reshape(merged, [batch, num_rois, out_h, out_w, channels])
+        return tf.cast(merged, features_0.dtype)
     positions, pooled = [], []
     for level, stride, level_features in zip(levels, strides, features, strict=True):
         selected = tf.cast(tf.reshape(tf.where(tf.equal(roi_levels, level)), [-1]), tf.int32)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tf_rcnn.backend import builtin_ops_only_enabled
+from tf_rcnn.ops.builtin_roi_pool import centered_summed_area
 from tf_rcnn.ops.roi_align import (
     DEFAULT_SAMPLING_RATIO,
     check_roi_inputs,
@@ -157,15 +159,21 @@ def ps_roi_pool(
     height, width = shape[1], shape[2]
     batch, num_rois = tf.shape(rois)[0], tf.shape(rois)[1]
     maps, channels = _group_by_bin(score_maps, k)  # [B*k*k, H, W, C]
-    # Summed-area table in float64 (exact enough for 1e-4 on large bins), zero row/col first:
-    # sat[n, y, x] = sum(maps[n, :y, :x]).
-    sat = tf.cumsum(tf.cumsum(tf.cast(maps, tf.float64), axis=1), axis=2)
-    sat = tf.pad(sat, [[0, 0], [1, 0], [1, 0], [0, 0]])
+    builtin = builtin_ops_only_enabled()  # LiteRT export: no float64 (ops/builtin_roi_pool.py)
+    if builtin:
+        sat, map_mean = centered_summed_area(maps)
+    else:
+        # Summed-area table in float64 (exact enough for 1e-4 on large bins), zero row/col
+        # first: sat[n, y, x] = sum(maps[n, :y, :x]).
+        sat = tf.cumsum(tf.cumsum(tf.cast(maps, tf.float64), axis=1), axis=2)
+        sat = tf.pad(sat, [[0, 0], [1, 0], [1, 0], [0, 0]])
 
     scaled = rois * tf.constant(spatial_scale, tf.float32)
     y1, x1, y2, x2 = tf.unstack(scaled, 4, axis=-1)  # each [B, R]
-    h_lo, h_hi = quantized_bins(y1, y2, k, height - 1, plus_one=False)  # [B, R, k]
-    w_lo, w_hi = quantized_bins(x1, x2, k, width - 1, plus_one=False)
+    h_lo, h_hi = quantized_bins(y1, y2, k, height - 1, plus_one=False,
+                                map_size=score_maps.shape[1])  # [B, R, k]
+    w_lo, w_hi = quantized_bins(x1, x2, k, width - 1, plus_one=False,
+                                map_size=score_maps.shape[2])
     grid = [batch, num_rois, k, k]
     image = _bin_image_indices(batch, num_rois, k)
     top = tf.broadcast_to(h_lo[..., :, None], grid)
@@ -177,7 +185,9 @@ def ps_roi_pool(
         return tf.gather_nd(sat, tf.stack([image, rows, cols], axis=-1))  # [B, R, k, k, C]
 
     total = corner(bottom, right) - corner(top, right) - corner(bottom, left) + corner(top, left)
-    area = tf.cast((bottom - top) * (right - left), tf.float64)
+    area = tf.cast((bottom - top) * (right - left), sat.dtype)
+    if builtin:  # the centred table: add the map mean back, area times
+        total = total + tf.gather(map_mean, image) * area[..., None]
     empty = tf.logical_or(bottom <= top, right <= left)
     mean = tf.math.divide_no_nan(total, tf.maximum(area, 1.0)[..., None])
     mean = tf.where(empty[..., None], tf.zeros_like(mean), mean)

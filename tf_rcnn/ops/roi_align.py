@@ -23,7 +23,9 @@ reference boundary rule: samples in ``[-1, 0]`` (and ``[H - 1, H]``) read the ed
 (clamping), samples outside ``[-1, H]`` fall outside the padded map and give 0 (a zero pad would
 blend towards 0 instead of clamping). ``sr x sr`` average pooling then averages each bin.
 :func:`tf_rcnn.ops.poolers.multilevel_roi_align` and
-:func:`tf_rcnn.ops.ps_roi_pool.ps_roi_align` reuse these building blocks.
+:func:`tf_rcnn.ops.ps_roi_pool.ps_roi_align` reuse these building blocks. Inside
+``tf_rcnn.backend.builtin_ops_only()`` (a LiteRT export) the crop is the gather-based twin of
+``crop_and_resize`` (:mod:`tf_rcnn.ops.crop_and_resize`), same sample points.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import tensorflow as tf
+
+from tf_rcnn.ops.crop_and_resize import crop_and_resize
 
 DEFAULT_SAMPLING_RATIO = 2
 
@@ -112,9 +116,8 @@ def sample_grid(
     start = (first + 1.0) / denom
     end = (last + 1.0) / denom
     boxes = tf.concat([start, end], axis=-1)  # [P, 4] normalised [y1, x1, y2, x2]
-    return tf.image.crop_and_resize(
-        padded, boxes, box_indices, crop_size, method="bilinear", extrapolation_value=0.0
-    )
+    # tf.image.crop_and_resize, or its builtin-only twin for a LiteRT export.
+    return crop_and_resize(padded, boxes, box_indices, crop_size)
 
 
 def average_bins(samples: tf.Tensor, sampling_ratio: int) -> tf.Tensor:

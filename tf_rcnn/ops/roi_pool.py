@@ -22,6 +22,8 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from tf_rcnn.backend import builtin_ops_only_enabled
+from tf_rcnn.ops.builtin_roi_pool import power_of_two, table_quantized_bins
 from tf_rcnn.ops.roi_align import check_roi_inputs, check_spatial_scale, pair_size
 
 
@@ -34,7 +36,8 @@ def _round_half_away(x: tf.Tensor) -> tf.Tensor:
 
 
 def quantized_bins(
-    start: tf.Tensor, end: tf.Tensor, num_bins: int, limit: tf.Tensor, plus_one: bool
+    start: tf.Tensor, end: tf.Tensor, num_bins: int, limit: tf.Tensor, plus_one: bool,
+    map_size: int | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Fast R-CNN quantised bins along one axis.
 
@@ -45,6 +48,8 @@ def quantized_bins(
         limit: int32 scalar; bin bounds are clipped to ``[0, limit]``.
         plus_one: RoI size is ``end - start + 1`` (roi_pool) instead of ``end - start``
             (ps_roi_pool); both are forced to ``>= 1``.
+        map_size: static map size along this axis; needed only by the builtin-only variant
+            (``tf_rcnn.ops.builtin_roi_pool.table_quantized_bins``, LiteRT export).
 
     Returns:
         ``(lo, hi)`` int32 ``[..., num_bins]``: bin ``p`` covers cells ``lo <= i < hi``
@@ -52,6 +57,11 @@ def quantized_bins(
     """
     start_q = _round_half_away(start)
     end_q = _round_half_away(end)
+    if builtin_ops_only_enabled():  # LiteRT export: no float64 (ops/builtin_roi_pool.py)
+        if map_size is None:
+            raise ValueError("RoI pooling in a LiteRT export needs feature maps of static "
+                             "height and width (a fixed export input size).")
+        return table_quantized_bins(start_q, end_q, num_bins, limit, plus_one, int(map_size))
     size = end_q - start_q + (1.0 if plus_one else 0.0)
     size = tf.maximum(size, 1.0)
     # The reference kernels compute bin bounds in IEEE float32: bin = fl(size / S) and the bound
@@ -141,15 +151,23 @@ def _roi_max_pool_from_table(
     num_rois = tf.shape(rois)[1]
     scaled = rois * tf.constant(spatial_scale, tf.float32)
     y1, x1, y2, x2 = tf.unstack(scaled, 4, axis=-1)  # each [B, R]
-    h_lo, h_hi = quantized_bins(y1, y2, out_h, tf.constant(height), plus_one=True)
-    w_lo, w_hi = quantized_bins(x1, x2, out_w, tf.constant(width), plus_one=True)
+    h_lo, h_hi = quantized_bins(y1, y2, out_h, tf.constant(height), plus_one=True,
+                                map_size=height)
+    w_lo, w_hi = quantized_bins(x1, x2, out_w, tf.constant(width), plus_one=True,
+                                map_size=width)
     h_len = tf.maximum(h_hi - h_lo, 1)
     w_len = tf.maximum(w_hi - w_lo, 1)
     level_h = tf.minimum(_floor_log2(h_len), levels_h - 1)  # [B, R, S_h]
     level_w = tf.minimum(_floor_log2(w_len), levels_w - 1)  # [B, R, S_w]
     # Two overlapping windows of 2**level per axis cover [lo, hi) exactly.
-    rows = [h_lo, tf.maximum(h_hi - tf.bitwise.left_shift(1, level_h), 0)]
-    cols = [w_lo, tf.maximum(w_hi - tf.bitwise.left_shift(1, level_w), 0)]
+    if builtin_ops_only_enabled():  # LiteRT export: no LEFT_SHIFT (ops/builtin_roi_pool.py)
+        span_h = power_of_two(level_h, levels_h - 1)
+        span_w = power_of_two(level_w, levels_w - 1)
+    else:
+        span_h = tf.bitwise.left_shift(1, level_h)
+        span_w = tf.bitwise.left_shift(1, level_w)
+    rows = [h_lo, tf.maximum(h_hi - span_h, 0)]
+    cols = [w_lo, tf.maximum(w_hi - span_w, 0)]
     image = tf.range(batch)[:, None, None, None]  # [B, 1, 1, 1]
     # Flat row index into the table reshaped to [LH*LW*B*H*W, C]; every term is [B, R, S_h, S_w].
     level_index = level_h[..., :, None] * levels_w + level_w[..., None, :]
