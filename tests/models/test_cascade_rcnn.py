@@ -245,6 +245,7 @@ def test_config_round_trip(cascade_mask):
     again = CascadeRoIHeads.from_config(config)
     assert again.get_config() == config
     assert again.predicts_masks and again.loss_names == heads.loss_names
+    assert again.paste_rule == heads.stages[0].paste_rule == "tf_rcnn"
     model = CascadeMaskRCNN.from_config(cascade_mask.get_config())
     model.build_with_dummy_inputs()
     assert [weight_key(v) for v in model.weights] == [weight_key(v) for v in cascade_mask.weights]

@@ -121,6 +121,14 @@ class CascadeRoIHeads(RoIHeadsBase):
         return bool(getattr(self.stages[0], "predicts_masks", False))
 
     @property
+    def paste_rule(self) -> str:
+        """The mask branch's paste rule (``MaskRoIHeads.paste_rule``), read by evaluation,
+        export and predict; no attribute without a mask branch, as for ``RoIHeads``."""
+        if not self.predicts_masks:
+            raise AttributeError("paste_rule: this cascade has no mask branch.")
+        return self.stages[0].paste_rule
+
+    @property
     def num_stages(self) -> int:
         return len(self.stages)
 
