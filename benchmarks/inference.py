@@ -9,14 +9,17 @@ count it reports, from a fresh process so the first call and the peak memory are
 - ``trunk_s``: median of the backbone (+ FPN) alone, and ``ratio = full_s / trunk_s``;
 - ``stages``: each later stage timed alone on the previous stage's materialised outputs (RPN
   head, anchors + proposal layer, R-FCN score maps, RoI pooling, box head + predictor, decoder
-  with NMS, mask branch); ``stages_sum_s`` vs ``full_s`` shows what the stage split costs;
+  with NMS, mask branch; a cascade's stages one by one); ``stages_sum_s`` vs ``full_s`` shows
+  what the stage split costs;
 - ``peak_rss_mb``: the process's peak resident memory (``ru_maxrss``).
 
 With ``--jit_compile`` the trunk is an XLA-compiled function called from the detector's graph
 (the proposal/NMS stages have data-dependent shapes and stay un-compiled).
 
-    python benchmarks/inference.py                      # all four models, default sizes
+    python benchmarks/inference.py                      # all five models, default sizes
     python benchmarks/inference.py --models=faster_r50_fpn --size=640 --proposals=1000
+    python benchmarks/inference.py --models=faster_r50_fpn,cascade_r50_fpn --size=640 \
+        --proposals=1000                                # Cascade R-CNN's cost beside Faster
     python benchmarks/inference.py --models=rfcn_r101 --size=600x1000 --proposals=300
     python benchmarks/inference.py --torchvision_python=/tmp/tvenv/bin/python
         # adds torchvision's fasterrcnn/maskrcnn_resnet50_fpn at the same size and proposal
@@ -147,6 +150,19 @@ def measure(name: str) -> dict:
         pool_fn = tf.function(lambda m, b: heads.head.pool(m, b))
         stages["ps_roi_pool_and_vote"] = median_time(pool_fn, maps, boxes, runs=runs)
         class_logits, box_deltas = pool_fn(maps, boxes)
+    elif hasattr(heads, "stages"):  # Cascade: each stage pools the previous stage's boxes
+        for index, stage in enumerate(heads.stages):
+            stage_fn = tf.function(
+                lambda f, b, s=stage: s.predict_boxes(f, b, training=False))
+            stages[f"stage{index + 1}_pool_head_predictor"] = median_time(
+                stage_fn, roi_features, boxes, runs=runs)
+            class_logits, box_deltas = stage_fn(roi_features, boxes)
+            if index + 1 < heads.num_stages:
+                refine_fn = tf.function(lambda d, b, v, s=stage: heads.refine_boxes(
+                    s, d, b, v, image_shape))
+                stages[f"stage{index + 1}_refine_boxes"] = median_time(
+                    refine_fn, box_deltas, boxes, valid, runs=runs)
+                boxes, valid = refine_fn(box_deltas, boxes, valid)
     else:
         pool_fn = tf.function(lambda f, b: pool_features(heads.pooler, f, b))
         stages["roi_pooling"] = median_time(pool_fn, roi_features, boxes, runs=runs)

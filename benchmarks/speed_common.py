@@ -22,6 +22,7 @@ MODELS = {
     "faster_r50_c4": ("faster_rcnn_r50_c4_coco.py", (640, 640), 1000, None),
     "rfcn_r101": ("rfcn_r101_voc.py", (600, 1000), 300, None),
     "mask_r50_fpn": ("mask_rcnn_r50_fpn_coco.py", (640, 640), 1000, "maskrcnn_resnet50_fpn"),
+    "cascade_r50_fpn": ("cascade_rcnn_r50_fpn_coco.py", (640, 640), 1000, None),
 }
 
 

@@ -55,7 +55,8 @@ def tiny_config(family: str = "faster_rcnn", variant: str = "fpn", *, ohem: bool
 
     Args:
         family: ``faster_rcnn`` (``variant`` fpn or c4), ``mask_rcnn``, ``rfcn`` (``ohem``,
-            ``pool_mode``) or ``fast_rcnn`` (``pooler``, ``box_head``).
+            ``pool_mode``), ``fast_rcnn`` (``pooler``, ``box_head``), ``cascade_rcnn`` or
+            ``cascade_mask_rcnn``.
     """
     if family == "fast_rcnn":
         config = recipe("shapes_fast_rcnn")
@@ -71,7 +72,8 @@ def tiny_config(family: str = "faster_rcnn", variant: str = "fpn", *, ohem: bool
         m.roi_head.ohem = ohem
         m.roi_head.ohem_batch_size = 8
     else:
-        config = recipe("shapes_faster_rcnn")
+        config = recipe("shapes_cascade_rcnn" if family.startswith("cascade")
+                        else "shapes_faster_rcnn")
         m = config.model
         _shrink_rpn(m)
         if variant == "c4":
@@ -80,8 +82,8 @@ def tiny_config(family: str = "faster_rcnn", variant: str = "fpn", *, ohem: bool
             m.rpn.anchor_sizes = ((16.0, 32.0, 64.0),)
             m.roi_head.in_features = ("C4",)
             m.roi_head.pooler_resolution = 7
-        if family == "mask_rcnn":
-            m.type = "mask_rcnn"
+        if family in ("mask_rcnn", "cascade_mask_rcnn"):
+            m.type = family
             m.mask_head.conv_dims = (8, 8)
             m.mask_head.deconv_dim = 8
     m.num_classes = 3  # no data here to take it from (tiny_batch has classes 1..3)
@@ -146,11 +148,11 @@ def decisive_model(config: ml_collections.ConfigDict) -> TwoStageDetector:
     not a tie of near-equal scores and at least some survive NMS in every image."""
     model = built_model(config, label_map=LABEL_MAP)
     scaled = 0
-    for variable in model.weights:
+    for variable in model.weights:  # one layer, or one per stage of a cascade
         if variable.path.endswith(("class_logits/kernel", "cls_score_maps/kernel")):
             variable.assign(variable * 30.0)
             scaled += 1
-    assert scaled == 1, "no class-logit layer found to scale"
+    assert scaled >= 1, "no class-logit layer found to scale"
     return model
 
 

@@ -41,7 +41,8 @@ def default_config() -> ml_collections.ConfigDict:
     placeholder = config_dict.placeholder
     config = ml_collections.ConfigDict()
     config.model = _cd(
-        type="faster_rcnn",  # faster_rcnn | fast_rcnn | rfcn | mask_rcnn
+        # faster_rcnn | fast_rcnn | rfcn | mask_rcnn | cascade_rcnn | cascade_mask_rcnn
+        type="faster_rcnn",
         # K object classes (background excluded). None: the training data's label map decides
         # (train.py writes the resolved value into the run's config.json); set it only to build
         # a model without data.
@@ -142,6 +143,22 @@ def default_config() -> ml_collections.ConfigDict:
             k=7,  # R-FCN Sec. 2: k x k = 7 x 7 position-sensitive grid (3 in its figures)
             channels=1024,  # R-FCN Sec. 2.2: random 1x1 conv reducing res5 2048 -> 1024
             pool_mode="pool",  # pool: average over quantised bins (Eq. 1) | align: bilinear
+        ),
+        # Cascade (Mask) R-CNN only (model.type cascade_rcnn | cascade_mask_rcnn; Cai &
+        # Vasconcelos 2018). One value per stage; every stage is a model.roi_head box head with
+        # a class-agnostic predictor, and model.roi_head's sampling and decoder settings.
+        cascade=_cd(
+            fg_ious=(0.5, 0.6, 0.7),  # paper Sec. 4.2; Detectron2 ROI_BOX_CASCADE_HEAD.IOUS
+            # Detectron2 ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS (paper Sec. 4.2: the deltas of
+            # better boxes are smaller; larger weights keep the targets' spread).
+            box_weights=((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0),
+                         (30.0, 30.0, 15.0, 15.0)),
+            # Detectron2's scheme: the stages' losses summed with weight 1 each, and the
+            # gradient each stage sends into the feature maps scaled by 1 / stages
+            # (trunk_gradient_scale None). MMDetection instead weights the losses 1, 0.5, 0.25
+            # with no scaling (stage_loss_weights=(1, 0.5, 0.25), trunk_gradient_scale=1).
+            stage_loss_weights=(1.0, 1.0, 1.0),
+            trunk_gradient_scale=placeholder(float),  # None: 1 / number of stages
         ),
     )
     config.data = _cd(

@@ -34,6 +34,7 @@ from tf_rcnn.layers.rpn_target_assigner import RPNTargetAssigner
 from tf_rcnn.layers.spp import SpatialPyramidPooling
 from tf_rcnn.models.backbones import build_backbone
 from tf_rcnn.models.backbones.resnet import is_torchvision_file, make_res5_head
+from tf_rcnn.models.detectors.cascade_rcnn import CascadeMaskRCNN, CascadeRCNN
 from tf_rcnn.models.detectors.fast_rcnn import FastRCNN
 from tf_rcnn.models.detectors.faster_rcnn import FasterRCNN
 from tf_rcnn.models.detectors.mask_rcnn import MaskRCNN
@@ -43,6 +44,7 @@ from tf_rcnn.models.necks.fpn import FPN
 from tf_rcnn.models.proposal_generator import RegionProposalNetwork, RPNHead
 from tf_rcnn.models.roi_heads import (
     BoxPredictor,
+    CascadeRoIHeads,
     FPNBoxHead,
     MaskHead,
     MaskRoIHeads,
@@ -55,6 +57,7 @@ from tf_rcnn.models.roi_heads import (
 )
 from tf_rcnn.models.tta import TTADetector
 from tf_rcnn.ops import tta as tta_ops
+from tf_rcnn.ops.box_coder import RCNN_BOX_WEIGHTS
 
 # ------------------------------------------------------------------------------- trunk
 
@@ -217,28 +220,35 @@ def build_box_head(cfg: ml_collections.ConfigDict, backbone_cfg: ml_collections.
                       "choose fpn_fc, res5 or vgg_fc.")
 
 
-def training_rois_kwargs(cfg: ml_collections.ConfigDict) -> dict:
+def training_rois_kwargs(cfg: ml_collections.ConfigDict, fg_iou: float | None = None,
+                         box_weights: Sequence[float] | None = None) -> dict:
     """``config.model.roi_head`` -> the ``RoIHeadsBase`` arguments every second stage shares:
     sampler (IoU rules, batch), OHEM, decoder (:func:`build_detection_decoder`), box loss
-    beta."""
+    beta.
+
+    ``fg_iou`` / ``box_weights`` replace ``roi_head.fg_iou`` and the R-CNN coder weights (a
+    cascade stage's own values) in both the sampler and the decoder."""
+    weights = tuple(RCNN_BOX_WEIGHTS if box_weights is None else box_weights)
     return {
         "sampler": RoISampler(
             batch_size_per_image=cfg.batch_size_per_image,
             positive_fraction=cfg.positive_fraction,
-            fg_iou=cfg.fg_iou,
+            fg_iou=cfg.fg_iou if fg_iou is None else fg_iou,
             bg_iou_low=cfg.bg_iou_low,
+            box_weights=weights,
         ),
         "ohem": (OHEMSampler(cfg.ohem_batch_size, cfg.ohem_nms_threshold) if cfg.ohem
                  else None),
-        "decoder": build_detection_decoder(cfg),
+        "decoder": build_detection_decoder(cfg, box_weights=weights),
         "box_loss_beta": cfg.box_loss_beta,
     }
 
 
-def build_detection_decoder(cfg: ml_collections.ConfigDict) -> DetectionDecoder:
+def build_detection_decoder(cfg: ml_collections.ConfigDict,
+                            box_weights: Sequence[float] | None = None) -> DetectionDecoder:
     """``config.model.roi_head`` -> the ``DetectionDecoder`` of every family (score threshold,
-    hard or Soft-NMS, detections per image); a bad NMS setting is a ``ConfigError`` naming its
-    flag."""
+    hard or Soft-NMS, detections per image; ``box_weights``: a cascade stage's coder weights
+    instead of the R-CNN ones); a bad NMS setting is a ``ConfigError`` naming its flag."""
     try:
         return DetectionDecoder(
             score_threshold=cfg.score_threshold,
@@ -248,27 +258,63 @@ def build_detection_decoder(cfg: ml_collections.ConfigDict) -> DetectionDecoder:
             nms_method=cfg.nms_method,
             soft_nms_sigma=cfg.soft_nms_sigma,
             soft_nms_min_score=cfg.soft_nms_min_score,
+            box_weights=tuple(RCNN_BOX_WEIGHTS if box_weights is None else box_weights),
         )
     except ValueError as error:
         raise ConfigError(str(error)) from None
 
 
 def build_standard_roi_heads(m: ml_collections.ConfigDict, strides: list[int],
-                             cls: type[RoIHeads] = RoIHeads,
+                             cls: type[RoIHeads] = RoIHeads, *, name: str = "roi_heads",
+                             fg_iou: float | None = None,
+                             box_weights: Sequence[float] | None = None,
+                             class_agnostic: bool | None = None,
                              **extra) -> RoIHeads:
     """``config.model.roi_head`` -> ``RoIHeads`` (or the subclass ``cls`` with
-    ``extra`` arguments, e.g. the mask branch)."""
+    ``extra`` arguments, e.g. the mask branch). ``fg_iou``, ``box_weights`` and
+    ``class_agnostic`` replace the config's values (a cascade stage's)."""
     h = m.roi_head
+    agnostic = h.class_agnostic_box if class_agnostic is None else class_agnostic
     return cls(
         pooler=build_pooler(h, strides),
         box_head=build_box_head(h, m.backbone),
-        box_predictor=BoxPredictor(m.num_classes, class_agnostic=h.class_agnostic_box,
+        box_predictor=BoxPredictor(m.num_classes, class_agnostic=agnostic,
                                    name="box_predictor"),
         focal_gamma=h.focal_gamma,
-        name="roi_heads",
-        **training_rois_kwargs(h),
+        name=name,
+        **training_rois_kwargs(h, fg_iou=fg_iou, box_weights=box_weights),
         **extra,
     )
+
+
+def build_cascade_roi_heads(m: ml_collections.ConfigDict, strides: list[int],
+                            with_masks: bool = False) -> CascadeRoIHeads:
+    """``config.model.cascade`` (one IoU, coder weights and loss weight per stage) and
+    ``config.model.roi_head`` (pooler, box head, sampling, decoder) -> ``CascadeRoIHeads``;
+    with ``with_masks`` the first stage carries ``config.model.mask_head``'s branch."""
+    c = m.cascade
+    ious, weights = tuple(c.fg_ious), tuple(tuple(w) for w in c.box_weights)
+    loss_weights = tuple(c.stage_loss_weights)
+    if not ious or len(weights) != len(ious) or len(loss_weights) != len(ious):
+        raise ConfigError(
+            f"model.cascade.fg_ious ({len(ious)}), model.cascade.box_weights ({len(weights)}) "
+            f"and model.cascade.stage_loss_weights ({len(loss_weights)}) need one value per "
+            "stage, at least one stage.")
+    if any(len(w) != 4 for w in weights):
+        raise ConfigError(f"model.cascade.box_weights holds (wy, wx, wh, ww) per stage, got "
+                          f"{weights}.")
+    if m.roi_head.ohem:
+        raise ConfigError("Cascade stages sample their training RoIs at rising IoU; OHEM is "
+                          "not supported: set --config.model.roi_head.ohem=False.")
+    stages = []
+    for index, (iou, stage_weights) in enumerate(zip(ious, weights, strict=True)):
+        mask = with_masks and index == 0
+        stages.append(build_standard_roi_heads(
+            m, strides, MaskRoIHeads if mask else RoIHeads, name=f"stage{index + 1}",
+            fg_iou=float(iou), box_weights=stage_weights, class_agnostic=True,
+            **(build_mask_branch(m, strides) if mask else {})))
+    return CascadeRoIHeads(stages, stage_loss_weights=loss_weights,
+                           trunk_gradient_scale=c.trunk_gradient_scale, name="roi_heads")
 
 
 def build_mask_branch(m: ml_collections.ConfigDict, strides: list[int]) -> dict:
@@ -342,17 +388,28 @@ _STANDARD_HEAD_KEYS = tuple(f"roi_head.{k}" for k in (
     "class_agnostic_box", "focal_gamma"))
 
 # model.type -> family. One entry per detector family.
+# What a cascade reads elsewhere: model.cascade.fg_ious replaces roi_head.fg_iou, and every
+# stage predicts class-agnostic boxes.
+_CASCADE_REPLACED_KEYS = ("roi_head.fg_iou", "roi_head.class_agnostic_box")
+
 FAMILIES: dict[str, Family] = {
-    "faster_rcnn": Family(FasterRCNN, build_standard_roi_heads, ("mask_head", "rfcn"),
-                          proposals_variant="fast_rcnn"),
-    "fast_rcnn": Family(FastRCNN, build_standard_roi_heads, ("rpn", "mask_head", "rfcn")),
+    "faster_rcnn": Family(FasterRCNN, build_standard_roi_heads,
+                          ("mask_head", "rfcn", "cascade"), proposals_variant="fast_rcnn"),
+    "fast_rcnn": Family(FastRCNN, build_standard_roi_heads,
+                        ("rpn", "mask_head", "rfcn", "cascade")),
     "mask_rcnn": Family(
         MaskRCNN,
         lambda m, strides: build_standard_roi_heads(m, strides, MaskRoIHeads,
                                                     **build_mask_branch(m, strides)),
-        ("rfcn",)),
-    "rfcn": Family(RFCN, build_rfcn_roi_heads, ("mask_head", *_STANDARD_HEAD_KEYS),
+        ("rfcn", "cascade")),
+    "rfcn": Family(RFCN, build_rfcn_roi_heads, ("mask_head", "cascade", *_STANDARD_HEAD_KEYS),
                    renamed={f"model.rfcn.{k}": f"model.roi_head.{k}" for k in _OHEM_KEYS}),
+    "cascade_rcnn": Family(CascadeRCNN, build_cascade_roi_heads,
+                           ("mask_head", "rfcn", *_CASCADE_REPLACED_KEYS)),
+    "cascade_mask_rcnn": Family(
+        CascadeMaskRCNN,
+        lambda m, strides: build_cascade_roi_heads(m, strides, with_masks=True),
+        ("rfcn", *_CASCADE_REPLACED_KEYS)),
 }
 
 # Keys that no longer exist: every family's renamed keys (dropped where a family did not read

@@ -36,6 +36,13 @@ MASK_LOSS_NAME = "mask_loss"
 TOTAL_LOSS_NAME = "total_loss"
 
 
+def cascade_loss_names(num_stages: int) -> tuple[str, ...]:
+    """Cascade R-CNN's per-stage R-CNN loss names: ``rcnn_class_loss_stage1``,
+    ``rcnn_box_loss_stage1``, ... for stages 1..``num_stages``."""
+    return tuple(f"{name}_stage{t}" for t in range(1, int(num_stages) + 1)
+                 for name in RCNN_LOSS_NAMES)
+
+
 def smooth_l1(pred: tf.Tensor, target: tf.Tensor, beta: float) -> tf.Tensor:
     """Elementwise smooth-L1: ``0.5 x^2 / beta`` for ``|x| < beta``, else ``|x| - 0.5 beta``.
 

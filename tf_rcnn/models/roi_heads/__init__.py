@@ -8,6 +8,8 @@ come from:
   ``ResNetC4BoxHead``, ``VGGBoxHead``) -> ``BoxPredictor``; Fast/Faster R-CNN.
 - ``MaskRoIHeads`` (mask_roi_heads.py): ``RoIHeads`` plus the ``MaskHead`` network
   (mask_head.py); Mask R-CNN.
+- ``CascadeRoIHeads`` (cascade_roi_heads.py): a chain of ``RoIHeads`` stages at rising IoU
+  (the first may be a ``MaskRoIHeads``); Cascade (Mask) R-CNN.
 - ``RFCNRoIHeads`` (rfcn_roi_heads.py): the ``RFCNHead`` network (rfcn_head.py), score maps once
   per image and PS-RoI pooling per RoI; R-FCN.
 """
@@ -20,6 +22,7 @@ from tf_rcnn.models.roi_heads.box_head import (
     VGGBoxHead,
     copy_keras_vgg16_fc_weights,
 )
+from tf_rcnn.models.roi_heads.cascade_roi_heads import CascadeRoIHeads
 from tf_rcnn.models.roi_heads.mask_head import MaskHead, select_class_masks
 from tf_rcnn.models.roi_heads.mask_roi_heads import MaskRoIHeads
 from tf_rcnn.models.roi_heads.ohem import OHEMSampler, ohem_select
@@ -29,6 +32,7 @@ from tf_rcnn.models.roi_heads.standard import RoIHeads
 
 __all__ = [
     "BoxPredictor",
+    "CascadeRoIHeads",
     "FPNBoxHead",
     "MaskHead",
     "MaskRoIHeads",

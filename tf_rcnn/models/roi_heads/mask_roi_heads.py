@@ -162,7 +162,13 @@ class MaskRoIHeads(RoIHeads):
         return losses, sampled
 
     def detect(self, features, proposals, proposal_valid, image_shape):
-        detections = dict(super().detect(features, proposals, proposal_valid, image_shape))
+        return self.attach_masks(
+            features, super().detect(features, proposals, proposal_valid, image_shape))
+
+    def attach_masks(self, features: list, detections: dict) -> dict:
+        """``detections`` plus ``detection_masks [B, D, Sm, Sm]``: the mask branch on the final
+        detection boxes (also Cascade Mask R-CNN's, on its last stage's boxes)."""
+        detections = dict(detections)
         boxes = tf.stop_gradient(detections["detection_boxes"])  # [B, D, 4]
         classes = detections["detection_classes"]  # [B, D], 0 for padding
         logits = self.predict_masks(features, boxes, classes, training=False)  # [B, D, Sm, Sm]
