@@ -113,7 +113,8 @@ def _dump(config: ml_collections.ConfigDict, stage_dir: str, strategy) -> dict[s
 
 def shared_trunk_layers(model: keras.Model) -> list[keras.layers.Layer]:
     """The trunk's (backbone + neck) innermost layers with trainable weights that the RPN reads
-    through: the "shared convolutional layers" that stages 3 and 4 keep fixed.
+    through: the "shared convolutional layers" that stage 4 keeps fixed (stage 3 freezes the
+    whole trunk; its RPN losses reach only these layers anyway).
 
     Found from the graph rather than declared per family: a layer is shared when the RPN's
     input maps (``model.rpn_in_features``) depend on one of its trainable variables (one
