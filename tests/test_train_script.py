@@ -1,6 +1,7 @@
-"""train.py with the real detector in subprocesses: mirrored, multi-worker, kill -9 + resume,
-4-step alternating training. Tiny configs (64 px shapes, 8-16 channel backbone) keep each run to
-a few training steps; most of the time is TensorFlow start-up and tracing.
+"""train.py with the real detector in subprocesses: mirrored, multi-worker, kill -9 + resume
+(4-step alternating training of every family: tests/training/test_alternating.py). Tiny configs
+(64 px shapes, 8-16 channel backbone) keep each run to a few training steps; most of the time is
+TensorFlow start-up and tracing.
 """
 
 from __future__ import annotations
@@ -152,33 +153,3 @@ def test_kill_minus_9_then_resume_finishes_with_consistent_state(tmp_path, data_
     assert int(reader.get_tensor(step_key)) == 8
     # The schedule resumed at its position: cosine reaches 0 exactly at total_steps.
     assert _final_metrics(err)["learning_rate"] == pytest.approx(0.0, abs=1e-9)
-
-
-def _weights(path: str) -> dict[str, np.ndarray]:
-    reader = tf.train.load_checkpoint(path)
-    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
-            if k.startswith("model/")}
-
-
-def test_alternating_schedule_runs_four_stages(tmp_path, data_dir):
-    args = tiny_args(data_dir, steps=4, **{"train.schedule_mode": "alternating",
-                                           "train.alternating_steps": "(2,2,2,2)",
-                                           "train.log_every": 2})
-    _finish(_train(args, str(tmp_path)))
-    stages = [tmp_path / name for name in ("stage1_rpn", "stage2_fast_rcnn", "stage3_rpn",
-                                           "stage4_detector")]
-    for stage in stages:
-        assert (stage / "ckpt-2.index").exists(), stage
-    for stage in (stages[0], stages[2]):
-        for split in ("train", "val"):
-            assert (stage / f"proposals_{split}.npz").exists()
-    fast, rpn3, final = (_weights(str(s / "ckpt-2")) for s in stages[1:])
-    # Stage 3 trained only RPN layers: trunk and RoI head are stage 2's.
-    shared = [k for k in fast if "rpn" not in k]
-    assert shared and all(np.array_equal(fast[k], rpn3[k]) for k in shared)
-    # Stage 4 trained only the RoI head: trunk and RPN are stage 3's; the head moved.
-    frozen = [k for k in rpn3 if "roi_heads" not in k]
-    assert all(np.array_equal(rpn3[k], final[k]) for k in frozen)
-    assert any(not np.array_equal(rpn3[k], final[k]) for k in rpn3 if "roi_heads" in k)
-    summary = json.loads((tmp_path / "alternating.json").read_text())
-    assert summary["final_checkpoint_dir"].endswith("stage4_detector")

@@ -47,6 +47,11 @@ def default_config() -> ml_collections.ConfigDict:
         # (train.py writes the resolved value into the run's config.json); set it only to build
         # a model without data.
         num_classes=placeholder(int),
+        # Given-proposals build: a family with an RPN built without it, its RoI heads reading
+        # proposals from data.proposals_train / proposals_val like Fast R-CNN. Stage 2 of the
+        # 4-step alternating schedule (train.schedule_mode=alternating) sets it; a recipe
+        # rarely does.
+        given_proposals=False,
         backbone=_cd(
             name="resnet50",  # resnet50 | resnet101 | vgg16 | tiny
             weights=placeholder(str),  # None (random), "imagenet", or a weights file path

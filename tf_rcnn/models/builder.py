@@ -8,9 +8,17 @@ Data pipelines and optimisers are built elsewhere (``tf_rcnn.data.builder``,
 
 Detector families: ``FAMILIES`` maps ``model.type`` to a :class:`Family` -- the detector class,
 the function assembling it and the config sections it does not read. Code outside this module
-asks :func:`family_class` (``needs_masks``, ``needs_proposals``, ``needs_rpn``) instead of
-comparing ``model.type`` strings. Adding a family is one entry here plus its classes (see
-docs/design.md, "How to add a detector family").
+asks :func:`family_class` (``needs_masks``, ``needs_rpn``) and :func:`needs_proposals` instead
+of comparing ``model.type`` strings.
+
+Given-proposals builds: ``model.given_proposals=True`` builds a family that has an RPN without
+it; its own RoI heads (box, mask, position-sensitive, with their sampler or OHEM and
+their targets) then read proposals given with the inputs, as Fast R-CNN's do. Every family with
+an RPN has one, with no per-family code (:func:`has_given_proposals_build`): it is stage 2 of
+the 4-step alternating schedule (``tf_rcnn.training.alternating``).
+
+Adding a family is one entry here plus its classes (see docs/design.md, "How to add a detector
+family").
 """
 
 from __future__ import annotations
@@ -366,8 +374,6 @@ class Family:
         ignores: config paths under ``model`` that this family does not read (a section
             ``"rpn"`` or a key ``"roi_head.pooler"``); a recipe that changes one of them gets a
             warning naming it.
-        proposals_variant: the ``model.type`` that trains this family's second stage on given
-            proposals (stage 2 of the 4-step alternating schedule), or None.
         renamed: keys this family read under another name in configs saved by earlier
             versions, ``{"model.old.key": "model.new.key"}`` (:func:`upgrade_saved_config`).
     """
@@ -375,7 +381,6 @@ class Family:
     cls: type[TwoStageDetector]
     build_roi_heads: Callable[[ml_collections.ConfigDict, list[int]], object]
     ignores: tuple[str, ...] = ()
-    proposals_variant: str | None = None
     renamed: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
@@ -394,7 +399,7 @@ _CASCADE_REPLACED_KEYS = ("roi_head.fg_iou", "roi_head.class_agnostic_box")
 
 FAMILIES: dict[str, Family] = {
     "faster_rcnn": Family(FasterRCNN, build_standard_roi_heads,
-                          ("mask_head", "rfcn", "cascade"), proposals_variant="fast_rcnn"),
+                          ("mask_head", "rfcn", "cascade")),
     "fast_rcnn": Family(FastRCNN, build_standard_roi_heads,
                         ("rpn", "mask_head", "rfcn", "cascade")),
     "mask_rcnn": Family(
@@ -469,8 +474,27 @@ def family_class(config: ml_collections.ConfigDict) -> type[TwoStageDetector]:
     return family_of(config).cls
 
 
+def has_given_proposals_build(config: ml_collections.ConfigDict) -> bool:
+    """Whether the recipe's family can be built with ``model.given_proposals=True``: it has an
+    RPN to leave out (``needs_rpn``); its second stage then reads given proposals, which every
+    RoI head takes (``RoIHeadsBase`` works on ``(features, proposals, valid)`` whatever made
+    them). Fast R-CNN has no RPN: its proposals are always given."""
+    return family_class(config).needs_rpn is True
+
+
+def needs_proposals(config: ml_collections.ConfigDict) -> bool:
+    """Whether the recipe's detector reads proposals with its inputs (data.proposals_train /
+    proposals_val): a family without an RPN, or a given-proposals build."""
+    m = _model_section(config)
+    return bool(family_class(config).needs_proposals or m.get("given_proposals", False))
+
+
 def ignored_settings(config: ml_collections.ConfigDict) -> list[str]:
-    """``model.*`` keys the recipe sets to non-default values although its family ignores them."""
+    """``model.*`` keys the recipe sets to non-default values although its family ignores them.
+
+    A given-proposals build keeps its recipe's ``model.rpn`` unreported: the trunk still reads
+    ``rpn.in_features`` (whether a ResNet builds C5), and the stage-2 run's config.json stays
+    the recipe of the other stages."""
     m = _model_section(config)
     defaults = default_config().model
     found = []
@@ -519,8 +543,9 @@ def build_model(config: ml_collections.ConfigDict, label_map: dict | None = None
     backbone, neck = build_trunk(m)
     roi_strides = feature_strides(backbone, neck, m.roi_head.in_features,
                                   "model.roi_head.in_features")
+    given = bool(m.get("given_proposals", False)) and has_given_proposals_build(config)
     rpn = None
-    if family.cls.needs_rpn is not False:
+    if family.cls.needs_rpn is not False and not given:
         rpn = build_rpn(m.rpn, feature_strides(backbone, neck, m.rpn.in_features,
                                                "model.rpn.in_features"))
     model = family.cls(
@@ -532,8 +557,10 @@ def build_model(config: ml_collections.ConfigDict, label_map: dict | None = None
         rpn_in_features=None if rpn is None else tuple(m.rpn.in_features),
         roi_in_features=tuple(m.roi_head.in_features),
         label_map=label_map,
+        given_proposals=given,
     )
-    logging.info("Built %s: backbone %s, neck %s, %d classes.", type(model).__name__,
+    logging.info("Built %s%s: backbone %s, neck %s, %d classes.", type(model).__name__,
+                 " (given proposals, no RPN)" if given else "",
                  m.backbone.name, m.neck.type, m.num_classes)
     return model
 

@@ -198,7 +198,7 @@ def run_training(
     # The pipeline takes the global batch and gives each replica its share.
     pipeline = build_input_pipeline(config, records, label_map, training=True,
                                     with_masks=family.needs_masks,
-                                    needs_proposals=family.needs_proposals)
+                                    needs_proposals=builder.needs_proposals(config))
     config = resolve_num_classes(config, label_map)
 
     with strategy.scope():

@@ -44,6 +44,9 @@ class TwoStageDetector(keras.Model):
         num_classes: K, the number of object classes (background excluded).
         neck: optional model mapping the backbone's dict to another dict (e.g. ``FPN``).
         rpn: optional ``RegionProposalNetwork``; without it proposals come with the inputs.
+        given_proposals: build a family that has an RPN (``needs_rpn``) without it, its RoI heads
+            reading proposals given with the inputs like Fast R-CNN (stage 2 of the 4-step
+            alternating schedule, ``tf_rcnn.training.alternating``); ``rpn`` must be None.
         rpn_in_features: names of the feature maps the RPN reads, fine to coarse.
         roi_in_features: names of the feature maps the RoI pooler reads, fine to coarse.
         label_map: optional JSON-able dict describing the dataset classes (contiguous id ->
@@ -74,12 +77,17 @@ class TwoStageDetector(keras.Model):
         rpn_in_features: Sequence[str] | None = None,
         roi_in_features: Sequence[str] | None = None,
         label_map: dict | None = None,
+        given_proposals: bool = False,
         **kwargs,
     ):
         name = type(self).__name__
-        if self.needs_rpn and rpn is None:
-            raise ValueError(f"{name} needs an rpn (a RegionProposalNetwork); use FastRCNN to "
-                             "detect on proposals given with the inputs.")
+        if self.needs_rpn and rpn is None and not given_proposals:
+            raise ValueError(f"{name} needs an rpn (a RegionProposalNetwork); pass "
+                             "given_proposals=True to run its RoI heads on proposals given "
+                             "with the inputs.")
+        if given_proposals and rpn is not None:
+            raise ValueError(f"{name}(given_proposals=True) takes no rpn: its proposals come "
+                             "with the inputs.")
         if self.needs_rpn is False and rpn is not None:
             raise ValueError(f"{name} takes no rpn (proposals come with the inputs); use "
                              "FasterRCNN to learn proposals.")
@@ -104,6 +112,7 @@ class TwoStageDetector(keras.Model):
         self.rpn = rpn
         # Without an RPN the proposals come with the inputs, whatever the class says.
         self.needs_proposals = rpn is None
+        self.given_proposals = bool(given_proposals)
         self.roi_heads = roi_heads
         self.num_classes = int(num_classes)
         self.rpn_in_features = tuple(rpn_in_features)
@@ -350,6 +359,7 @@ class TwoStageDetector(keras.Model):
             # hold a reference to the model (deep-copying those would copy the model).
             "label_map": None if self.label_map is None else json.loads(
                 json.dumps(self.label_map)),
+            "given_proposals": self.given_proposals,
         }
 
     @classmethod
