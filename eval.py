@@ -37,11 +37,7 @@ _NUM_IMAGES = flags.DEFINE_integer("num_images", None, "Evaluate only the first 
 _PROPOSAL_RECALL = flags.DEFINE_bool(
     "proposal_recall", False, "Also report RPN proposal recall (AR@100, AR@1000).")
 _VISUALIZE = flags.DEFINE_integer("visualize", None, "Images drawn into detections.png.")
-_PRECISION = flags.DEFINE_enum(
-    "precision", "float32", ["float32", "bfloat16", "float16"],
-    "Type the detector computes in, as an export with the same --precision (weights stay "
-    "float32). float32 is the fastest on CPUs without AMX; bfloat16 suits AMX CPUs and "
-    "TPUs, float16 GPUs.")
+_PRECISION = cli.define_precision_flag("the detector")
 _TTA = flags.DEFINE_bool(
     "tta", False, "Test-time augmentation with the recipe's test.tta values (flip, scale "
     "factors, merge; --config.test.tta.* to change them).")

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -51,6 +50,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from benchmarks.speed_common import median_time  # noqa: E402
 from tf_rcnn.config import load_config_file  # noqa: E402
 from tf_rcnn.data.builder import load_split  # noqa: E402
 from tf_rcnn.data.records import records_to_coco  # noqa: E402
@@ -253,17 +253,6 @@ def part_ap(out_dir: str) -> dict:
     return results
 
 
-def _median(fn, runs: int) -> float:
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _dir_mib(folder: str) -> float:
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs)
     return total / 2**20
@@ -282,11 +271,10 @@ def _latency(name: str, model, config, size: int, out_dir: str, calibration) -> 
                                     quantize=mode, representative_images=calibration)
         print(f"  {name}: exported {mode} in {time.perf_counter() - start:.0f} s", flush=True)
     feed = {"images": tf.constant(image[None])}
-    row = {"TF serving": _median(lambda: [v.numpy() for v in serve(feed).values()],
-                                 _RUNS.value)}
+    row = {"TF serving": median_time(lambda: serve(feed), runs=_RUNS.value)}
     for mode, path in paths.items():
         lite = TFLiteDetector(path, num_threads=_THREADS.value)
-        row[f"LiteRT {mode}"] = _median(lambda lite=lite: lite(image), _RUNS.value)
+        row[f"LiteRT {mode}"] = median_time(lambda lite=lite: lite(image), runs=_RUNS.value)
         row[f"MiB {mode}"] = os.path.getsize(path) / 2**20
     return row
 

@@ -37,11 +37,7 @@ _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "Run directory (its newest checkpoint) or a checkpoint prefix.")
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "SavedModel directory (for TF Serving: MODEL_BASE/<version>).")
-_PRECISION = flags.DEFINE_enum(
-    "precision", "float32", ["float32", "bfloat16", "float16"],
-    "Type the exported graph computes in (weights stay "
-    "float32). float32 is the fastest on CPUs without AMX; bfloat16 suits AMX CPUs and "
-    "TPUs, float16 GPUs.")
+_PRECISION = cli.define_precision_flag("the exported graph")
 _TTA = flags.DEFINE_bool(
     "tta", False, "Bake test-time augmentation into the graph with the recipe's test.tta values "
     "(flip, scale factors, merge; --config.test.tta.* to change them).")

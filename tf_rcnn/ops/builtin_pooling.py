@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 from tf_rcnn.ops.crop_and_resize import bilinear_gather
-from tf_rcnn.ops.roi_align import average_bins, replicate_pad
+from tf_rcnn.ops.roi_align import average_bins, replicate_pad, scaled_rois
 
 
 def flat_multilevel_align(
@@ -66,13 +66,7 @@ def flat_multilevel_align(
     base = tf.gather(offsets, level_indices) + tf.cast(image_indices, tf.int32) * height * width
     scale = tf.gather(tf.constant([1.0 / s for s in strides], tf.float32), level_indices)
 
-    scaled = tf.cast(rois, tf.float32) * scale[:, None] - (0.5 if aligned else 0.0)
-    y0, x0, y1, x1 = tf.unstack(scaled, 4, axis=-1)
-    box_h = y1 - y0
-    box_w = x1 - x0
-    if not aligned:
-        box_h = tf.maximum(box_h, 1.0)
-        box_w = tf.maximum(box_w, 1.0)
+    y0, x0, box_h, box_w = scaled_rois(tf.cast(rois, tf.float32), scale, aligned)
     # Sample i of n = S * sr sits at the centre of its sub-cell: start + (i + 0.5) * extent / n;
     # + 1 for the replicated row/column in front of the map.
     grid_h = (tf.range(out_h * sr, dtype=tf.float32) + 0.5) / float(out_h * sr)

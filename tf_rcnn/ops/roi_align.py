@@ -132,11 +132,16 @@ def average_bins(samples: tf.Tensor, sampling_ratio: int) -> tf.Tensor:
 
 
 def scaled_rois(
-    rois: tf.Tensor, spatial_scale: float, aligned: bool
+    rois: tf.Tensor, spatial_scale: float | tf.Tensor, aligned: bool
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Map ``[..., 4]`` pixel RoIs onto the feature map: ``(y_start, x_start, height, width)``."""
+    """Map ``[..., 4]`` pixel RoIs onto the feature map: ``(y_start, x_start, height, width)``.
+    ``spatial_scale`` is one float, or ``[P]`` per-RoI scales for ``[P, 4]`` RoIs of several
+    FPN levels."""
     offset = 0.5 if aligned else 0.0
-    scaled = rois * tf.constant(spatial_scale, tf.float32) - offset
+    scale = tf.convert_to_tensor(spatial_scale, tf.float32)
+    if scale.shape.rank == 1:
+        scale = scale[:, None]
+    scaled = rois * scale - offset
     y1, x1, y2, x2 = tf.unstack(scaled, 4, axis=-1)
     height = y2 - y1
     width = x2 - x1

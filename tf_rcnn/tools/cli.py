@@ -38,6 +38,7 @@ from tf_rcnn.config import (
     run_config_file,
 )
 from tf_rcnn.models.builder import upgrade_saved_config
+from tf_rcnn.models.checkpoint import PRECISIONS
 
 
 def flag_value(argv: Sequence[str], name: str) -> str | None:
@@ -130,3 +131,12 @@ def define_config_flag(
 def _exit(message: str) -> None:
     sys.stderr.write(message.rstrip() + "\n")
     raise SystemExit(2)
+
+
+def define_precision_flag(what: str) -> flags.FlagHolder:
+    """``--precision=float32|bfloat16|float16`` (``models.checkpoint.PRECISIONS``): the type
+    ``what`` computes in, for eval.py and the SavedModel exporter alike."""
+    return flags.DEFINE_enum(
+        "precision", "float32", list(PRECISIONS),
+        f"Type {what} computes in (weights stay float32). float32 is the fastest on CPUs "
+        "without AMX; bfloat16 suits AMX CPUs and TPUs, float16 GPUs.")
