@@ -274,21 +274,26 @@ class ProblemCounter:
                                         name="tfrecord_problems")
 
     def add(self, problems: tf.Tensor, shard: tf.Tensor, index: tf.Tensor) -> tf.Operation:
-        """Graph op: count ``problems [len(PROBLEMS)]`` and print the first ones."""
-        new = self.variable.assign_add(problems)
-        before = new - problems
-        named = tf.range(len(PROBLEMS)) < NUM_NAMED
-        show = (problems > 0) & (before < PRINT_LIMIT) & named
+        """Graph op: count ``problems [len(PROBLEMS)]`` and print the first ones (a record
+        without problems, the usual case, costs one comparison)."""
 
-        def message() -> tf.Operation:
-            reasons = tf.strings.reduce_join(tf.boolean_mask(tf.strings.join(
-                [tf.strings.as_string(problems), " ",
-                 tf.constant([f"{r} ({a})" for r, a in PROBLEMS])]), show), separator="; ")
-            text = tf.strings.join([shard, " record ", tf.strings.as_string(index), ": ",
-                                    reasons])
-            return tf.print("TFRecord problem:", text, output_stream=sys.stderr)
+        def count() -> tf.Operation:
+            new = self.variable.assign_add(problems)
+            before = new - problems
+            named = tf.range(len(PROBLEMS)) < NUM_NAMED
+            show = (problems > 0) & (before < PRINT_LIMIT) & named
 
-        return tf.cond(tf.reduce_any(show), message, tf.no_op)
+            def message() -> tf.Operation:
+                reasons = tf.strings.reduce_join(tf.boolean_mask(tf.strings.join(
+                    [tf.strings.as_string(problems), " ",
+                     tf.constant([f"{r} ({a})" for r, a in PROBLEMS])]), show), separator="; ")
+                text = tf.strings.join([shard, " record ", tf.strings.as_string(index), ": ",
+                                        reasons])
+                return tf.print("TFRecord problem:", text, output_stream=sys.stderr)
+
+            return tf.cond(tf.reduce_any(show), message, tf.no_op)
+
+        return tf.cond(tf.reduce_any(problems > 0), count, tf.no_op)
 
     def counts(self) -> dict[str, int]:
         """``{"<reason> (<action>)": count}`` of every reason met so far."""
@@ -806,9 +811,14 @@ def _largest(boxes: tf.Tensor, indices: tf.Tensor, limit: int) -> tuple[tf.Tenso
     """``indices`` of the ``limit`` largest ``boxes`` in their original order, and how many
     were dropped (int64), as the file pipeline keeps them."""
     count = tf.shape(indices)[0]
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    top = tf.math.top_k(areas, k=tf.minimum(count, limit), sorted=True).indices
-    kept = tf.gather(indices, tf.sort(top))
+
+    def largest() -> tf.Tensor:
+        areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        top = tf.math.top_k(areas, k=tf.minimum(count, limit), sorted=True).indices
+        return tf.gather(indices, tf.sort(top))
+
+    # Most records are within the limit: then nothing is sorted.
+    kept = tf.cond(count > limit, largest, lambda: indices)
     return kept, tf.cast(tf.maximum(count - limit, 0), tf.int64)
 
 
