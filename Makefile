@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export KERAS_BACKEND := tensorflow
 
-.PHONY: install test lint demo benchmark-ops clean
+.PHONY: install test test-extended lint demo benchmark-ops clean
 
 # Creates .venv and installs the package (editable) with its test extras.
 # The stamp file makes the target a no-op when nothing changed.
@@ -47,7 +47,12 @@ lint: install
 TEST_WORKERS ?= 2
 
 test: lint
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope -m "not extended"
+
+# The checks make test leaves out for time (pytest marker "extended"): every LiteRT family and
+# quantisation mode, the R50-C4 COCO recipe end to end.
+test-extended: install
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope -m extended
 
 benchmark-ops: install
 	$(BIN)/python benchmarks/ops.py

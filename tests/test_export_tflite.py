@@ -110,10 +110,10 @@ def exports(tmp_path_factory):
     return get
 
 
-# One family in the default run (FPN: multi-level pooling, both NMS, the letterbox) keeps the
-# file within the test budget; each further export costs ~10 s of CPU (slow tier).
+# One family in make test (FPN: multi-level pooling, both NMS, the letterbox) keeps the suite
+# within its budget; each further export costs ~10 s of CPU (make test-extended runs them).
 @pytest.mark.parametrize("name", [
-    name if name == "faster_rcnn_fpn" else pytest.param(name, marks=pytest.mark.slow)
+    name if name == "faster_rcnn_fpn" else pytest.param(name, marks=pytest.mark.extended)
     for name in FAMILIES])
 def test_family_exports_builtin_only_and_matches_the_model(exports, name):
     model, pre, out = exports(name)
@@ -165,7 +165,7 @@ def test_predict_runs_a_tflite_model(exports, tmp_path):
         load_predictor(saved_model=out, tflite=os.path.join(out, tflite.TFLITE_FILE))
 
 
-@pytest.mark.slow  # two more conversions with calibration: ~25 s of CPU
+@pytest.mark.extended  # two more conversions with calibration: ~25 s of CPU
 @pytest.mark.parametrize("name,quantize", [("faster_rcnn_fpn", "dynamic"), ("fast_rcnn", "int8")])
 def test_quantized_exports_are_builtin_only_and_quantized(tmp_path, name, quantize):
     config = tiny_config(**FAMILIES[name])

@@ -129,7 +129,11 @@ def shapes_dir(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("recipe", ["faster_rcnn_r50_fpn_coco", "faster_rcnn_r50_c4_coco"])
+# R50-C4 (res5 on every RoI: ~70 s) runs in make test-extended; its build and training step are
+# in test_every_recipe_builds_and_takes_a_training_step.
+@pytest.mark.parametrize("recipe", [
+    "faster_rcnn_r50_fpn_coco",
+    pytest.param("faster_rcnn_r50_c4_coco", marks=pytest.mark.extended)])
 def test_coco_recipe_trains_and_evaluates(recipe, shapes_dir, tmp_path):
     config = _shrink(load_config_file(os.path.join(REPO, "configs", recipe + ".py")))
     config.model.num_classes = 3
