@@ -31,7 +31,7 @@ Quantisation: ``none`` (float32), ``dynamic`` (int8 weights, float activations),
 ``int8`` (int8 weights and activations calibrated on a representative sample of images; ops
 without an int8 kernel, e.g. NMS, stay float). int8 is NOT usable yet: on the shapes demo it
 converts and runs but returns no detections (held-out AP50 0.02 against 0.95; quantising only
-the convolution / fully-connected layers gave the same), see benchmarks/litert.py.
+the convolution / fully-connected layers gave the same), see benchmarks/on_device.py.
 """
 
 from __future__ import annotations

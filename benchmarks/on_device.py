@@ -1,6 +1,6 @@
 """LiteRT (.tflite, builtin ops only) against the SavedModel: detections, AP, latency, size.
 
-    python benchmarks/litert.py --demo=runs/demo [--parts=equality,ap,latency]
+    python benchmarks/on_device.py --demo=runs/demo [--parts=equality,ap,latency]
         [--equality_images=20] [--ap_images=200] [--runs=10] [--threads=2]
 
 1. ``equality``: for every family, float32 ``.tflite`` detections vs the SavedModel's on the
@@ -39,11 +39,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# This file is named litert.py, and TensorFlow's lite package imports a top-level ``litert``:
-# drop the script's own folder from the path (Python puts it first) so that import finds the
-# real package, not this script.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 sys.path.insert(0, REPO)
 
 import numpy as np  # noqa: E402
