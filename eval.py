@@ -27,12 +27,8 @@ from tf_rcnn.config import ConfigError
 from tf_rcnn.evaluation.evaluate import evaluate_checkpoint
 from tf_rcnn.tools import cli
 
-_CONFIG = cli.define_config_flag(
-    sys.argv, run_flag="checkpoint",
-    help_string="Recipe or config.json (default: the run's config.json).")
-_CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "Run directory (its newest checkpoint) or a checkpoint prefix.")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where metrics and detections go.")
+_RUN = cli.define_run_flags(sys.argv, "Where metrics and detections go.")
+_CONFIG, _CHECKPOINT, _OUTPUT_DIR = _RUN.config, _RUN.checkpoint, _RUN.output_dir
 _NUM_IMAGES = flags.DEFINE_integer("num_images", None, "Evaluate only the first N images.")
 _PROPOSAL_RECALL = flags.DEFINE_bool(
     "proposal_recall", False, "Also report RPN proposal recall (AR@100, AR@1000).")
@@ -41,7 +37,6 @@ _PRECISION = cli.define_precision_flag("the detector")
 _TTA = flags.DEFINE_bool(
     "tta", False, "Test-time augmentation with the recipe's test.tta values (flip, scale "
     "factors, merge; --config.test.tta.* to change them).")
-flags.mark_flags_as_required(["checkpoint", "output_dir"])
 
 
 def main(argv):

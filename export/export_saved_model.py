@@ -30,18 +30,13 @@ from tf_rcnn.config import ConfigError
 from tf_rcnn.export import export_from_checkpoint
 from tf_rcnn.tools import cli
 
-_CONFIG = cli.define_config_flag(
-    sys.argv, run_flag="checkpoint",
-    help_string="Recipe or config.json (default: the run's config.json).")
-_CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "Run directory (its newest checkpoint) or a checkpoint prefix.")
-_OUTPUT_DIR = flags.DEFINE_string(
-    "output_dir", None, "SavedModel directory (for TF Serving: MODEL_BASE/<version>).")
+_RUN = cli.define_run_flags(sys.argv,
+                            "SavedModel directory (for TF Serving: MODEL_BASE/<version>).")
+_CONFIG, _CHECKPOINT, _OUTPUT_DIR = _RUN.config, _RUN.checkpoint, _RUN.output_dir
 _PRECISION = cli.define_precision_flag("the exported graph")
 _TTA = flags.DEFINE_bool(
     "tta", False, "Bake test-time augmentation into the graph with the recipe's test.tta values "
     "(flip, scale factors, merge; --config.test.tta.* to change them).")
-flags.mark_flags_as_required(["checkpoint", "output_dir"])
 
 
 def main(argv):

@@ -128,6 +128,33 @@ def define_config_flag(
     return ConfigFlag(argv=cleaned, path=path, source=source, holder=holder)
 
 
+@dataclasses.dataclass(frozen=True)
+class RunFlags:
+    """The flags of a command that reads a trained run (eval.py, the exporters)."""
+
+    config: ConfigFlag
+    checkpoint: flags.FlagHolder
+    output_dir: flags.FlagHolder
+
+
+def define_run_flags(argv: Sequence[str], output_help: str) -> RunFlags:
+    """``--config`` (default: the run's ``config.json``), ``--checkpoint`` and
+    ``--output_dir``, the last two required; call before ``app.run(main, argv=...config.argv)``.
+
+    Args:
+        argv: ``sys.argv``.
+        output_help: what ``--output_dir`` receives.
+    """
+    config = define_config_flag(
+        argv, run_flag="checkpoint",
+        help_string="Recipe or config.json (default: the run's config.json).")
+    checkpoint = flags.DEFINE_string(
+        "checkpoint", None, "Run directory (its newest checkpoint) or a checkpoint prefix.")
+    output_dir = flags.DEFINE_string("output_dir", None, output_help)
+    flags.mark_flags_as_required(["checkpoint", "output_dir"])
+    return RunFlags(config, checkpoint, output_dir)
+
+
 def _exit(message: str) -> None:
     sys.stderr.write(message.rstrip() + "\n")
     raise SystemExit(2)
