@@ -191,6 +191,9 @@ def test_hard_default_unchanged_and_bad_settings_name_the_flag():
         nms_ops.multiclass_nms(boxes, scores, 10, 15, method="gaussian", soft_nms_sigma=0.0)
     with pytest.raises(ValueError, match="--config.model.roi_head.soft_nms_min_score"):
         nms_ops.multiclass_nms(boxes, scores, 10, 15, method="linear", soft_nms_min_score=-1)
+    # Hard NMS does not read the Soft-NMS settings: a value it ignores is no error.
+    unused = nms_ops.multiclass_nms(boxes, scores, 10, 15, method="hard", soft_nms_sigma=0.0)
+    np.testing.assert_array_equal(unused.scores, hard.scores)
 
 
 def test_runs_in_a_tf_function_with_unknown_sizes():

@@ -103,10 +103,13 @@ def _check_iou_threshold(iou_threshold: float) -> None:
 
 
 def check_soft_nms_args(method: str, sigma: float, min_score: float) -> None:
-    """Raises ValueError naming the config flag when a Soft-NMS setting cannot work."""
+    """Raises ValueError naming the config flag when a Soft-NMS setting cannot work (the
+    sigma and the score floor only with a Soft-NMS method: hard NMS does not read them)."""
     if method not in NMS_METHODS:
         raise ValueError(f"Unknown NMS method {method!r} (--config.model.roi_head.nms_method); "
                          f"choose one of {', '.join(NMS_METHODS)}.")
+    if method == "hard":
+        return
     if not 0.0 < float(sigma) < float("inf"):  # also rejects NaN
         raise ValueError("The Gaussian Soft-NMS sigma (--config.model.roi_head.soft_nms_sigma) "
                          f"must be a positive number (0.5 in the paper), got {sigma!r}.")
