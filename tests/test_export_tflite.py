@@ -34,6 +34,9 @@ FAMILIES = {  # name -> tiny_config arguments
     # The paper recipes' quantised-bin poolings (bin tables, float32 summed-area table).
     "fast_rcnn_roi_pool": {"family": "fast_rcnn", "pooler": "roi_pool"},
     "rfcn_ps_roi_pool": {"family": "rfcn", "pool_mode": "pool"},
+    # Three box stages, each decoding the previous stage's boxes; mask head on the last.
+    "cascade_rcnn": {"family": "cascade_rcnn"},
+    "cascade_mask_rcnn": {"family": "cascade_mask_rcnn"},
 }
 IMAGE = np.random.default_rng(5).integers(0, 256, (20, 32, 3), dtype=np.uint8)
 # Original-pixel proposals of IMAGE for Fast R-CNN; the export takes 6 rows, 2 are padding.
@@ -183,6 +186,11 @@ def test_quantized_exports_are_builtin_only_and_quantized(tmp_path, name, quanti
     assert np.int8 in dtypes  # int8 weights (dynamic) or weights and activations (int8)
     if quantize == "int8":
         assert "QUANTIZE" in detector.ops()
+        with open(os.path.join(str(tmp_path), tflite.TFLITE_INFO_FILE)) as f:
+            kept = json.load(f)["int8"]
+        # Convolutions / FCs int8, the prediction layers (decoded outputs) float32.
+        assert "FULLY_CONNECTED" in kept["int8_op_types"] and kept["int8_ops"] > 0
+        assert kept["float_layers"] == ["box_deltas", "class_logits"]
     out = detector(IMAGE, PROPOSALS if model.needs_proposals else None)
     assert out["detection_boxes"].shape == (1, 10, 4)
     assert 0 <= int(out["num_detections"][0]) <= 10
