@@ -147,6 +147,19 @@ def test_input_size_flag_is_checked():
         tflite.parse_input_size("64x", 32)
 
 
+def test_int8_float_layers_are_found_in_fused_tensor_names():
+    # The converter fuses names with ";" and Keras suffixes name scopes with "_<n>" (one per
+    # FPN level / cascade stage); the op's own name (last component) is not a layer scope.
+    fused = ("faster_rcnn_1/rpn_1/rpn_head_1/deltas_3/BiasAdd;"
+             "faster_rcnn_1/rpn_1/rpn_head_1/deltas_3/convolution")
+    assert tflite._float_layer(fused) == "deltas"
+    assert tflite._float_layer("m/roi_heads_1/stage2_1/box_predictor_1/class_logits_1/MatMul") \
+        == "class_logits"
+    assert tflite._float_layer("m/roi_heads_1/box_head_1/fc1_1/MatMul") == ""
+    assert tflite._float_layer("m/fpn_1/fpn_deltas_like_1/convolution") == ""
+    assert tflite._float_layer("m/head_1/conv_1/objectness") == ""  # op name, not a layer
+
+
 def test_predict_runs_a_tflite_model(exports, tmp_path):
     model, pre, out = exports("faster_rcnn_fpn")
     image_path = str(tmp_path / "shape.png")
