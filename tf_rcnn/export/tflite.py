@@ -267,12 +267,35 @@ def _selective_int8(converter: Any) -> Conversion:
             f"({', '.join(FLOAT_LAYERS)}) is in the graph. Name the new head's prediction "
             "layers in tf_rcnn.export.tflite.FLOAT_LAYERS (int8 logits/deltas break decoding) "
             "or export with --quantize=dynamic.")
+    # Denying the other op types alone still leaves quantise / requantise pairs on some float
+    # tensors (the RPN deltas' slices, the softmax scores): the quantiser sees the calibration
+    # range of every tensor. Keep the ranges of the int8 ops' inputs and outputs only.
+    debugger.calibrated_model = _keep_ranges(
+        debugger.calibrated_model,
+        {i for i, (op_type, name) in enumerate(ops)
+         if op_type in INT8_OPS and not _float_layer(name)})
     debugger.options = debug.QuantizationDebugOptions(
         denylisted_ops=[t for t in types if t not in INT8_OPS], denylisted_nodes=float_nodes)
     return Conversion(
         debugger.get_nondebug_quantized_model(), [t for t in types if t in INT8_OPS],
         sorted({_float_layer(name) for name in float_nodes}),
         sum(1 for op_type, name in ops if op_type in INT8_OPS and not _float_layer(name)))
+
+
+def _keep_ranges(flatbuffer: bytes, int8_ops: set[int]) -> bytes:
+    """The calibrated model with the calibration ranges (min / max) of every tensor removed
+    except the inputs and outputs of the ops ``int8_ops`` (indices in the main subgraph)."""
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
+    graph = model.subgraphs[0]
+    kept = set()
+    for index in int8_ops:
+        kept.update(int(t) for t in graph.operators[index].inputs)
+        kept.update(int(t) for t in graph.operators[index].outputs)
+    for index, tensor in enumerate(graph.tensors):
+        if index not in kept and tensor.quantization is not None:
+            tensor.quantization.min = None
+            tensor.quantization.max = None
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def _float_layer(tensor_name: str) -> str:
