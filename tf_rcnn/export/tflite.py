@@ -188,9 +188,10 @@ def make_tflite_function(model: Any, preprocess: PreprocessConfig, spec: TFLiteS
 INT8_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
 # The prediction layers, whose outputs are decoded (logits -> scores, deltas -> boxes) and
 # masked with -inf sentinels downstream: they stay float32 too (Keras layer names of the RPN,
-# box, mask and R-FCN heads; a new head's prediction layers are named here).
+# box and mask heads, the R-FCN head's score-map scope; a new head's prediction layers
+# are named here).
 FLOAT_LAYERS = ("objectness", "deltas", "class_logits", "box_deltas", "mask_logits",
-                "cls_score_maps", "box_score_maps")
+                "score_maps")
 
 
 @dataclasses.dataclass
