@@ -74,7 +74,8 @@ _THREADS = flags.DEFINE_integer("threads", 2, "LiteRT interpreter threads.")
 _AP_MODES = flags.DEFINE_list("ap_modes", ["none", "dynamic", "int8"], "Quantisations of part 2.")
 _R50 = flags.DEFINE_boolean("r50", True, "Include R50-FPN 640x640 in the latency part.")
 _FAMILIES = flags.DEFINE_list(
-    "families", ["faster_rcnn_fpn", "faster_rcnn_c4", "fast_rcnn", "rfcn", "mask_rcnn"],
+    "families", ["faster_rcnn_fpn", "faster_rcnn_c4", "fast_rcnn", "rfcn", "mask_rcnn",
+                 "cascade_rcnn", "cascade_mask_rcnn"],
     "Families of part 1 (faster_rcnn_fpn is the demo run).")
 
 FAMILIES = {  # name -> (recipe, overrides of config.model)
@@ -82,6 +83,8 @@ FAMILIES = {  # name -> (recipe, overrides of config.model)
     "fast_rcnn": ("shapes_fast_rcnn", None),
     "rfcn": ("shapes_rfcn", None),
     "mask_rcnn": ("shapes_mask_rcnn", None),
+    "cascade_rcnn": ("shapes_cascade_rcnn", None),
+    "cascade_mask_rcnn": ("shapes_cascade_rcnn", "mask"),
 }
 
 
@@ -101,6 +104,8 @@ def _random_family(name: str):
         m.rpn.in_features = ("C4",)
         m.rpn.anchor_sizes = ((16.0, 32.0, 64.0),)
         m.roi_head.in_features = ("C4",)
+    if variant == "mask":
+        config.model.type = "cascade_mask_rcnn"
     model = builder.build_model(config)
     model.build_with_dummy_inputs()
     for variable in model.weights:  # spread-out class scores (no near-tie of random logits)

@@ -34,6 +34,9 @@ FAMILIES = {  # name -> tiny_config arguments
     # The paper recipes' quantised-bin poolings (bin tables, float32 summed-area table).
     "fast_rcnn_roi_pool": {"family": "fast_rcnn", "pooler": "roi_pool"},
     "rfcn_ps_roi_pool": {"family": "rfcn", "pool_mode": "pool"},
+    # Three box stages, each decoding the previous stage's boxes; mask head on the last.
+    "cascade_rcnn": {"family": "cascade_rcnn"},
+    "cascade_mask_rcnn": {"family": "cascade_mask_rcnn"},
 }
 IMAGE = np.random.default_rng(5).integers(0, 256, (20, 32, 3), dtype=np.uint8)
 # Original-pixel proposals of IMAGE for Fast R-CNN; the export takes 6 rows, 2 are padding.
@@ -144,6 +147,19 @@ def test_input_size_flag_is_checked():
         tflite.parse_input_size("64x", 32)
 
 
+def test_int8_float_layers_are_found_in_fused_tensor_names():
+    # The converter fuses names with ";" and Keras suffixes name scopes with "_<n>" (one per
+    # FPN level / cascade stage); the op's own name (last component) is not a layer scope.
+    fused = ("faster_rcnn_1/rpn_1/rpn_head_1/deltas_3/BiasAdd;"
+             "faster_rcnn_1/rpn_1/rpn_head_1/deltas_3/convolution")
+    assert tflite._float_layer(fused) == "deltas"
+    assert tflite._float_layer("m/roi_heads_1/stage2_1/box_predictor_1/class_logits_1/MatMul") \
+        == "class_logits"
+    assert tflite._float_layer("m/roi_heads_1/box_head_1/fc1_1/MatMul") == ""
+    assert tflite._float_layer("m/fpn_1/fpn_deltas_like_1/convolution") == ""
+    assert tflite._float_layer("m/head_1/conv_1/objectness") == ""  # op name, not a layer
+
+
 def test_predict_runs_a_tflite_model(exports, tmp_path):
     model, pre, out = exports("faster_rcnn_fpn")
     image_path = str(tmp_path / "shape.png")
@@ -183,6 +199,11 @@ def test_quantized_exports_are_builtin_only_and_quantized(tmp_path, name, quanti
     assert np.int8 in dtypes  # int8 weights (dynamic) or weights and activations (int8)
     if quantize == "int8":
         assert "QUANTIZE" in detector.ops()
+        with open(os.path.join(str(tmp_path), tflite.TFLITE_INFO_FILE)) as f:
+            kept = json.load(f)["int8"]
+        # Convolutions / FCs int8, the prediction layers (decoded outputs) float32.
+        assert "FULLY_CONNECTED" in kept["int8_op_types"] and kept["int8_ops"] > 0
+        assert kept["float_layers"] == ["box_deltas", "class_logits"]
     out = detector(IMAGE, PROPOSALS if model.needs_proposals else None)
     assert out["detection_boxes"].shape == (1, 10, 4)
     assert 0 <= int(out["num_detections"][0]) <= 10

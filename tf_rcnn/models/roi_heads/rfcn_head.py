@@ -131,8 +131,11 @@ class RFCNHead(keras.layers.Layer):
         kernel = tf.concat([cls.kernel, box.kernel], axis=-1)
         bias = tf.concat([cls.bias, box.bias], axis=-1)
         dtype = reduced.dtype
-        maps = tf.nn.conv2d(reduced, tf.cast(kernel, dtype), strides=1, padding="VALID")
-        return tf.nn.bias_add(maps, tf.cast(bias, dtype))
+        # The scope names the prediction layer in exported graphs (the LiteRT int8 export
+        # keeps it float: tf_rcnn.export.tflite.FLOAT_LAYERS).
+        with tf.name_scope("score_maps"):
+            maps = tf.nn.conv2d(reduced, tf.cast(kernel, dtype), strides=1, padding="VALID")
+            return tf.nn.bias_add(maps, tf.cast(bias, dtype))
 
     def pool(self, score_maps: tf.Tensor, rois: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Per-RoI work: PS-RoI pooling + voting of :meth:`score_maps` output.
