@@ -24,16 +24,18 @@ Class ids: ``label_map.pbtxt`` (``item { id: 3 name: 'cat' }``) names the datase
 :class:`~tf_rcnn.label_map.LabelMap` maps them to ``1..K`` (ascending ids) as for every reader.
 
 Reading happens in the tf.data graph (no Python per record): shards are interleaved, records
-parsed in small batches (:meth:`ExampleDecoder.parse`: the object checks are vectorised over
-the batch), each image decoded and checked, and a problem vector per record counted into a
-:class:`ProblemCounter` (a variable read at the end of a run). Problems (see ``PROBLEMS``):
-a record that cannot be used is skipped, a bad object is skipped, a box partly outside
-``[0, 1]`` is clipped; the first few of each kind are printed with the shard and record
-number, the run goes on. A truncated shard ends where the damage starts (the rest of that shard
-is skipped, with a message naming it; the other shards are read): each shard's size is taken
-once when the pipeline is built and compared with the bytes its records used. Evaluation reads
-the validation records once in Python (:func:`read_tfrecord_records`, through the same graph
-function) to build its ground truth.
+parsed in batches (:meth:`ExampleDecoder.parse`: the image-bytes check, the object checks, the
+training filters and the problem vector of each record vectorised over the batch; a batch's
+problems counted at once into a :class:`ProblemCounter`, a variable read at the end of a run),
+then each usable image decoded and checked for what only the pixels show (its size, its
+masks). Problems (see ``PROBLEMS``): a record that cannot be used is skipped, a bad object is
+skipped, a box partly outside ``[0, 1]`` is clipped; the first few of each kind are printed
+with the shard and record number, the run goes on. A truncated shard ends where the damage
+starts (the rest of that shard is skipped, with a message naming it; the other shards are
+read): each shard's size is taken once when the pipeline is built and compared with the bytes
+its records used. Evaluation reads the validation records once in Python
+(:func:`read_tfrecord_records`, through the same graph functions, without the training
+filters) to build its ground truth.
 """
 
 from __future__ import annotations
@@ -793,12 +795,13 @@ class TFRecordPipeline(InputPipeline):
     Everything after reading is the file pipeline's graph (``_augment`` and ``_batch``): the
     same scale choice, flip, resize, padding and aspect grouping. Reading: the shards (each
     input pipeline takes every n-th shard: file-level sharding per worker), shuffled in
-    training and interleaved, a ``shuffle_buffer`` of serialized records, parsed a few at a
-    time (:meth:`ExampleDecoder.stream`), then one parallel map: each record decoded and checked
-    by :meth:`ExampleDecoder.finish`, problems counted in
-    :attr:`counter`, the training filters (difficult boxes, images without boxes,
-    ``max_instances``/``max_crowd`` keeping the largest), masks cropped to their boxes and
-    ``_augment``; unusable records are filtered out after it.
+    training and interleaved, a ``shuffle_buffer`` of serialized records, parsed
+    :attr:`ExampleDecoder.PARSE_BATCH` at a time with the training filters (difficult boxes,
+    images without boxes, ``max_instances``/``max_crowd`` keeping the largest) and their
+    problems counted in :attr:`counter` per batch (:meth:`ExampleDecoder.stream`; unusable
+    records stop there, undecoded), then one parallel map: each record decoded and checked by
+    :meth:`ExampleDecoder.finish`, masks cropped to their boxes and ``_augment``. A record that
+    only its decoded image shows unusable fails its element, which ``ignore_errors`` skips.
 
     Args:
         files: shards (a list, or comma-separated globs).
