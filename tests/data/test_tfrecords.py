@@ -472,3 +472,136 @@ def test_a_models_classes_are_found_in_tfrecords_by_the_one_label_map_rule(shape
     with pytest.raises(ConfigError, match=r"\['kite'\] are not in --config.data.val_files=.*"
                                           r"Model classes: .*kite.*Categories of"):
         load_split(config, "val", label_map=LabelMap([1, 5], ["square", "kite"]))
+
+
+def _reference_filters(boxes, labels, crowd, difficult, h, w, ids, max_instances, max_crowd):
+    """The training filters of one record from their definition (as the file pipeline applies
+    them to a record): objects of a known label, not crowd, not difficult; none left -> the
+    record is left out; more than ``max_instances`` -> the largest by pixel area, equal areas
+    the first one, kept in their order; crowd regions likewise with ``max_crowd``. Returns
+    ``(boxes, classes, crowd_boxes, counts)`` (None for the first three when left out)."""
+    pixels = np.clip(np.asarray(boxes, np.float64).reshape(-1, 4), 0, 1) * [h, w, h, w]
+    area = (pixels[:, 2] - pixels[:, 0]) * (pixels[:, 3] - pixels[:, 1])
+    objects = [i for i in range(len(labels)) if not crowd[i] and labels[i] in ids]
+    counts = {"difficult": sum(bool(difficult[i]) for i in objects)}
+    objects = [i for i in objects if not difficult[i]]
+    counts["empty"] = int(not objects)
+    regions = [i for i in range(len(labels)) if crowd[i]]
+
+    def largest(indices, limit):
+        if len(indices) <= limit:
+            return indices
+        order = np.argsort(-area[indices], kind="stable")[:limit]
+        return sorted(np.asarray(indices)[order].tolist())
+
+    counts["beyond"] = max(len(objects) - max_instances, 0)
+    counts["crowd_beyond"] = max(len(regions) - max_crowd, 0)
+    if not objects:
+        return None, None, None, counts
+    objects, regions = largest(objects, max_instances), largest(regions, max_crowd)
+    classes = [ids.index(labels[i]) + 1 for i in objects]
+    return pixels[objects], classes, pixels[regions].reshape(-1, 4), counts
+
+
+def test_training_filters_per_batch_match_a_per_record_reference(tmp_path):
+    # One parse batch mixing every filter. Image 20x40; ids 3 -> class 1, 7 -> class 2.
+    image = _jpeg(20, 40)
+    ids = [3, 7]
+    # name: (boxes normalised yxyx, labels, is_crowd, difficult)
+    cases = {
+        # Areas (normalised) .25, .0625, .25, .375, .0625; max_instances=2 keeps the largest
+        # two: [0, 0, .75, .5] (.375), then of the two .25 boxes the first one: objects 0
+        # and 3 in their order, i.e. [0, 0, 10, 20] and [0, 0, 15, 20] px; 3 dropped.
+        "1": ([[0, 0, .5, .5], [0, 0, .25, .25], [.5, .5, 1, 1], [0, 0, .75, .5],
+               [.25, .25, .5, .5]], [3, 7, 3, 7, 3], [0] * 5, [0] * 5),
+        "2": ([[0, 0, .5, .5], [.25, 0, .75, .5], [0, .5, .5, 1]], [3, 3, 7], [0] * 3,
+              [1, 0, 1]),                                  # 2 difficult left out, 1 kept
+        "3": ([[0, 0, .5, .5]], [7], [0], [1]),            # all difficult: left out
+        "4": ([], [], [], []),                             # no boxes: left out
+        # Crowd areas .0625, .25, .125 (max_crowd=2 keeps regions 1 and 2), one object.
+        "5": ([[0, 0, .25, .25], [0, 0, .5, .5], [.5, .5, 1, .75], [.25, .25, .75, .75]],
+              [0, 0, 0, 7], [1, 1, 1, 0], [0] * 4),
+        "6": ([[0, 0, .5, .5], [.5, .5, 1, 1]], [9, 3], [0, 0], [0, 0]),  # unknown label 9
+        "7": ([[-.25, 0, .5, .5], [0, 0, .125, .125], [0, 0, .25, .25]], [3, 7, 7],
+              [0] * 3, [0, 0, 0]),                         # clipped; 3 > 2: smallest out
+    }
+    examples = [foreign_example(image, b, labels, name, crowd=crowd,
+                                image__object__difficult=(diff, "int"))
+                for name, (b, labels, crowd, diff) in cases.items()]
+    # Not usable before any filter: their objects are not counted by the filters either.
+    examples.append(foreign_example(b"not an image", [[0, 0, .5, .5]] * 3, [3, 3, 3], "8",
+                                    image__object__difficult=([1, 1, 1], "int")))
+    examples.append(foreign_example(image, [[0, 0, .5, .5]] * 3, [3, 3], "9"))  # lengths
+    shard = _write_shard(tmp_path / "a.tfrecord", examples)
+    label_map = LabelMap(ids, ["cat", "dog"])
+    decoder = tfr.ExampleDecoder(label_map, exclude_difficult=True, skip_empty=True,
+                                 max_instances=2, max_crowd=2)
+    ds = tfr.read_shards([shard], [os.path.getsize(shard)])
+    read = {}
+    totals = np.zeros(len(tfr.PROBLEMS), np.int64)
+    for e in decoder.stream(ds).map(decoder.finish):
+        totals += e["problems"].numpy()
+        read[int(e["image_id"])] = e
+    want_counts = {"difficult": 0, "empty": 0, "beyond": 0, "crowd_beyond": 0}
+    usable = set()
+    for name, (b, labels, crowd, diff) in cases.items():
+        boxes, classes, regions, counts = _reference_filters(b, labels, crowd, diff, 20, 40,
+                                                             ids, 2, 2)
+        for key, value in counts.items():
+            want_counts[key] += value
+        got = read[int(name)]
+        assert bool(got["ok"]) == (boxes is not None), name
+        if boxes is None:
+            continue
+        usable.add(int(name))
+        np.testing.assert_allclose(got["boxes"].numpy(), boxes, atol=1e-4, err_msg=name)
+        assert got["classes"].numpy().tolist() == classes, name
+        np.testing.assert_allclose(got["crowd"].numpy(), regions, atol=1e-4, err_msg=name)
+        assert not got["difficult"].numpy().any()
+    assert not bool(read[8]["ok"]) and not bool(read[9]["ok"])
+    # By hand: difficult 2 (record 2) + 1 (record 3); empty: records 3 and 4; beyond:
+    # 3 (record 1) + 1 (record 7); crowd beyond: 1 (record 5).
+    assert want_counts == {"difficult": 3, "empty": 2, "beyond": 4, "crowd_beyond": 1}
+    np.testing.assert_allclose(read[1]["boxes"].numpy(), [[0, 0, 10, 20], [0, 0, 15, 20]])
+    got_counts = dict(zip(want_counts, totals[tfr.DIFFICULT_LEFT_OUT:].tolist(), strict=True))
+    assert got_counts == want_counts
+
+    # The training pipeline counts the same per batch (one epoch, in order) and serves the
+    # usable records only.
+    pipe = tfr.TFRecordPipeline([shard], label_map, training=True, shuffle=False,
+                                repeat=False, random_flip=False, batch_size=1, scales=(20,),
+                                max_size=40, backbone="tiny", max_instances=2, max_crowd=2,
+                                seed=0, deterministic=True)
+    served = {int(t["image_id"][0]): t for _, t in _batches(pipe)}
+    assert set(served) == usable == {1, 2, 5, 6, 7}
+    np.testing.assert_allclose(served[1]["boxes"][0], [[0, 0, 10, 20], [0, 0, 15, 20]],
+                               atol=1e-4)
+    counts = pipe.read_problems()
+    assert counts == {
+        "difficult boxes left out of training": 3,
+        "images without boxes left out of training": 2,
+        "instances beyond max_instances dropped": 4,
+        "crowd regions beyond max_crowd dropped": 1,
+        "class label not in the label map (object skipped)": 1,
+        "box partly outside [0, 1] (clipped)": 1,
+        "undecodable image bytes (record skipped)": 1,
+        "mismatched lengths of the per-object lists (record skipped)": 1,
+    }
+
+
+def test_image_bytes_check_of_a_batch_is_the_one_of_each_image():
+    from tf_rcnn.data.pipeline import image_bytes_ok
+
+    jpeg = _jpeg(40, 60)
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(png, format="PNG")
+    png = png.getvalue()
+    cases = [jpeg, jpeg[:-2], jpeg + b"\0" * 100, jpeg + b"x" * 1030, png, png[:-8],
+             b"GIF89a....", b"BM", b"", b"\xff", b"\xff\xd8\xff\xd9", b"\x89PNG\r\n\x1a\nIEND",
+             b"junk\xff\xd9"]
+    want = [bool(image_bytes_ok(tf.constant(c))) for c in cases]
+    # By hand: whole JPEG/PNG (padding after the end marker within 1 KB is fine), a JPEG
+    # whose marker is more than 1 KB from the end, a cut JPEG/PNG, and bytes of no format.
+    assert want == [True, False, True, False, True, False, True, True, False, False, True,
+                    True, False]
+    assert tfr.image_bytes_ok_batch(tf.constant(cases)).numpy().tolist() == want

@@ -24,16 +24,18 @@ Class ids: ``label_map.pbtxt`` (``item { id: 3 name: 'cat' }``) names the datase
 :class:`~tf_rcnn.label_map.LabelMap` maps them to ``1..K`` (ascending ids) as for every reader.
 
 Reading happens in the tf.data graph (no Python per record): shards are interleaved, records
-parsed in small batches (:meth:`ExampleDecoder.parse`: the object checks are vectorised over
-the batch), each image decoded and checked, and a problem vector per record counted into a
-:class:`ProblemCounter` (a variable read at the end of a run). Problems (see ``PROBLEMS``):
-a record that cannot be used is skipped, a bad object is skipped, a box partly outside
-``[0, 1]`` is clipped; the first few of each kind are printed with the shard and record
-number, the run goes on. A truncated shard ends where the damage starts (the rest of that shard
-is skipped, with a message naming it; the other shards are read): each shard's size is taken
-once when the pipeline is built and compared with the bytes its records used. Evaluation reads
-the validation records once in Python (:func:`read_tfrecord_records`, through the same graph
-function) to build its ground truth.
+parsed in batches (:meth:`ExampleDecoder.parse`: the image-bytes check, the object checks, the
+training filters and the problem vector of each record vectorised over the batch; a batch's
+problems counted at once into a :class:`ProblemCounter`, a variable read at the end of a run),
+then each usable image decoded and checked for what only the pixels show (its size, its
+masks). Problems (see ``PROBLEMS``): a record that cannot be used is skipped, a bad object is
+skipped, a box partly outside ``[0, 1]`` is clipped; the first few of each kind are printed
+with the shard and record number, the run goes on. A truncated shard ends where the damage
+starts (the rest of that shard is skipped, with a message naming it; the other shards are
+read): each shard's size is taken once when the pipeline is built and compared with the bytes
+its records used. Evaluation reads the validation records once in Python
+(:func:`read_tfrecord_records`, through the same graph functions, without the training
+filters) to build its ground truth.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from tf_rcnn.config import ConfigError
-from tf_rcnn.data.pipeline import AUTOTUNE, InputPipeline, decode_image, image_bytes_ok
+from tf_rcnn.data.pipeline import AUTOTUNE, InputPipeline, decode_image
 from tf_rcnn.data.records import DetectionRecord, LoadReport
 from tf_rcnn.label_map import LabelMap
 
@@ -100,6 +102,7 @@ NUM_NAMED = 11
 (UNDECODABLE, MISMATCHED, SIZE_DIFFERS, BAD_MASKS, TRUNCATED, NON_FINITE, DEGENERATE, OUTSIDE,
  CLIPPED, UNKNOWN_LABEL, NO_MASK, DIFFICULT_LEFT_OUT, EMPTY_LEFT_OUT, BEYOND_MAX,
  CROWD_BEYOND_MAX) = range(len(PROBLEMS))
+PROBLEM_LABELS = tuple(f"{r} ({a})" for r, a in PROBLEMS)
 RECORD_PROBLEMS = (UNDECODABLE, MISMATCHED, SIZE_DIFFERS, BAD_MASKS, TRUNCATED)
 REPAIRS = (CLIPPED, NO_MASK)
 PRINT_LIMIT = 10
@@ -276,26 +279,41 @@ class ProblemCounter:
                                         name="tfrecord_problems")
 
     def add(self, problems: tf.Tensor, shard: tf.Tensor, index: tf.Tensor) -> tf.Operation:
-        """Graph op: count ``problems [len(PROBLEMS)]`` and print the first ones (a record
-        without problems, the usual case, costs one comparison)."""
+        """Graph op: count ``problems`` (``[B, len(PROBLEMS)]`` of the records ``shard [B]``,
+        ``index [B]``, or ``[len(PROBLEMS)]`` of one record with scalar ``shard`` and
+        ``index``) and print the first records of each named reason, one line per record.
+        Counts may be negative (a correction of counts added before); only positive ones are
+        printed. Nothing to count, the usual case, costs one comparison."""
+        problems = tf.reshape(problems, [-1, len(PROBLEMS)])
+        total = tf.reduce_sum(problems, axis=0)
 
         def count() -> tf.Operation:
-            new = self.variable.assign_add(problems)
-            before = new - problems
+            new = self.variable.assign_add(total)
+            # What was counted before each record (records of a batch in order).
+            before = new - total + tf.cumsum(problems, axis=0, exclusive=True)
             named = tf.range(len(PROBLEMS)) < NUM_NAMED
-            show = (problems > 0) & (before < PRINT_LIMIT) & named
+            show = (problems > 0) & (before < PRINT_LIMIT) & named[None]
 
             def message() -> tf.Operation:
-                reasons = tf.strings.reduce_join(tf.boolean_mask(tf.strings.join(
-                    [tf.strings.as_string(problems), " ",
-                     tf.constant([f"{r} ({a})" for r, a in PROBLEMS])]), show), separator="; ")
-                text = tf.strings.join([shard, " record ", tf.strings.as_string(index), ": ",
-                                        reasons])
-                return tf.print("TFRecord problem:", text, output_stream=sys.stderr)
+                texts = tf.strings.join([tf.strings.as_string(problems), " ", tf.broadcast_to(
+                    PROBLEM_LABELS, tf.shape(problems))])
+                reasons = tf.strings.reduce_join(tf.ragged.boolean_mask(texts, show), axis=1,
+                                                 separator="; ")
+                lines = tf.strings.join([tf.reshape(shard, [-1]), " record ",
+                                         tf.strings.as_string(tf.reshape(index, [-1])), ": ",
+                                         reasons])
+                shown = tf.boolean_mask(lines, tf.reduce_any(show, axis=1))
+                return tf.print("TFRecord problem:", tf.strings.reduce_join(
+                    shown, separator="\nTFRecord problem: "), output_stream=sys.stderr)
 
             return tf.cond(tf.reduce_any(show), message, tf.no_op)
 
-        return tf.cond(tf.reduce_any(problems > 0), count, tf.no_op)
+        return tf.cond(tf.reduce_any(total != 0), count, tf.no_op)
+
+    def add_unprinted(self, problems: tf.Tensor) -> tf.Operation:
+        """Graph op: add ``problems [len(PROBLEMS)]`` (any sign) without a branch or a message:
+        for a per-record correction that is usually zero and named elsewhere."""
+        return self.variable.assign_add(problems)
 
     def counts(self) -> dict[str, int]:
         """``{"<reason> (<action>)": count}`` of every reason met so far."""
@@ -335,7 +353,7 @@ def read_shards(files: Sequence[str], sizes: Sequence[int], *, shuffle: bool = F
             length = tf.reduce_sum(tf.cast(tf.strings.length(serialized), tf.int64) + 16)
             truncated = tf.logical_and(is_end, consumed < size)  # + 16: framing per record
             rows = tf.maximum(n, 1)  # the end block yields one row
-            serialized = tf.concat([serialized, tf.constant([b""])], 0)[:rows]
+            serialized = tf.cond(is_end, lambda: tf.constant([b""]), lambda: serialized)
             new_state = (consumed + length, count + n)
             return new_state, (tf.fill([rows], path), count + tf.range(rows, dtype=tf.int64),
                                serialized, tf.fill([rows], is_end), tf.fill([rows], truncated))
@@ -363,6 +381,60 @@ def _png_sizes(masks: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         return raw[:, 0] * 2**24 + raw[:, 1] * 2**16 + raw[:, 2] * 2**8 + raw[:, 3]
 
     return is_png, big_endian(20), big_endian(16)
+
+
+def _contains_rows(haystack: tf.Tensor, needle: bytes) -> tf.Tensor:
+    """``[B]``: whether each row of the uint8 ``haystack [B, L]`` contains ``needle``."""
+    span = haystack.shape[1] - len(needle) + 1
+    found = tf.ones_like(haystack[:, :span], tf.bool)
+    for k, byte in enumerate(needle):
+        found &= tf.equal(haystack[:, k:k + span], byte)
+    return tf.reduce_any(found, axis=1)
+
+
+def image_bytes_ok_batch(data: tf.Tensor) -> tf.Tensor:
+    """:func:`~tf_rcnn.data.pipeline.image_bytes_ok` of each element of ``data [B]``, ``[B]``
+    bool, in a few ops for the whole batch: the bytes start like a JPEG/PNG/GIF/BMP and a
+    JPEG/PNG has its end marker in its last 1024 bytes (read zero-padded to 1024: the markers
+    hold no zero byte, so the padding finds none)."""
+    head = tf.strings.substr(data, 0, 8)
+    is_jpeg = tf.strings.substr(head, 0, 2) == b"\xff\xd8"
+    is_png = head == _PNG_MAGIC
+    is_other = (tf.strings.substr(head, 0, 3) == b"GIF") | (tf.strings.substr(head, 0, 2) == b"BM")
+    size = tf.strings.length(data)
+    start = tf.maximum(size - 1024, 0)
+    tail = tf.io.decode_raw(tf.strings.substr(data, start, tf.fill(tf.shape(start), 1024)),
+                            tf.uint8, fixed_length=1024)
+    tail = tf.reshape(tail, [-1, 1024])
+    return ((is_jpeg & _contains_rows(tail, b"\xff\xd9")) | (is_png & _contains_rows(tail, b"IEND"))
+            | is_other)
+
+
+def _keep_largest(boxes: tf.Tensor, keep: tf.Tensor, limit: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """``(keep, dropped)``: ``keep [B, m]`` reduced to each row's ``limit`` largest ``boxes
+    [B, m, 4]`` by area (equal areas: the first ones), and how many were dropped ``[B]``
+    int64, as the file pipeline keeps them. Within one image the order of the areas of
+    normalised boxes is that of pixel boxes."""
+    count = tf.reduce_sum(tf.cast(keep, tf.int64), axis=1)
+
+    def largest() -> tf.Tensor:
+        areas = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+        ranked = tf.where(keep, areas, -np.inf)
+        top = tf.math.top_k(ranked, k=tf.minimum(limit, tf.shape(keep)[1]), sorted=True).indices
+        chosen = tf.reduce_any(tf.equal(top[:, :, None], tf.range(tf.shape(keep)[1])[None, None]),
+                               axis=1)
+        return keep & chosen
+
+    # Most batches are within the limit: then nothing is ranked.
+    kept = tf.cond(tf.reduce_any(count > limit), largest, lambda: keep)
+    return kept, tf.maximum(count - limit, 0)
+
+
+def _kept_first(keep: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """``(order [B, m], count [B])``: per row, the indices of the kept objects in their order,
+    then the others; and how many are kept."""
+    order = tf.argsort(tf.cast(~keep, tf.int32), axis=1, stable=True)
+    return order, tf.reduce_sum(tf.cast(keep, tf.int32), axis=1)
 
 
 def filled_box_masks(boxes: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
@@ -404,28 +476,46 @@ class ExampleDecoder:
     """Parses, decodes and checks OD API records in the graph, in two steps:
 
     :meth:`parse` takes a batch of serialized records and does everything that does not need
-    the image (one ``parse_example`` for the batch, the per-object checks, class ids, image ids,
-    the object-level problem counts), vectorised over the batch; :meth:`finish` takes one
-    parsed record, decodes its image and completes the checks that need the image size.
-    :meth:`stream` chains both over a dataset of :func:`read_shards` elements; calling the
-    decoder on one record does the same for that record alone. The result is the same either
-    way; batching only spends fewer graph ops per record.
+    the decoded image, vectorised over the batch: one ``parse_example``, the image-bytes check
+    (:func:`image_bytes_ok_batch`), the per-object checks, class ids, image ids, the training
+    filters when asked for, the kept objects moved to the front of each row in their order, and
+    each record's problem vector as far as it is known without the pixels. :meth:`finish` takes
+    one parsed record, decodes its image and completes the checks that need it (its size, its
+    masks); the rest is slicing. :meth:`stream` chains both over a dataset of
+    :func:`read_shards` elements; calling the decoder on one record does the same for that
+    record alone. The result is the same either way; batching only spends fewer graph ops per
+    record.
 
     Args:
         label_map: dataset class ids -> ``1..K`` (labels not in it are skipped; crowd
             regions excepted: they are class-less ignore regions).
         mask_format: ``"png"``, ``"float"`` or None (masks not read).
+        exclude_difficult, skip_empty, max_instances, max_crowd: the training filters
+            (:class:`~tf_rcnn.data.pipeline.InputPipeline`'s options of those names: difficult
+            objects left out, a record without a kept object unusable, the ``max_instances``
+            / ``max_crowd`` largest objects / crowd regions kept in their order), each counted
+            in :data:`PROBLEMS`. Off by default: the ground-truth pass reads everything.
     """
 
-    # Records parsed together by stream(): enough to amortise the per-op cost, few enough to
-    # keep the first element quick.
-    PARSE_BATCH = 16
+    # Records parsed together by stream(): the batch's ~300 graph ops cost as much per batch
+    # whatever its size, so a larger batch costs fewer microseconds per record (measured on
+    # 36 KB PNG records: 16 -> ~55, 64 -> ~35 us per record); still a quick first element.
+    PARSE_BATCH = 64
 
-    def __init__(self, label_map: LabelMap, mask_format: str | None = None) -> None:
+    def __init__(self, label_map: LabelMap, mask_format: str | None = None, *,
+                 exclude_difficult: bool = False, skip_empty: bool = False,
+                 max_instances: int | None = None, max_crowd: int | None = None) -> None:
         if mask_format not in (None, "png", "float"):
             raise ValueError(f"mask_format must be 'png', 'float' or None, got {mask_format!r}.")
+        for name, limit in (("max_instances", max_instances), ("max_crowd", max_crowd)):
+            if limit is not None and limit < 0:
+                raise ValueError(f"{name} must be >= 0 or None, got {limit}.")
         self.label_map = label_map
         self.mask_format = mask_format
+        self.exclude_difficult = bool(exclude_difficult)
+        self.skip_empty = bool(skip_empty)
+        self.max_instances = max_instances
+        self.max_crowd = max_crowd
         self._ids = tf.constant(label_map.dataset_ids, tf.int64)
         self.spec: dict[str, Any] = {
             ENCODED: tf.io.FixedLenFeature([], tf.string, default_value=""),
@@ -464,16 +554,25 @@ class ExampleDecoder:
     def parse(self, shard: tf.Tensor, index: tf.Tensor, serialized: tf.Tensor,
               is_end: tf.Tensor, truncated: tf.Tensor) -> dict[str, tf.Tensor]:
         """A batch of records ``[B]`` -> their image-independent fields, ``[B, ...]`` with the
-        per-object ones padded to the batch's largest object count ``m``."""
+        per-object ones padded to the batch's largest object count ``m``: ``boxes [B, m, 4]``
+        (normalised, clipped), ``classes``, ``difficult`` and ``kept_index`` (the record's
+        object numbers) with each row's ``num_kept`` kept objects first, in their order;
+        ``crowd [B, m, 4]`` with ``num_crowd`` kept crowd regions first; ``decodable`` (the
+        bytes look whole and the lists agree); ``usable`` (decodable and not left out by a
+        filter); ``problems [B, len(PROBLEMS)]`` as known before decoding."""
         f = tf.io.parse_example(serialized, self.spec)
-        rows = {k: tf.cast(v.row_lengths(), tf.int64) for k, v in f.items()
-                if isinstance(v, tf.RaggedTensor)}
+        ragged = [k for k, v in f.items() if isinstance(v, tf.RaggedTensor)]
+        splits = tf.stack([tf.cast(f[k].row_splits, tf.int64) for k in ragged])
+        lengths = splits[:, 1:] - splits[:, :-1]  # [keys, B]
+        rows = {k: lengths[i] for i, k in enumerate(ragged)}
         n = rows[XMIN]
         required = [rows[k] == n for k in (YMIN, XMAX, YMAX, LABEL)]
         optional = [(rows[k] == n) | (rows[k] == 0) for k in (IS_CROWD, DIFFICULT, AREA, TEXT)]
         if self.mask_format == "png":
             optional.append((rows[MASK] == n) | (rows[MASK] == 0))
         lengths_ok = tf.reduce_all(tf.stack(required + optional, 1), axis=1)
+        bytes_ok = image_bytes_ok_batch(f[ENCODED]) & ~is_end
+        decodable = bytes_ok & lengths_ok
         m = tf.where(lengths_ok, n, 0)
         shape = tf.stack([tf.size(n, out_type=tf.int64), tf.maximum(tf.reduce_max(m), 0)])
         valid = tf.range(shape[1])[None, :] < m[:, None]
@@ -495,25 +594,49 @@ class ExampleDecoder:
         match = tf.equal(padded(LABEL)[..., None], self._ids)
         known = tf.reduce_any(match, axis=2)
         keep = good_box & ~crowd & known & valid
-        no_mask = tf.zeros_like(m)
+        keep_crowd = good_box & crowd & valid
+        difficult = padded(DIFFICULT) > 0
+        no_mask = tf.zeros_like(keep)
         if self.mask_format is not None:
-            no_mask = tf.where((rows[MASK] == 0) & (m > 0), self._count(keep), 0)
+            no_mask = keep & ((rows[MASK] == 0) & (m > 0))[:, None]
+        object_problems = [~finite & valid, finite & degenerate & valid,
+                           finite & ~degenerate & outside & valid, good_box & changed & valid,
+                           good_box & ~crowd & ~known & valid, no_mask]
 
+        # The training filters, in the file pipeline's order.
+        zero = tf.zeros_like(m)
+        left_out, empty, beyond, crowd_beyond = zero, tf.zeros_like(lengths_ok), zero, zero
+        if self.exclude_difficult:
+            left_out = self._count(keep & difficult)
+            keep &= ~difficult
+        if self.skip_empty:
+            empty = ~tf.reduce_any(keep, axis=1)
+        if self.max_instances is not None:
+            keep, beyond = _keep_largest(clipped, keep, self.max_instances)
+        if self.max_crowd is not None:
+            keep_crowd, crowd_beyond = _keep_largest(clipped, keep_crowd, self.max_crowd)
+
+        # Record-level problems, then object-level and filter counts of decodable records.
+        none = tf.zeros_like(is_end)
+        record_level = tf.stack([~bytes_ok & ~is_end, ~lengths_ok, none, none, truncated], 1)
+        objects = self._count(tf.stack(object_problems, 1)) * tf.cast(decodable, tf.int64)[:, None]
+        filtered = tf.stack([left_out, tf.cast(empty, tf.int64), beyond, crowd_beyond], 1)
+        problems = tf.concat([tf.cast(record_level, tf.int64), objects,
+                              filtered * tf.cast(decodable, tf.int64)[:, None]], 1)
+        order, num_kept = _kept_first(keep)
+        crowd_order, num_crowd = _kept_first(keep_crowd)
+        classes = tf.cast(tf.argmax(tf.cast(match, tf.int32), axis=2), tf.int32) + 1
         out = {
             "encoded": f[ENCODED], "header_hw": tf.stack([f[HEIGHT], f[WIDTH]], 1),
             "filename": f[FILENAME], "image_id": _image_ids(f[SOURCE_ID], f[FILENAME], shard,
                                                               index),
-            "shard": shard, "index": index, "is_end": is_end, "truncated": truncated,
-            "lengths_ok": lengths_ok, "num_objects": m,
-            "boxes": clipped,
-            "classes": tf.cast(tf.argmax(tf.cast(match, tf.int32), axis=2), tf.int32) + 1,
-            "keep": keep, "keep_crowd": good_box & crowd & valid,
-            "difficult": padded(DIFFICULT) > 0,
-            "object_problems": tf.stack([
-                self._count(~finite & valid), self._count(finite & degenerate & valid),
-                self._count(finite & ~degenerate & outside & valid),
-                self._count(good_box & changed & valid),
-                self._count(good_box & ~crowd & ~known & valid), no_mask], 1),
+            "shard": shard, "index": index,
+            "decodable": decodable, "usable": decodable & ~empty, "problems": problems,
+            "num_objects": m, "num_kept": num_kept, "kept_index": order,
+            "boxes": tf.gather(clipped, order, batch_dims=1),
+            "classes": tf.gather(classes, order, batch_dims=1),
+            "difficult": tf.gather(difficult, order, batch_dims=1),
+            "num_crowd": num_crowd, "crowd": tf.gather(clipped, crowd_order, batch_dims=1),
         }
         if self.mask_format is not None:
             # PNG: one string per object (cut at m); float: the record's whole flat list.
@@ -526,60 +649,82 @@ class ExampleDecoder:
     def _count(mask: tf.Tensor) -> tf.Tensor:
         return tf.reduce_sum(tf.cast(mask, tf.int64), axis=-1)
 
-    def finish(self, p: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    def finish(self, p: Mapping[str, tf.Tensor],
+               decodable_only: bool = False) -> dict[str, tf.Tensor]:
         """One parsed record (a row of :meth:`parse`) -> ``image [H, W, 3]`` uint8,
         ``image_id`` int64, ``hw [2]`` int32, ``boxes [M, 4]`` float32 pixels (checked,
         clipped), ``classes [M]`` int32 (1..K), ``difficult [M]`` bool, ``crowd [Mc, 4]``,
         ``masks [M, H, W]`` uint8 (with a mask format), ``filename``, ``shard``, ``index``,
-        ``problems [len(PROBLEMS)]`` int64 and ``ok`` (the record can be used)."""
-        m = p["num_objects"]
-        data = p["encoded"]
-        bytes_ok = image_bytes_ok(data) & ~p["is_end"]
-        image = tf.cond(bytes_ok, lambda: decode_image(data),
-                        lambda: tf.zeros([1, 1, 3], tf.uint8))
+        ``problems [len(PROBLEMS)]`` int64 and ``ok`` (the record can be used).
+        ``decodable_only``: the caller passes only ``decodable`` rows (:meth:`stream` with a
+        counter), so the image is decoded without a branch (a branch is a function call per
+        record)."""
+        decodable = p["decodable"]
+        if decodable_only:
+            image = decode_image(p["encoded"])
+        else:
+            image = tf.cond(decodable, lambda: decode_image(p["encoded"]),
+                            lambda: tf.zeros([1, 1, 3], tf.uint8))
         shape = tf.shape(image)
         h, w = shape[0], shape[1]
         header = p["header_hw"]
         size_ok = tf.reduce_all((header <= 0) | (header == tf.cast(shape[:2], tf.int64)))
-        pixels = p["boxes"][:m] * tf.cast(tf.stack([h, w, h, w]), tf.float32)
-        keep = p["keep"][:m]
-        lengths_ok = p["lengths_ok"]
+        scale = tf.cast(tf.stack([h, w, h, w]), tf.float32)
+        kept = p["num_kept"]
+        boxes = p["boxes"][:kept] * scale
 
         masks_ok = tf.constant(True)
         out: dict[str, tf.Tensor] = {}
         if self.mask_format is not None:
             values = p["masks"][:p["mask_count"]]
-            masks, masks_ok = self._masks(values, m, h, w, pixels,
-                                          lengths_ok & bytes_ok & size_ok)
-            out["masks"] = tf.boolean_mask(masks, keep)
+            out["masks"], masks_ok = self._masks(values, p["num_objects"], p["kept_index"][:kept],
+                                                 h, w, boxes, decodable & size_ok)
 
-        ok = bytes_ok & lengths_ok & size_ok & masks_ok
-        record_level = tf.stack([~bytes_ok & ~p["is_end"], ~lengths_ok, bytes_ok & ~size_ok,
-                                 lengths_ok & bytes_ok & size_ok & ~masks_ok, p["truncated"]])
-        object_level = p["object_problems"] * tf.cast(ok, tf.int64)
-        problems = tf.concat([tf.cast(record_level, tf.int64), object_level,
-                              tf.zeros([len(PROBLEMS) - NUM_NAMED], tf.int64)], 0)
+        # What only the image shows: a record that failed here counts that alone (its objects
+        # and filters are not counted, as for any unusable record).
+        failed = decodable & ~(size_ok & masks_ok)
+        late = tf.one_hot(tf.where(size_ok, BAD_MASKS, SIZE_DIFFERS), len(PROBLEMS),
+                          dtype=tf.int64)
         out.update({
             "image": image,
             "image_id": p["image_id"],
             "hw": tf.stack([h, w]),
-            "boxes": tf.boolean_mask(pixels, keep),
-            "classes": tf.boolean_mask(p["classes"][:m], keep),
-            "difficult": tf.boolean_mask(p["difficult"][:m], keep),
-            "crowd": tf.boolean_mask(pixels, p["keep_crowd"][:m]),
+            "boxes": boxes,
+            "classes": p["classes"][:kept],
+            "difficult": p["difficult"][:kept],
+            "crowd": p["crowd"][:p["num_crowd"]] * scale,
             "filename": p["filename"],
             "shard": p["shard"],
             "index": p["index"],
-            "problems": problems,
-            "ok": ok,
+            "problems": tf.where(failed, late, p["problems"]),
+            "ok": p["usable"] & ~failed,
         })
         return out
 
-    def stream(self, ds: tf.data.Dataset, deterministic: bool = True) -> tf.data.Dataset:
+    def stream(self, ds: tf.data.Dataset, deterministic: bool = True,
+               counter: ProblemCounter | None = None) -> tf.data.Dataset:
         """:func:`read_shards` elements -> parsed records (rows of :meth:`parse`), in order;
-        :meth:`finish` each of them."""
+        :meth:`finish` each of them. With a ``counter``, each batch's problems are counted
+        into it there and only the ``usable`` rows go on (the rest need no decoding); what
+        :meth:`finish` finds is then the caller's to count (its ``problems`` minus the row's).
+        """
+
+        def parse(*batch: tf.Tensor) -> dict[str, tf.Tensor]:
+            p = self.parse(*batch)
+            if counter is None:
+                return p
+            with tf.control_dependencies([counter.add(p["problems"], p["shard"], p["index"])]):
+                all_usable = tf.reduce_all(p["usable"])
+
+            def usable_rows() -> dict[str, tf.Tensor]:
+                rows = tf.where(p["usable"])[:, 0]
+                return {k: tf.gather(v, rows) for k, v in p.items()}
+
+            # Most batches are all usable: then nothing is copied (gather copies strings).
+            return tf.cond(all_usable, lambda: dict(p), usable_rows)
+
         return ds.batch(self.PARSE_BATCH).map(
-            self.parse, num_parallel_calls=AUTOTUNE, deterministic=deterministic).unbatch()
+            parse, num_parallel_calls=AUTOTUNE, deterministic=deterministic).unbatch()
 
     def __call__(self, shard: tf.Tensor, index: tf.Tensor, serialized: tf.Tensor,
                  is_end: tf.Tensor, truncated: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -588,10 +733,11 @@ class ExampleDecoder:
                                                             truncated)))
         return self.finish({k: v[0] for k, v in batch.items()})
 
-    def _masks(self, values: tf.Tensor, m: tf.Tensor, h: tf.Tensor, w: tf.Tensor,
-               boxes: tf.Tensor, usable: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """``(masks [m, H, W] uint8, ok)``: decoded masks (the boxes filled when the record
-        has none) and whether they fit the image."""
+    def _masks(self, values: tf.Tensor, m: tf.Tensor, kept: tf.Tensor, h: tf.Tensor,
+               w: tf.Tensor, boxes: tf.Tensor, usable: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(masks [M, H, W] uint8, ok)``: the decoded masks of the ``kept [M]`` objects (of
+        the record's ``m``; the kept ``boxes`` filled when the record has none) and whether all
+        of its masks fit the image."""
         missing = tf.size(values) == 0
         if self.mask_format == "png":
             is_png, mh, mw = _png_sizes(values)
@@ -600,13 +746,13 @@ class ExampleDecoder:
 
             def decode() -> tf.Tensor:
                 return tf.map_fn(lambda s: tf.io.decode_png(s, channels=1)[:, :, 0],
-                                 values[:m], fn_output_signature=tf.TensorSpec([None, None],
-                                                                           tf.uint8))
+                                 tf.gather(values, kept),
+                                 fn_output_signature=tf.TensorSpec([None, None], tf.uint8))
         else:
             fits = tf.size(values) == tf.cast(m, tf.int32) * h * w
 
             def decode() -> tf.Tensor:
-                return tf.cast(tf.reshape(values, [m, h, w]) > 0, tf.uint8)
+                return tf.gather(tf.reshape(values, [m, h, w]), kept)
         ok = missing | fits
         masks = tf.cond(
             usable & ~missing & fits,
@@ -649,12 +795,13 @@ class TFRecordPipeline(InputPipeline):
     Everything after reading is the file pipeline's graph (``_augment`` and ``_batch``): the
     same scale choice, flip, resize, padding and aspect grouping. Reading: the shards (each
     input pipeline takes every n-th shard: file-level sharding per worker), shuffled in
-    training and interleaved, a ``shuffle_buffer`` of serialized records, parsed a few at a
-    time (:meth:`ExampleDecoder.stream`), then one parallel map: each record decoded and checked
-    by :meth:`ExampleDecoder.finish`, problems counted in
-    :attr:`counter`, the training filters (difficult boxes, images without boxes,
-    ``max_instances``/``max_crowd`` keeping the largest), masks cropped to their boxes and
-    ``_augment``; unusable records are filtered out after it.
+    training and interleaved, a ``shuffle_buffer`` of serialized records, parsed
+    :attr:`ExampleDecoder.PARSE_BATCH` at a time with the training filters (difficult boxes,
+    images without boxes, ``max_instances``/``max_crowd`` keeping the largest) and their
+    problems counted in :attr:`counter` per batch (:meth:`ExampleDecoder.stream`; unusable
+    records stop there, undecoded), then one parallel map: each record decoded and checked by
+    :meth:`ExampleDecoder.finish`, masks cropped to their boxes and ``_augment``. A record that
+    only its decoded image shows unusable fails its element, which ``ignore_errors`` skips.
 
     Args:
         files: shards (a list, or comma-separated globs).
@@ -691,7 +838,11 @@ class TFRecordPipeline(InputPipeline):
             raise ValueError(f"with_masks=True but the first records of {self.files[0]} have "
                              f"no {MASK}; write the records with instance masks or set "
                              "with_masks=False.")
-        self.decoder = ExampleDecoder(self.label_map, self.mask_format)
+        self.decoder = ExampleDecoder(
+            self.label_map, self.mask_format,
+            exclude_difficult=self.training and self.exclude_difficult,
+            skip_empty=self.skip_empty, max_instances=self.max_instances,
+            max_crowd=self.max_crowd)
         self.decoder.check_types(self.files)
         self.counter = ProblemCounter()
         if self.shuffle_buffer is None:
@@ -747,86 +898,49 @@ class TFRecordPipeline(InputPipeline):
             # The buffer holds serialized records (encoded images), not decoded ones.
             ds = ds.shuffle(self.shuffle_buffer, seed=self.seed + pipeline_id,
                             reshuffle_each_iteration=True)
-        ds = self.decoder.stream(ds, deterministic=ordered)
+        # Each batch's problems are counted as it is parsed; records that cannot be used
+        # (bad bytes or lists, training filters) stop there, before decoding.
+        ds = self.decoder.stream(ds, deterministic=ordered, counter=self.counter)
         ds = ds.enumerate().map(lambda c, parsed: self._to_input(c, parsed, pipeline_id),
                                 num_parallel_calls=self.num_parallel, deterministic=ordered)
-        ds = ds.ignore_errors(log_warning=True)  # damage inside image bytes the decoder finds
-        ds = ds.filter(_usable).map(_without_flag)
+        # Skips, with TensorFlow's warning, what only decoding finds: damage inside image
+        # bytes, and the records _to_input refuses (counted and named there).
+        ds = ds.ignore_errors(log_warning=True)
         if self._num_images is not None:
             ds = ds.take(self._num_images)
         return self._batch(ds, batch)
 
-    def _read_element(self, parsed: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        """Decode, check, apply the training filters, count."""
-        e = self.decoder.finish(parsed)
-        usable = e["ok"]
-        extra = [tf.constant(0, tf.int64)] * 4
-        keep = tf.ones_like(e["classes"], tf.bool)
-        if self.training and self.exclude_difficult:
-            keep = ~e["difficult"]
-            extra[0] = tf.reduce_sum(tf.cast(e["difficult"], tf.int64))
-        if self.skip_empty:
-            empty = tf.logical_not(tf.reduce_any(keep))
-            extra[1] = tf.cast(empty, tf.int64)
-            e["ok"] = usable & ~empty
-        keep_idx = tf.where(keep)[:, 0]
-        keep_idx, extra[2] = _largest(tf.gather(e["boxes"], keep_idx), keep_idx,
-                                      self.max_instances)
-        for key in ("boxes", "classes", "difficult", "masks"):
-            if key in e:
-                e[key] = tf.gather(e[key], keep_idx)
-        crowd_idx = tf.range(tf.shape(e["crowd"])[0], dtype=tf.int64)
-        crowd_idx, extra[3] = _largest(e["crowd"], crowd_idx, self.max_crowd)
-        e["crowd"] = tf.gather(e["crowd"], crowd_idx)
-        extra = tf.stack(extra) * tf.cast(usable, tf.int64)  # only records that were usable
-        problems = e["problems"] + tf.concat([tf.zeros([NUM_NAMED], tf.int64), extra], 0)
-        with tf.control_dependencies([self.counter.add(problems, e["shard"], e["index"])]):
-            e["ok"] = tf.identity(e["ok"])
-        return e
-
     def _to_input(self, counter: tf.Tensor, parsed: Mapping[str, tf.Tensor],
-                  pipeline_id: int) -> tuple[Any, Any, tf.Tensor]:
-        """One record -> ``(image, targets, usable)``: read, checked and counted, then the
-        file pipeline's ``_augment`` (run on a placeholder for a record that is filtered out
-        next, so one parallel map does all the work)."""
-        e = self._read_element(parsed)
+                  pipeline_id: int) -> tuple[Any, Any]:
+        """One usable parsed record -> ``(image, targets)``: decoded and checked
+        (:meth:`ExampleDecoder.finish`), masks cropped to their boxes, then the file pipeline's
+        ``_augment``. A record that the decoded image shows unusable (its size, its masks) has
+        its problems counted (in place of those its parse batch counted) and fails the element,
+        which ``ignore_errors`` skips and logs with the reason: no per-record filter after the
+        map."""
+        e = self.decoder.finish(parsed, decodable_only=True)
+        # No branch per record: the correction is added as it is, zero for a record that
+        # finish finds usable. (Each op here runs for every record: measured, a branch or a
+        # formatted message costs tens of microseconds.)
+        counted = self.counter.add_unprinted(e["problems"] - parsed["problems"])
+        with tf.control_dependencies([counted]):
+            # String and int32 data only: the assertion is then one op, not a cond.
+            # ignore_errors logs its message for every such record.
+            check = tf.debugging.Assert(e["ok"], [
+                "TFRecord problem:", e["shard"], "record", tf.cast(e["index"], tf.int32),
+                f": {PROBLEMS[SIZE_DIFFERS][0]}, or {PROBLEMS[BAD_MASKS][0]} (record "
+                "skipped; counted by reason)"])
+        with tf.control_dependencies([check]):
+            image = tf.identity(e["image"])
         fields = {"boxes": e["boxes"], "classes": e["classes"], "crowd": e["crowd"],
                   "image_id": e["image_id"]}
         if self.with_masks:
             fields["masks"] = crop_masks_to_boxes(e["masks"], e["boxes"], self.mask_crop_size)
-        image, targets = self._augment(e["image"], fields,
-                                       self._element_seed(counter, pipeline_id))
-        return image, targets, e["ok"]
+        return self._augment(image, fields, self._element_seed(counter, pipeline_id))
 
     def read_problems(self) -> dict[str, int]:
         """Problems counted so far, by reason (each read of a record counts)."""
         return self.counter.counts()
-
-
-def _usable(image: tf.Tensor, targets: Mapping[str, tf.Tensor], ok: tf.Tensor) -> tf.Tensor:
-    del image, targets
-    return ok
-
-
-def _without_flag(image: tf.Tensor, targets: Mapping[str, tf.Tensor],
-                  ok: tf.Tensor) -> tuple[tf.Tensor, Mapping[str, tf.Tensor]]:
-    del ok
-    return image, targets
-
-
-def _largest(boxes: tf.Tensor, indices: tf.Tensor, limit: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """``indices`` of the ``limit`` largest ``boxes`` in their original order, and how many
-    were dropped (int64), as the file pipeline keeps them."""
-    count = tf.shape(indices)[0]
-
-    def largest() -> tf.Tensor:
-        areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        top = tf.math.top_k(areas, k=tf.minimum(count, limit), sorted=True).indices
-        return tf.gather(indices, tf.sort(top))
-
-    # Most records are within the limit: then nothing is sorted.
-    kept = tf.cond(count > limit, largest, lambda: indices)
-    return kept, tf.cast(tf.maximum(count - limit, 0), tf.int64)
 
 
 # ---------------------------------------------------------------- one pass for evaluation
