@@ -240,7 +240,7 @@ def part_ap(out_dir: str) -> dict:
     results = {"eval.py": {"AP": eval_metrics["bbox/AP"], "AP50": eval_metrics["bbox/AP50"]}}
     for mode in _AP_MODES.value:
         folder = os.path.join(out_dir, "ap", mode)
-        path = export_tflite_from_checkpoint(_DEMO.value, folder, input_size="128x128",
+        path = export_tflite_from_checkpoint(_DEMO.value, folder, input_size=None,
                                              quantize=mode)
         results[f"tflite {mode}"] = _tflite_ap(path, records, label_map, images)
         results[f"tflite {mode}"]["MiB"] = os.path.getsize(path) / 2**20

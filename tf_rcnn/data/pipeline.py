@@ -342,29 +342,34 @@ def decode_image(data: tf.Tensor) -> tf.Tensor:
     return image
 
 
-def _contains(haystack: tf.Tensor, needle: bytes) -> tf.Tensor:
-    """Whether the uint8 vector ``haystack`` contains the byte string ``needle``."""
-    n = len(needle)
-    length = tf.shape(haystack)[0] - n + 1
-    if_found = tf.ones([tf.maximum(length, 0)], tf.bool)
+def _contains_rows(haystack: tf.Tensor, needle: bytes) -> tf.Tensor:
+    """``[B]``: whether each row of the uint8 ``haystack [B, L]`` contains ``needle``."""
+    span = haystack.shape[1] - len(needle) + 1
+    found = tf.ones_like(haystack[:, :span], tf.bool)
     for k, byte in enumerate(needle):
-        if_found = tf.logical_and(if_found, tf.equal(haystack[k:k + tf.maximum(length, 0)], byte))
-    return tf.reduce_any(if_found)
+        found &= tf.equal(haystack[:, k:k + span], byte)
+    return tf.reduce_any(found, axis=1)
 
 
 def image_bytes_ok(data: tf.Tensor) -> tf.Tensor:
-    """Bool scalar: the bytes start like a JPEG/PNG/GIF/BMP and a JPEG/PNG has its end marker
-    in the last KB (not truncated). Cheap; decoding is what finds damage inside the data."""
-    head = tf.strings.substr(data, 0, 8)
+    """Bool of ``data``'s shape (one image's bytes, or a batch of them, checked in a few ops
+    for the whole batch): the bytes start like a JPEG/PNG/GIF/BMP and a JPEG/PNG has its end
+    marker in its last 1024 bytes (not truncated; read zero-padded to 1024: the markers hold
+    no zero byte, so the padding finds none). Cheap; decoding is what finds damage inside the
+    data."""
+    data = tf.convert_to_tensor(data, tf.string)
+    flat = tf.reshape(data, [-1])
+    head = tf.strings.substr(flat, 0, 8)
     is_jpeg = tf.strings.substr(head, 0, 2) == b"\xff\xd8"
     is_png = head == b"\x89PNG\r\n\x1a\n"
-    is_other = tf.logical_or(tf.strings.substr(head, 0, 3) == b"GIF",
-                             tf.strings.substr(head, 0, 2) == b"BM")
-    size = tf.strings.length(data)
-    tail = tf.io.decode_raw(tf.strings.substr(data, tf.maximum(size - 1024, 0), 1024), tf.uint8)
-    jpeg_ok = tf.logical_and(is_jpeg, _contains(tail, b"\xff\xd9"))
-    png_ok = tf.logical_and(is_png, _contains(tail, b"IEND"))
-    return tf.reduce_any(tf.stack([jpeg_ok, png_ok, is_other]))
+    is_other = (tf.strings.substr(head, 0, 3) == b"GIF") | (tf.strings.substr(head, 0, 2) == b"BM")
+    start = tf.maximum(tf.strings.length(flat) - 1024, 0)
+    tail = tf.io.decode_raw(tf.strings.substr(flat, start, tf.fill(tf.shape(start), 1024)),
+                            tf.uint8, fixed_length=1024)
+    tail = tf.reshape(tail, [-1, 1024])
+    ok = ((is_jpeg & _contains_rows(tail, b"\xff\xd9")) | (is_png & _contains_rows(tail, b"IEND"))
+          | is_other)
+    return tf.reshape(ok, tf.shape(data))
 
 
 def check_image_bytes(data: tf.Tensor, path: tf.Tensor) -> tf.Operation:

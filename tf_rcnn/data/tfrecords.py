@@ -55,7 +55,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from tf_rcnn.config import ConfigError
-from tf_rcnn.data.pipeline import AUTOTUNE, InputPipeline, decode_image
+from tf_rcnn.data.pipeline import AUTOTUNE, InputPipeline, decode_image, image_bytes_ok
 from tf_rcnn.data.records import DetectionRecord, LoadReport
 from tf_rcnn.label_map import LabelMap
 
@@ -383,33 +383,6 @@ def _png_sizes(masks: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     return is_png, big_endian(20), big_endian(16)
 
 
-def _contains_rows(haystack: tf.Tensor, needle: bytes) -> tf.Tensor:
-    """``[B]``: whether each row of the uint8 ``haystack [B, L]`` contains ``needle``."""
-    span = haystack.shape[1] - len(needle) + 1
-    found = tf.ones_like(haystack[:, :span], tf.bool)
-    for k, byte in enumerate(needle):
-        found &= tf.equal(haystack[:, k:k + span], byte)
-    return tf.reduce_any(found, axis=1)
-
-
-def image_bytes_ok_batch(data: tf.Tensor) -> tf.Tensor:
-    """:func:`~tf_rcnn.data.pipeline.image_bytes_ok` of each element of ``data [B]``, ``[B]``
-    bool, in a few ops for the whole batch: the bytes start like a JPEG/PNG/GIF/BMP and a
-    JPEG/PNG has its end marker in its last 1024 bytes (read zero-padded to 1024: the markers
-    hold no zero byte, so the padding finds none)."""
-    head = tf.strings.substr(data, 0, 8)
-    is_jpeg = tf.strings.substr(head, 0, 2) == b"\xff\xd8"
-    is_png = head == _PNG_MAGIC
-    is_other = (tf.strings.substr(head, 0, 3) == b"GIF") | (tf.strings.substr(head, 0, 2) == b"BM")
-    size = tf.strings.length(data)
-    start = tf.maximum(size - 1024, 0)
-    tail = tf.io.decode_raw(tf.strings.substr(data, start, tf.fill(tf.shape(start), 1024)),
-                            tf.uint8, fixed_length=1024)
-    tail = tf.reshape(tail, [-1, 1024])
-    return ((is_jpeg & _contains_rows(tail, b"\xff\xd9")) | (is_png & _contains_rows(tail, b"IEND"))
-            | is_other)
-
-
 def _keep_largest(boxes: tf.Tensor, keep: tf.Tensor, limit: int) -> tuple[tf.Tensor, tf.Tensor]:
     """``(keep, dropped)``: ``keep [B, m]`` reduced to each row's ``limit`` largest ``boxes
     [B, m, 4]`` by area (equal areas: the first ones), and how many were dropped ``[B]``
@@ -477,7 +450,7 @@ class ExampleDecoder:
 
     :meth:`parse` takes a batch of serialized records and does everything that does not need
     the decoded image, vectorised over the batch: one ``parse_example``, the image-bytes check
-    (:func:`image_bytes_ok_batch`), the per-object checks, class ids, image ids, the training
+    (``pipeline.image_bytes_ok``), the per-object checks, class ids, image ids, the training
     filters when asked for, the kept objects moved to the front of each row in their order, and
     each record's problem vector as far as it is known without the pixels. :meth:`finish` takes
     one parsed record, decodes its image and completes the checks that need it (its size, its
@@ -571,7 +544,7 @@ class ExampleDecoder:
         if self.mask_format == "png":
             optional.append((rows[MASK] == n) | (rows[MASK] == 0))
         lengths_ok = tf.reduce_all(tf.stack(required + optional, 1), axis=1)
-        bytes_ok = image_bytes_ok_batch(f[ENCODED]) & ~is_end
+        bytes_ok = image_bytes_ok(f[ENCODED]) & ~is_end
         decodable = bytes_ok & lengths_ok
         m = tf.where(lengths_ok, n, 0)
         shape = tf.stack([tf.size(n, out_type=tf.int64), tf.maximum(tf.reduce_max(m), 0)])
