@@ -14,7 +14,12 @@
    ordered differently), and the largest box (pixels of the 128 px image) and score
    differences over the matched rows.
 2. ``ap``: the demo run's held-out shapes AP through ``.tflite`` none / dynamic / int8 (int8
-   calibrated on 32 training images) vs ``eval.py``'s (``evaluate_checkpoint``) in this run.
+   calibrated on 32 training images) vs ``eval.py``'s (``evaluate_checkpoint``) in this run,
+   exported at the recipe's inference size. ``--demo`` may name any trained shapes run of
+   another family, e.g. the R-FCN of ``benchmarks/train_scaling.py alternating
+   --recipe=shapes_rfcn`` (``.../stage4_detector``, exported at 256x256): AP / AP50 eval.py
+   0.7130 / 0.9361, none 0.7130 / 0.9361 (1.67 MiB), dynamic 0.7120 / 0.9367 (0.56 MiB),
+   int8 0.7115 / 0.9356 (0.65 MiB).
 3. ``latency``: median seconds per image, LiteRT (XNNPACK, ``--threads``) float32 and int8 vs
    the TF serving graph (the SavedModel's ``serving_default`` function) in the same process,
    back to back, for the demo model (128x128) and a random-weight R50-FPN
@@ -64,7 +69,8 @@ from tf_rcnn.models import builder  # noqa: E402
 from tf_rcnn.models.checkpoint import restore_detector  # noqa: E402
 
 _DEMO = flags.DEFINE_string("demo", os.path.join(REPO, "runs", "demo"),
-                            "The trained shapes_faster_rcnn demo run.")
+                            "The trained shapes_faster_rcnn demo run (part 2: any trained "
+                            "shapes run).")
 _OUT = flags.DEFINE_string("output_dir", "/tmp/tf_rcnn_litert_bench", "Scratch exports.")
 _PARTS = flags.DEFINE_list("parts", ["equality", "ap", "latency"], "Parts to run.")
 _EQ_IMAGES = flags.DEFINE_integer("equality_images", 20, "Held-out images per family (part 1).")
