@@ -20,6 +20,17 @@ process, less sensitive to other load on a shared machine), bbox AP, AP50, AP75;
 cascade's time over the demo's (aim <= 1.5) and its AP / AP75 over Faster R-CNN's at the same
 steps (aim > 0) and over the demo's.
 
+Measured on the shared 2-core machine (the demo trained while other jobs ran, so wall times
+are not comparable; CPU times are):
+
+    run      recipe               steps  train s  CPU s    AP     AP50   AP75
+    demo     shapes_faster_rcnn    3000     2015   1165  0.8057  0.9529  0.9011
+    faster   shapes_faster_rcnn    1500      991    621  0.7646  0.9417  0.8631
+    cascade  shapes_cascade_rcnn   1500     1031   1070  0.8432  0.9505  0.9122
+
+cascade / demo CPU time 0.92; cascade - faster at 1500 steps: AP +0.079, AP75 +0.049; cascade
+- demo: AP +0.038, AP75 +0.011; a cascade step costs 1.72x a Faster R-CNN step in CPU time.
+
 Cascade R-CNN's claim (Cai & Vasconcelos 2018) is better localisation: the gain should show in
 AP75 and AP (averaged over IoU 0.5-0.95) more than in AP50. Run the three back to back on an
 otherwise comparable machine load (the wall-time ratios are only meaningful so).
