@@ -29,13 +29,9 @@ from tf_rcnn.config import ConfigError
 from tf_rcnn.export.tflite import QUANTIZE_MODES, export_tflite_from_checkpoint
 from tf_rcnn.tools import cli
 
-_CONFIG = cli.define_config_flag(
-    sys.argv, run_flag="checkpoint",
-    help_string="Recipe or config.json (default: the run's config.json).")
-_CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "Run directory (its newest checkpoint) or a checkpoint prefix.")
-_OUTPUT_DIR = flags.DEFINE_string(
-    "output_dir", None, "Directory for model.tflite, label_map.json and tflite_info.json.")
+_RUN = cli.define_run_flags(
+    sys.argv, "Directory for model.tflite, label_map.json and tflite_info.json.")
+_CONFIG, _CHECKPOINT, _OUTPUT_DIR = _RUN.config, _RUN.checkpoint, _RUN.output_dir
 _QUANTIZE = flags.DEFINE_enum(
     "quantize", "none", list(QUANTIZE_MODES),
     "none: float32; dynamic: int8 weights; int8: int8 weights and activations (calibrated on "
@@ -48,7 +44,6 @@ _NUM_PROPOSALS = flags.DEFINE_integer(
     "default: the recipe's data.max_proposals.")
 _NUM_CALIBRATION = flags.DEFINE_integer(
     "num_calibration_images", 32, "Training images int8 quantisation calibrates on.")
-flags.mark_flags_as_required(["checkpoint", "output_dir"])
 
 
 def main(argv):

@@ -70,9 +70,14 @@ def test_config_keys_reach_the_decoder_and_bad_values_name_the_flag():
     for key, value in (("nms_method", "soft"), ("soft_nms_sigma", -1.0),
                        ("soft_nms_min_score", 1.0)):
         bad = tiny_config()
+        bad.model.roi_head.nms_method = "gaussian"  # the method that reads the settings
         bad.model.roi_head[key] = value
         with pytest.raises(ConfigError, match=f"--config.model.roi_head.{key}"):
             builder.build_model(bad)
+    # Hard NMS does not read the Soft-NMS settings: a value it ignores is no error.
+    unused = tiny_config()
+    unused.model.roi_head.soft_nms_sigma = -1.0
+    builder.build_model(unused)
     # A run saved before the keys existed: its config.json lacks them, they take the defaults
     # and eval.py's --config.model.roi_head.nms_method=... override is accepted.
     saved = default_config().to_dict()
