@@ -417,8 +417,8 @@ def _multiclass_soft_nms(
     score_threshold: float,
     min_score: float,
 ) -> DetectionResult:
-    """:func:`multiclass_nms` with Soft-NMS: every (image, class) is one row of
-    :func:`_soft_nms_rows`, then the best ``max_total`` over the classes of each image."""
+    """:func:`multiclass_nms` with Soft-NMS: every (image, class) is one image of
+    :func:`soft_nms`, then the best ``max_total`` over the classes of each image."""
     batch = tf.shape(scores)[0]
     num_boxes = tf.shape(scores)[1]
     num_classes = tf.shape(scores)[2]
@@ -426,14 +426,11 @@ def _multiclass_soft_nms(
     boxes = tf.broadcast_to(boxes, tf.stack([batch, num_boxes, num_classes, 4]))
     row_boxes = tf.reshape(tf.transpose(boxes, [0, 2, 1, 3]), [-1, num_boxes, 4])
     row_scores = tf.reshape(tf.transpose(scores, [0, 2, 1]), [-1, num_boxes])
-    row_scores = tf.where(row_scores > score_threshold, row_scores, -1.0)
-    indices, kept, _ = _soft_nms_rows(row_boxes, row_scores, max_per_class, method,
-                                      iou_threshold, sigma, min_score)  # [B*K, T]
-    kept_boxes = tf.gather(_with_dummy_box(row_boxes), tf.maximum(indices, 0),
-                           batch_dims=1)  # [B*K, T, 4]
+    rows = soft_nms(row_boxes, row_scores, max_per_class, method, iou_threshold, sigma,
+                    score_threshold, min_score)  # [B*K, T]
     # Per image, class-major: [B, K*T]; padding rows score -1 so they sort last.
-    kept = tf.reshape(tf.where(indices >= 0, kept, -1.0), [batch, -1])
-    kept_boxes = tf.reshape(kept_boxes, [batch, -1, 4])
+    kept = tf.reshape(tf.where(rows.indices >= 0, rows.scores, -1.0), [batch, -1])
+    kept_boxes = tf.reshape(rows.boxes, [batch, -1, 4])
     classes = tf.repeat(tf.range(1, num_classes + 1), max_per_class)  # [K*T], 1..K
     classes = tf.broadcast_to(classes[None, :], tf.shape(kept))
     # Pad to at least max_total columns, then the best max_total (top_k: ties in index order,
