@@ -42,9 +42,9 @@ ensure_tensorflow_backend()
 # --- Export target: builtin-only op variants (on-device LiteRT export) -------------------------
 # Graph-building switch read by the ops that have no TFLite builtin (crop_and_resize,
 # combined_non_max_suppression, dynamic_stitch): inside ``builtin_ops_only()`` they trace their
-# builtin-only variants (tf_rcnn/ops/gather_sampling.py, builtin_pooling.py, builtin_nms.py);
-# outside it (the default) nothing changes. It is read when a graph is traced, so the detector
-# must be traced (e.g. ``get_concrete_function``) inside the context.
+# builtin-only variants (tf_rcnn/ops/crop_and_resize.py, builtin_pooling.py, builtin_nms.py,
+# builtin_roi_pool.py); outside it (the default) nothing changes. It is read when a graph is
+# traced, so the detector must be traced (e.g. ``get_concrete_function``) inside the context.
 _builtin_ops_only = contextvars.ContextVar("tf_rcnn_builtin_ops_only", default=False)
 
 

@@ -279,12 +279,9 @@ class ProblemCounter:
                                         name="tfrecord_problems")
 
     def add(self, problems: tf.Tensor, shard: tf.Tensor, index: tf.Tensor) -> tf.Operation:
-        """Graph op: count ``problems`` (``[B, len(PROBLEMS)]`` of the records ``shard [B]``,
-        ``index [B]``, or ``[len(PROBLEMS)]`` of one record with scalar ``shard`` and
-        ``index``) and print the first records of each named reason, one line per record.
-        Counts may be negative (a correction of counts added before); only positive ones are
-        printed. Nothing to count, the usual case, costs one comparison."""
-        problems = tf.reshape(problems, [-1, len(PROBLEMS)])
+        """Graph op: count ``problems [B, len(PROBLEMS)]`` of the records ``shard [B]``,
+        ``index [B]`` and print the first records of each named reason, one line per record.
+        Nothing to count, the usual case, costs one comparison."""
         total = tf.reduce_sum(problems, axis=0)
 
         def count() -> tf.Operation:
@@ -299,8 +296,7 @@ class ProblemCounter:
                     PROBLEM_LABELS, tf.shape(problems))])
                 reasons = tf.strings.reduce_join(tf.ragged.boolean_mask(texts, show), axis=1,
                                                  separator="; ")
-                lines = tf.strings.join([tf.reshape(shard, [-1]), " record ",
-                                         tf.strings.as_string(tf.reshape(index, [-1])), ": ",
+                lines = tf.strings.join([shard, " record ", tf.strings.as_string(index), ": ",
                                          reasons])
                 shown = tf.boolean_mask(lines, tf.reduce_any(show, axis=1))
                 return tf.print("TFRecord problem:", tf.strings.reduce_join(
@@ -363,11 +359,6 @@ def read_shards(files: Sequence[str], sizes: Sequence[int], *, shuffle: bool = F
 
     return files_ds.interleave(one_shard, cycle_length=max(1, min(len(files), CYCLE_LENGTH)),
                                num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-
-
-def _with_length(values: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
-    """``values[:length]``, zero-filled when ``values`` is shorter (an absent optional list)."""
-    return tf.concat([values, tf.zeros([length], values.dtype)], 0)[:length]
 
 
 def _png_sizes(masks: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:

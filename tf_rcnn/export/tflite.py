@@ -56,7 +56,6 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image
 from tensorflow.lite.python import schema_py_generated as schema
 from tensorflow.lite.tools import flatbuffer_utils
 from tensorflow.python.framework.convert_to_constants import (
@@ -66,6 +65,7 @@ from tensorflow.python.framework.convert_to_constants import (
 from tf_rcnn.backend import builtin_ops_only
 from tf_rcnn.data.builder import load_split
 from tf_rcnn.data.pipeline import resize_image, resized_shape, scale_boxes
+from tf_rcnn.data.tfrecords import load_image
 from tf_rcnn.export.saved_model import (
     PreprocessConfig,
     _postprocess,
@@ -209,7 +209,7 @@ class Conversion:
 
 def convert(concrete: Any, model: Any, quantize: str = "none",
             representative_images: Callable[[], Iterable[np.ndarray]] | None = None,
-            proposals: np.ndarray | None = None) -> bytes:
+            proposals: np.ndarray | None = None) -> Conversion:
     """Converts ``concrete`` (from :func:`make_tflite_function`) with builtin ops only.
 
     Args:
@@ -217,18 +217,13 @@ def convert(concrete: Any, model: Any, quantize: str = "none",
             callable returning uint8 ``[h, w, 3]`` images, a few dozen of the training data).
         proposals: ``[1, P, 4]`` given to every calibration image of an RPN-less family.
 
+    Returns:
+        The flatbuffer and, for int8, what was kept in float32.
+
     Raises:
         ValueError: an unknown mode, or int8 without images.
         tf.lite ConverterError: the graph still holds an op that is not a TFLite builtin.
     """
-    return convert_with_report(concrete, model, quantize, representative_images,
-                               proposals).flatbuffer
-
-
-def convert_with_report(concrete: Any, model: Any, quantize: str = "none",
-                        representative_images: Callable[[], Iterable[np.ndarray]] | None = None,
-                        proposals: np.ndarray | None = None) -> Conversion:
-    """:func:`convert`, also returning what int8 kept in float32."""
     if quantize not in QUANTIZE_MODES:
         raise ValueError(f"--quantize={quantize!r}: choose one of {QUANTIZE_MODES}.")
     # Weights as constants (not resource variables): quantisable and delegable (XNNPACK).
@@ -353,9 +348,9 @@ def export_tflite(model: Any, output_dir: str, preprocess: PreprocessConfig,
     calibration_proposals = None
     if model.needs_proposals:
         # Calibration proposals: a regular grid of boxes over the whole network input.
-        calibration_proposals = _grid_boxes(spec.num_proposals or 1, size)[np.newaxis]
-    conversion = convert_with_report(concrete, model, quantize, representative_images,
-                                     calibration_proposals)
+        calibration_proposals = _grid_boxes(spec.num_proposals, size)[np.newaxis]
+    conversion = convert(concrete, model, quantize, representative_images,
+                         calibration_proposals)
     flatbuffer = conversion.flatbuffer
     tf.io.gfile.makedirs(output_dir)
     path = os.path.join(output_dir, TFLITE_FILE)
@@ -428,11 +423,7 @@ def calibration_images(config: Any, count: int) -> list[np.ndarray]:
         raise ValueError("--quantize=int8 reads calibration images from the training split's "
                          "image files; TFRecord training data is not supported here. Point "
                          "--config.data at the image files or use --quantize=dynamic.")
-    images = []
-    for record in records[:count]:
-        with Image.open(record.image_path) as pil:
-            images.append(np.asarray(pil.convert("RGB"), np.uint8))
-    return images
+    return [load_image(record) for record in records]
 
 
 class TFLiteDetector:
