@@ -64,7 +64,6 @@ from tf_rcnn.models.roi_heads import (
     VGGBoxHead,
 )
 from tf_rcnn.models.tta import TTADetector
-from tf_rcnn.ops import tta as tta_ops
 from tf_rcnn.ops.box_coder import RCNN_BOX_WEIGHTS
 
 # ------------------------------------------------------------------------------- trunk
@@ -578,22 +577,15 @@ def build_tta(model: TwoStageDetector, config: ml_collections.ConfigDict) -> TTA
     except (TypeError, ValueError):
         raise ConfigError(f"--config.test.tta.scales must be a list of scale factors of the "
                           f"network input such as '(1.0, 1.25)', got {t.scales!r}.") from None
-    if not scales or any(not s > 0.0 for s in scales):
-        raise ConfigError(f"--config.test.tta.scales must be a non-empty list of factors > 0 "
-                          f"(1.0 = the recipe's data.scales size), got {t.scales!r}.")
-    if t.merge not in tta_ops.MERGE_METHODS:
-        raise ConfigError(f"--config.test.tta.merge must be one of {tta_ops.MERGE_METHODS} "
-                          f"(per-class NMS of the union, or NMS + weighted box voting), got "
-                          f"{t.merge!r}.")
-    if not 0.0 <= float(t.nms_threshold) <= 1.0:
-        raise ConfigError(f"--config.test.tta.nms_threshold must be an IoU in [0, 1], got "
-                          f"{t.nms_threshold!r}.")
-    views = tta_ops.view_list(scales, t.flip)
-    if views == [(1.0, False)]:
+    try:  # TTADetector checks the values; its messages name the flags
+        tta = TTADetector(model, scales=scales, flip=t.flip, merge=t.merge,
+                          nms_threshold=float(t.nms_threshold),
+                          size_divisor=int(config.data.size_divisor))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if tta.views == [(1.0, False)]:
         logging.warning("test.tta has one view (scales=(1.0,), flip=False): the detections are "
                         "the plain model's; set --config.test.tta.flip or more scales.")
-    logging.info("TTA: %d views (scale factors %s%s), merge %s at IoU %.2f.", len(views),
+    logging.info("TTA: %d views (scale factors %s%s), merge %s at IoU %.2f.", len(tta.views),
                  list(scales), ", flipped too" if t.flip else "", t.merge, t.nms_threshold)
-    return TTADetector(model, scales=scales, flip=t.flip, merge=t.merge,
-                       nms_threshold=float(t.nms_threshold),
-                       size_divisor=int(config.data.size_divisor))
+    return tta

@@ -74,14 +74,15 @@ class TTADetector(keras.Model):
         super().__init__(**kwargs)
         scales = tuple(float(s) for s in scales)
         if not scales or any(not s > 0.0 for s in scales):
-            raise ValueError(f"TTA scales must be a non-empty list of factors > 0 "
-                             f"(--config.test.tta.scales), got {scales}.")
+            raise ValueError(f"--config.test.tta.scales must be a non-empty list of factors > 0 "
+                             f"(1.0 = the recipe's data.scales size), got {scales}.")
         if merge not in tta_ops.MERGE_METHODS:
-            raise ValueError(f"TTA merge must be one of {tta_ops.MERGE_METHODS} "
-                             f"(--config.test.tta.merge), got {merge!r}.")
+            raise ValueError(f"--config.test.tta.merge must be one of {tta_ops.MERGE_METHODS} "
+                             f"(per-class NMS of the union, or NMS + weighted box voting), got "
+                             f"{merge!r}.")
         if not 0.0 <= float(nms_threshold) <= 1.0:
-            raise ValueError(f"TTA nms_threshold must be in [0, 1] "
-                             f"(--config.test.tta.nms_threshold), got {nms_threshold}.")
+            raise ValueError(f"--config.test.tta.nms_threshold must be an IoU in [0, 1], got "
+                             f"{nms_threshold}.")
         if int(size_divisor) < 1:
             raise ValueError(f"size_divisor must be >= 1 (--config.data.size_divisor), got "
                              f"{size_divisor}.")
@@ -188,10 +189,6 @@ class TTADetector(keras.Model):
             total = probs if total is None else total + probs
         mean = total / float(len(per_view))
         return tf.where((classes >= 1)[..., tf.newaxis, tf.newaxis], mean, 0.0)
-
-    def predict_step(self, data: Any) -> dict:
-        inputs, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        return self(inputs, training=False)
 
     # ------------------------------------------------------------------ config
     def get_config(self) -> dict:
