@@ -48,12 +48,12 @@ sys.path.insert(0, REPO)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from benchmarks.speed_common import median_time  # noqa: E402
 from tf_rcnn.config import load_config_file  # noqa: E402
 from tf_rcnn.data.builder import load_split  # noqa: E402
 from tf_rcnn.data.records import records_to_coco  # noqa: E402
+from tf_rcnn.data.tfrecords import load_image  # noqa: E402
 from tf_rcnn.evaluation.coco_evaluator import COCOEvaluator  # noqa: E402
 from tf_rcnn.evaluation.evaluate import evaluate_checkpoint  # noqa: E402
 from tf_rcnn.export import (  # noqa: E402
@@ -64,9 +64,9 @@ from tf_rcnn.export import (  # noqa: E402
     export_tflite_from_checkpoint,
     make_serving_functions,
 )
-from tf_rcnn.export.tflite import default_input_size  # noqa: E402
+from tf_rcnn.export.tflite import calibration_images, default_input_size  # noqa: E402
 from tf_rcnn.models import builder  # noqa: E402
-from tf_rcnn.models.checkpoint import restore_detector  # noqa: E402
+from tf_rcnn.models.checkpoint import resolve_run_config, restore_detector  # noqa: E402
 
 _DEMO = flags.DEFINE_string("demo", os.path.join(REPO, "runs", "demo"),
                             "The trained shapes_faster_rcnn demo run (part 2: any trained "
@@ -94,10 +94,13 @@ FAMILIES = {  # name -> (recipe, overrides of config.model)
 }
 
 
+SHAPES_DIR = os.path.join(REPO, "data_cache", "shapes")  # the demo's data (make demo)
+
+
 def _recipe(name: str):
     config = load_config_file(os.path.join(REPO, "configs", f"{name}.py"))
     config.model.num_classes = 3
-    config.data.shapes_dir = os.path.join(REPO, "data_cache", "shapes")
+    config.data.shapes_dir = SHAPES_DIR
     return config
 
 
@@ -122,11 +125,7 @@ def _random_family(name: str):
 
 def _val_images(config, count: int):
     records, label_map, _ = load_split(config, "val", num_images=count)
-    images = []
-    for record in records:
-        with Image.open(record.image_path) as pil:
-            images.append(np.asarray(pil.convert("RGB"), np.uint8))
-    return records, label_map, images
+    return records, label_map, [load_image(record) for record in records]
 
 
 def _proposals(image: np.ndarray, count: int, seed: int) -> np.ndarray:
@@ -168,7 +167,7 @@ def _compare(saved: dict, lite: dict, height: int, width: int) -> dict:
 def part_equality(out_dir: str) -> dict:
     results = {}
     demo_model, demo_config, _ = restore_detector(_DEMO.value)
-    demo_config.data.shapes_dir = os.path.join(REPO, "data_cache", "shapes")
+    demo_config.data.shapes_dir = SHAPES_DIR
     _, _, images = _val_images(demo_config, _EQ_IMAGES.value)
     cases = {}
     if "faster_rcnn_fpn" in _FAMILIES.value:
@@ -240,8 +239,8 @@ def _tflite_ap(path: str, records, label_map, images) -> dict:
 def part_ap(out_dir: str) -> dict:
     eval_metrics = evaluate_checkpoint(_DEMO.value, os.path.join(out_dir, "eval"),
                                        num_images=_AP_IMAGES.value, visualize=0)
-    _, config, label_map = restore_detector(_DEMO.value)
-    config.data.shapes_dir = os.path.join(REPO, "data_cache", "shapes")
+    config = resolve_run_config(_DEMO.value)  # the model is restored by the exporter
+    config.data.shapes_dir = SHAPES_DIR
     records, label_map, images = _val_images(config, _AP_IMAGES.value)
     results = {"eval.py": {"AP": eval_metrics["bbox/AP"], "AP50": eval_metrics["bbox/AP50"]}}
     for mode in _AP_MODES.value:
@@ -288,12 +287,8 @@ def _latency(name: str, model, config, size: int, out_dir: str, calibration) -> 
 def part_latency(out_dir: str) -> dict:
     results = {}
     model, config, _ = restore_detector(_DEMO.value)
-    config.data.shapes_dir = os.path.join(REPO, "data_cache", "shapes")
-    train, _, _ = load_split(config, "train", num_images=32)
-    calibration = []
-    for record in train:
-        with Image.open(record.image_path) as pil:
-            calibration.append(np.asarray(pil.convert("RGB"), np.uint8))
+    config.data.shapes_dir = SHAPES_DIR
+    calibration = calibration_images(config, 32)
     results["demo 128x128"] = _latency("demo", model, config, 128, out_dir,
                                        lambda: calibration)
     saved_dir = os.path.join(_DEMO.value, "saved_model", "1")

@@ -64,8 +64,8 @@ _ROOT = flags.DEFINE_string("root", "/tmp/tf_rcnn_train_scaling", "Working direc
 _STEPS = flags.DEFINE_string("steps", None, "Training steps (alternating: 4 comma-separated).")
 _POLICY = flags.DEFINE_string("policy", "mixed_float16", "Mixed-precision policy (precision).")
 _RECIPE = flags.DEFINE_string("recipe", "shapes_faster_rcnn",
-                              "configs/NAME.py to train (alternating); the other modes use the "
-                              "default shapes_faster_rcnn.")
+                              "configs/NAME.py every mode trains (the alternating mode's "
+                              "default steps are its train.alternating_steps).")
 
 
 def _recipe() -> str:
