@@ -39,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
@@ -173,17 +173,11 @@ def _postprocess(outputs: dict, scale: tf.Tensor, original: tf.Tensor,
     return result
 
 
-def make_serving_functions(model: Any, preprocess: PreprocessConfig) -> dict[str, Any]:
-    """The three signature ``tf.function`` s of ``model`` (see the module docstring).
-
-    Args:
-        model: a built ``TwoStageDetector`` or a ``TTADetector`` around one.
-        preprocess: the recipe's inference preprocessing.
-
-    Returns:
-        ``{"serving_default": fn, "image_bytes": fn, "tf_example": fn}``; each takes a dict of
-        inputs (``images`` / ``examples`` and, for RPN-less models, ``proposals``).
-    """
+def detection_function(model: Any) -> Callable[..., dict[str, tf.Tensor]]:
+    """``detect(images, image_shape, scale, original, proposals=None)``: the network on
+    preprocessed images and their serving outputs (:func:`_postprocess`), shared by every
+    export. ``scale`` / ``original`` are each image's resize factors and original size;
+    ``proposals`` (RPN-less models) are in original-image pixels."""
     entries = label_map_entries(model)
     # Contiguous class c -> dataset id; entry 0 (background / padding rows) -> 0.
     table = tf.constant([0] + [e["dataset_id"] for e in entries], tf.int32)
@@ -196,6 +190,23 @@ def make_serving_functions(model: Any, preprocess: PreprocessConfig) -> dict[str
             inputs["proposals"] = scale_boxes(proposals, scale[:, tf.newaxis, :])
         outputs = model(inputs, training=False)
         return _postprocess(dict(outputs), scale, original, table)
+
+    return detect
+
+
+def make_serving_functions(model: Any, preprocess: PreprocessConfig) -> dict[str, Any]:
+    """The three signature ``tf.function`` s of ``model`` (see the module docstring).
+
+    Args:
+        model: a built ``TwoStageDetector`` or a ``TTADetector`` around one.
+        preprocess: the recipe's inference preprocessing.
+
+    Returns:
+        ``{"serving_default": fn, "image_bytes": fn, "tf_example": fn}``; each takes a dict of
+        inputs (``images`` / ``examples`` and, for RPN-less models, ``proposals``).
+    """
+    needs_proposals = model.needs_proposals
+    detect = detection_function(model)
 
     # The network is traced once and shared by the three signatures (tracing a detector takes
     # seconds; the signatures differ only in decoding).

@@ -64,12 +64,11 @@ from tensorflow.python.framework.convert_to_constants import (
 
 from tf_rcnn.backend import builtin_ops_only
 from tf_rcnn.data.builder import load_split
-from tf_rcnn.data.pipeline import resize_image, resized_shape, scale_boxes
+from tf_rcnn.data.pipeline import resize_image, resized_shape
 from tf_rcnn.data.tfrecords import load_image
 from tf_rcnn.export.saved_model import (
     PreprocessConfig,
-    _postprocess,
-    label_map_entries,
+    detection_function,
     write_label_map,
 )
 from tf_rcnn.models.checkpoint import restore_detector
@@ -161,20 +160,15 @@ def make_tflite_function(model: Any, preprocess: PreprocessConfig, spec: TFLiteS
 
     Its keyword inputs are ``images`` (and ``proposals``); its outputs the serving dict.
     """
-    entries = label_map_entries(model)
-    table = tf.constant([0] + [e["dataset_id"] for e in entries], tf.int32)
     needs_proposals = bool(model.needs_proposals)
     if needs_proposals and not spec.num_proposals:
         raise ValueError("This family takes proposals with the image; give their number with "
                          "--num_proposals (default: the recipe's data.max_proposals).")
+    detect = detection_function(model)
 
     def serve(images, proposals=None):
         net, image_shape, scale, original = letterbox(images[0], spec.input_size, preprocess)
-        inputs = {"images": net, "image_shape": image_shape}
-        if needs_proposals:
-            inputs["proposals"] = scale_boxes(proposals, scale[:, tf.newaxis, :])
-        outputs = dict(model(inputs, training=False))
-        result = _postprocess(outputs, scale, original, table)
+        result = detect(net, image_shape, scale, original, proposals)
         return {name: result[name] for name in OUTPUT_NAMES if name in result}
 
     signature = {"images": tf.TensorSpec([1, None, None, 3], tf.uint8, name="images")}
