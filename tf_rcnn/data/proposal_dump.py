@@ -95,7 +95,7 @@ def dump_proposals(
         records = records[:num_images]
     pipeline = build_input_pipeline(config, records, label_map, training=False)
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)  # as evaluation's predict function
     def propose(images, image_shape):
         return model.propose({"images": images, "image_shape": image_shape})
 
