@@ -3,8 +3,9 @@
 For each model (random weights; no download needed) at a given input size and test proposal
 count it reports, from a fresh process so the first call and the peak memory are its own:
 
-- ``first_call_s``: from the un-built model to the first detections (variable creation +
-  tracing + one run), what a user waits for on the first image;
+- ``first_call_s``: from the un-built model to the first detections, built the way every
+  tf_rcnn command builds it (``build_with_dummy_inputs``: variables created by one small eager
+  call), then tracing and one run: what a user waits for on the first image;
 - ``full_s``: median of ``--runs`` calls of the whole detector (one traced ``tf.function``);
 - ``trunk_s``: median of the backbone (+ FPN) alone, and ``ratio = full_s / trunk_s``;
 - ``stages``: each later stage timed alone on the previous stage's materialised outputs (RPN
@@ -97,10 +98,11 @@ def measure(name: str) -> dict:
 
     start = time.perf_counter()
     model = builder.build_model(config)
+    model.build_with_dummy_inputs()
     trunk = tf.function(lambda x: model.extract_features(x, training=False),
-                        jit_compile=_JIT.value)
+                        jit_compile=_JIT.value, autograph=False)
 
-    @tf.function
+    @tf.function(autograph=False)  # as the library's predict function and exports
     def full(x):
         features = trunk(x) if _JIT.value else model.extract_features(x, training=False)
         return model.detect_from_features(features, image_shape)
