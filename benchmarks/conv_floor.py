@@ -29,9 +29,10 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.join(HERE, "peers")]  # speed_common / torchvision_bench
 
 # name -> (kind, batch, height, width, in channels, out channels, kernel); "fc" rows use
 # batch = rows and in/out = features. Shapes of R50-FPN at 640x640 with 1000 proposals and 100
@@ -61,20 +62,10 @@ def rows(batches: list[str]) -> list[tuple[str, tuple]]:
     return out
 
 
-def _median(fn, runs: int) -> float:
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure_tf(runs: int, batches: list[str]) -> dict[str, float]:
     """Median seconds per row with TensorFlow (NHWC, as tf_rcnn's layers run)."""
     import tensorflow as tf
+    from speed_common import median_time
 
     result = {}
     for name, (kind, n, h, w, cin, cout, k) in rows(batches):
@@ -90,7 +81,7 @@ def measure_tf(runs: int, batches: list[str]) -> dict[str, float]:
             bias = tf.zeros([cout])
             fn = tf.function(lambda x=x, weight=weight, bias=bias: tf.nn.relu(tf.nn.bias_add(
                 tf.nn.conv2d(x, weight, 1, "SAME"), bias)))
-        result[name] = _median(lambda fn=fn: fn().numpy(), runs)
+        result[name] = median_time(fn, runs=runs)
     return result
 
 
@@ -98,6 +89,7 @@ def measure_torch(runs: int, batches: list[str]) -> dict[str, float]:
     """Median seconds per row with PyTorch (NCHW, as torchvision's layers run). Runs in the
     peer's venv, which has no absl: see the ``torch-worker`` entry at the bottom."""
     import torch
+    from torchvision_bench import timed_runs
 
     torch.set_grad_enabled(False)
     result = {}
@@ -109,7 +101,8 @@ def measure_torch(runs: int, batches: list[str]) -> dict[str, float]:
             x = torch.randn(n, cin, h, w)
             layer = torch.nn.Conv2d(cin, cout, k, padding=k // 2)
         layer.eval()
-        result[name] = _median(lambda x=x, layer=layer: torch.relu(layer(x)), runs)
+        result[name] = statistics.median(
+            timed_runs(lambda x=x, layer=layer: torch.relu(layer(x)), runs))
     return result
 
 
