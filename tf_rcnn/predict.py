@@ -44,7 +44,7 @@ from tf_rcnn.export import (
     make_serving_functions,
 )
 from tf_rcnn.export.saved_model import EXPORT_INFO_FILE
-from tf_rcnn.models.builder import build_tta
+from tf_rcnn.models.builder import with_tta
 from tf_rcnn.models.checkpoint import restore_detector
 from tf_rcnn.ops.masks import paste_image_masks
 from tf_rcnn.tools import cli
@@ -140,8 +140,7 @@ def load_predictor(saved_model: str | None = None, checkpoint: str | None = None
         return predict, names
 
     model, config, _ = restore_detector(checkpoint, config)
-    if tta or config.test.tta.enabled:
-        model = build_tta(model, config)
+    model = with_tta(model, config, tta)
     fn = make_serving_functions(model, PreprocessConfig.from_recipe(config))["image_bytes"]
     names = {e["dataset_id"]: e["name"] for e in label_map_entries(model)}
 

@@ -90,6 +90,14 @@ def test_recipe_section_builds_the_wrapper_and_round_trips(mask_model):
     assert type(copy.detector) is type(mask_model)
 
 
+def test_with_tta_wraps_on_the_flag_or_the_recipe_switch_only(mask_model):
+    config = tiny_config("mask_rcnn")
+    assert builder.with_tta(mask_model, config) is mask_model
+    assert builder.with_tta(mask_model, config, tta=True).detector is mask_model
+    config.test.tta.enabled = True
+    assert isinstance(builder.with_tta(mask_model, config), TTADetector)
+
+
 @pytest.mark.parametrize("key,value,message", [
     ("scales", (), "--config.test.tta.scales"),
     ("scales", (1.0, -0.5), "--config.test.tta.scales"),

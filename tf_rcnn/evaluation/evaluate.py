@@ -31,8 +31,9 @@ from tf_rcnn.evaluation.mask_pasting import MaskPastingEvaluator
 from tf_rcnn.evaluation.proposal_recall import ProposalRecallEvaluator
 from tf_rcnn.evaluation.runner import run_evaluation
 from tf_rcnn.evaluation.voc_evaluator import VOCEvaluator
-from tf_rcnn.models.builder import build_tta
+from tf_rcnn.models.builder import with_tta
 from tf_rcnn.models.checkpoint import restore_detector
+from tf_rcnn.models.tta import TTADetector
 
 
 def _require_every_mask(config: ml_collections.ConfigDict, records: list) -> None:
@@ -74,12 +75,11 @@ def evaluate_checkpoint(
             (``tf_rcnn.models.tta``); also on when the config sets ``test.tta.enabled``.
     """
     model, config, label_map = restore_detector(checkpoint, config, precision=precision)
-    if tta or config.test.tta.enabled:
-        if proposal_recall:
-            raise ConfigError("--proposal_recall measures the RPN's proposals, which test-time "
-                              "augmentation does not change: run it without --tta (and with "
-                              "--config.test.tta.enabled=False).")
-        model = build_tta(model, config)
+    model = with_tta(model, config, tta)
+    if proposal_recall and isinstance(model, TTADetector):
+        raise ConfigError("--proposal_recall measures the RPN's proposals, which test-time "
+                          "augmentation does not change: run it without --tta (and with "
+                          "--config.test.tta.enabled=False).")
     with_masks = model.needs_masks and "coco" in config.eval.metrics
     # The model's classes found in the data (same ids, else same names, else an error); a
     # split without a usable box is an error, never a metric.

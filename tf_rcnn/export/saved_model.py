@@ -48,7 +48,7 @@ import tensorflow as tf
 from tf_rcnn.data.builder import pixel_stats
 from tf_rcnn.data.pipeline import decode_image, preprocess_image_for_inference, scale_boxes
 from tf_rcnn.label_map import LABEL_MAP_FILE
-from tf_rcnn.models.builder import build_tta
+from tf_rcnn.models.builder import with_tta
 from tf_rcnn.models.checkpoint import restore_detector
 from tf_rcnn.models.tta import TTADetector
 
@@ -341,8 +341,7 @@ def export_from_checkpoint(checkpoint: str, output_dir: str, config: Any = None,
     they are (1..K).
     """
     model, config, _ = restore_detector(checkpoint, config, precision=precision)
-    if tta or config.test.tta.enabled:
-        model = build_tta(model, config)
+    model = with_tta(model, config, tta)
     return export_saved_model(model, output_dir, PreprocessConfig.from_recipe(config))
 
 

@@ -564,9 +564,17 @@ def build_model(config: ml_collections.ConfigDict, label_map: dict | None = None
     return model
 
 
+def with_tta(model: TwoStageDetector, config: ml_collections.ConfigDict,
+             tta: bool = False) -> TwoStageDetector | TTADetector:
+    """The detector a command runs: wrapped in the recipe's test-time augmentation
+    (:func:`build_tta`) when ``tta`` (the command's ``--tta``) or ``test.tta.enabled`` is on,
+    else ``model`` itself. eval.py, predict and the SavedModel exporter decide it here."""
+    return build_tta(model, config) if tta or config.test.tta.enabled else model
+
+
 def build_tta(model: TwoStageDetector, config: ml_collections.ConfigDict) -> TTADetector:
-    """Wraps a detector in the recipe's test-time augmentation (``config.test.tta``; the
-    ``enabled`` switch is the caller's business: eval/predict/export ``--tta`` turn it on).
+    """Wraps a detector in the recipe's test-time augmentation (``config.test.tta``; whether
+    to is :func:`with_tta`'s business).
 
     Raises:
         ConfigError: a ``test.tta`` value that cannot work (the message names the flag).
