@@ -29,7 +29,6 @@ from tf_rcnn.data.tfrecords import (
     TFRecordFiles,
     TFRecordPipeline,
     check_first_records,
-    detect_mask_format,
     list_shards,
     read_tfrecord_records,
     resolve_label_map,
@@ -372,13 +371,7 @@ def _tfrecord_pipeline(config: ml_collections.ConfigDict,
                           "carry; train it on COCO, VOC or CSV data (--config.data.dataset).")
     files = records.files if isinstance(records, TFRecordFiles) else list_shards(
         getattr(d, f"{split}_files"))
-    if with_masks and detect_mask_format(files) is None:
-        raise ConfigError(
-            f"This model predicts instance masks, but the records of {flag} have none (no "
-            f"image/object/mask in the first records of {files[0]}). Write the records with "
-            "masks (python -m tf_rcnn.tools.create_tfrecords keeps them), or use a recipe "
-            "without masks.")
-    try:
+    try:  # a mask model on records without masks: TFRecordPipeline's error names the flag
         return TFRecordPipeline(
             files, label_map, source_flag=flag,
             num_images=None if isinstance(records, TFRecordFiles) else len(records),

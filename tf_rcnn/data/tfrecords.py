@@ -204,18 +204,29 @@ def _first_records(files: Sequence[str], count: int) -> list[tf.train.Example]:
     return examples
 
 
-def detect_mask_format(files: Sequence[str], peek: int = 20) -> str | None:
+Peek = list[tuple[str, list[tf.train.Example]]]
+
+
+def peek_records(files: Sequence[str], peek: int = 20) -> Peek:
+    """``[(shard, its first records)]``: the first ``peek`` records of each of the first
+    :data:`CYCLE_LENGTH` shards (those the stream starts with), read once in Python for the
+    start-up checks (:func:`detect_mask_format`, :meth:`ExampleDecoder.check_types`)."""
+    return [(path, _first_records([path], peek)) for path in list(files)[:CYCLE_LENGTH]]
+
+
+def detect_mask_format(files: Sequence[str], peeked: Peek | None = None) -> str | None:
     """``"png"`` or ``"float"``: how the first records holding ``image/object/mask`` store it
     (the feature's type cannot change per record in the graph); None when none of the first
-    ``peek`` records has masks."""
-    for example in _first_records(files, peek):
-        feature = example.features.feature.get(MASK)
-        if feature is None:
-            continue
-        if len(feature.bytes_list.value):
-            return "png"
-        if len(feature.float_list.value):
-            return "float"
+    records (:func:`peek_records`, or ``peeked`` when given) has masks."""
+    for _, examples in peek_records(files) if peeked is None else peeked:
+        for example in examples:
+            feature = example.features.feature.get(MASK)
+            if feature is None:
+                continue
+            if len(feature.bytes_list.value):
+                return "png"
+            if len(feature.float_list.value):
+                return "float"
     return None
 
 
@@ -497,14 +508,14 @@ class ExampleDecoder:
             self.spec[MASK] = tf.io.RaggedFeature(tf.string if mask_format == "png"
                                                   else tf.float32)
 
-    def check_types(self, files: Sequence[str], peek: int = 20) -> None:
-        """Raises ValueError naming the key and shard when one of the first ``peek`` records
-        of the first shards stores a key with another type than the format's: the graph parses
-        records in batches, and a batch it cannot parse would be lost as a whole (and logged).
-        """
+    def check_types(self, files: Sequence[str], peeked: Peek | None = None) -> None:
+        """Raises ValueError naming the key and shard when one of the first records of the
+        first shards (:func:`peek_records`, or ``peeked`` when given) stores a key with
+        another type than the format's: the graph parses records in batches, and a batch it
+        cannot parse would be lost as a whole (and logged)."""
         kinds = {tf.string: "bytes_list", tf.int64: "int64_list", tf.float32: "float_list"}
-        for path in files[:CYCLE_LENGTH]:
-            for example in _first_records([path], peek):
+        for path, examples in peek_records(files) if peeked is None else peeked:
+            for example in examples:
                 for key, spec in self.spec.items():
                     feature = example.features.feature.get(key)
                     kind = None if feature is None else feature.WhichOneof("kind")
@@ -797,17 +808,20 @@ class TFRecordPipeline(InputPipeline):
         if not self.files:
             raise ValueError("TFRecordPipeline got no files.")
         self.sizes = _shard_sizes(self.files)
-        self.mask_format = detect_mask_format(self.files) if self.with_masks else None
+        peeked = peek_records(self.files)
+        self.mask_format = detect_mask_format(self.files, peeked) if self.with_masks else None
         if self.with_masks and self.mask_format is None:
-            raise ValueError(f"with_masks=True but the first records of {self.files[0]} have "
-                             f"no {MASK}; write the records with instance masks or set "
-                             "with_masks=False.")
+            raise ConfigError(
+                f"This model predicts instance masks, but the records of "
+                f"{self.source_flag or self.files[0]} have none (no {MASK} in the first records "
+                f"of {self.files[0]}). Write the records with masks (python -m "
+                "tf_rcnn.tools.create_tfrecords keeps them), or use a recipe without masks.")
         self.decoder = ExampleDecoder(
             self.label_map, self.mask_format,
             exclude_difficult=self.training and self.exclude_difficult,
             skip_empty=self.skip_empty, max_instances=self.max_instances,
             max_crowd=self.max_crowd)
-        self.decoder.check_types(self.files)
+        self.decoder.check_types(self.files, peeked)
         self.counter = ProblemCounter()
         if self.shuffle_buffer is None:
             self.shuffle_buffer = 1024
@@ -939,12 +953,13 @@ def read_tfrecord_records(
         ValueError: two records with the same image id (named).
     """
     files = list_shards(files) if isinstance(files, str) else list(files)
-    mask_format = detect_mask_format(files) if with_masks else None
+    peeked = peek_records(files)
+    mask_format = detect_mask_format(files, peeked) if with_masks else None
     if with_masks and mask_format is None:
         logging.warning("%s: the first records have no %s: reading boxes only.", files[0], MASK)
     decoder = ExampleDecoder(label_map, mask_format)
     report = LoadReport(f"TFRecords {source or ', '.join(files[:2])}")
-    decoder.check_types(files)
+    decoder.check_types(files, peeked)
     ds = decoder.stream(read_shards(files, _shard_sizes(files))).map(decoder.finish)
     ds = ds.ignore_errors(log_warning=True)
     records: list[DetectionRecord] = []
