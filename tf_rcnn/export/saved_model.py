@@ -293,19 +293,26 @@ def export_saved_model(
 EXPORT_INFO_FILE = "export_info.json"
 
 
-def write_export_info(model: Any, output_dir: str, preprocess: PreprocessConfig) -> str:
-    """Writes ``output_dir/export_info.json``: what a client needs besides the graph (the
-    detector class, class count, preprocessing and, for Mask R-CNN, the mask paste rule)."""
+def model_info(model: Any, preprocess: PreprocessConfig) -> dict[str, Any]:
+    """What a client of any export needs to know of the model besides the graph: the detector
+    class, class count, compute type, preprocessing, test-time augmentation (or None) and, for
+    a mask model, the mask paste rule. ``export_info.json`` and the LiteRT export's
+    ``tflite_info.json`` both carry it."""
     detector = model.detector if isinstance(model, TTADetector) else model
     tta = None
     if isinstance(model, TTADetector):
         tta = {k: model.get_config()[k] for k in ("scales", "flip", "merge", "nms_threshold")}
-    info = {"format": "tf_rcnn.export.v1", "model": type(detector).__name__,
-            "num_classes": int(model.num_classes),
+    info = {"model": type(detector).__name__, "num_classes": int(model.num_classes),
             "compute_dtype": str(detector.roi_heads.compute_dtype),
             "preprocess": dataclasses.asdict(preprocess), "tta": tta}
     if getattr(model.roi_heads, "predicts_masks", False):
         info["mask_paste_rule"] = model.roi_heads.paste_rule
+    return info
+
+
+def write_export_info(model: Any, output_dir: str, preprocess: PreprocessConfig) -> str:
+    """Writes ``output_dir/export_info.json``: the format tag and :func:`model_info`."""
+    info = {"format": "tf_rcnn.export.v1", **model_info(model, preprocess)}
     path = os.path.join(output_dir, EXPORT_INFO_FILE)
     with tf.io.gfile.GFile(path, "w") as f:
         f.write(json.dumps(info, indent=1))

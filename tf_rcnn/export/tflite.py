@@ -25,7 +25,8 @@ When the recipe would resize an image to exactly ``H x W`` (e.g. the 128x128 sha
 it; otherwise the letterbox differs from the recipe's resize by design (fixed size on device).
 
 Beside ``model.tflite``: ``label_map.json`` (as the SavedModel's) and ``tflite_info.json``
-(input/output names in interpreter order, input size, quantisation, preprocessing).
+(input/output names in interpreter order, input size, quantisation, and the model fields
+of the SavedModel's ``export_info.json``: ``saved_model.model_info``).
 
 Quantisation: ``none`` (float32), ``dynamic`` (int8 weights, float activations),
 ``int8`` (int8 weights and activations calibrated on a representative sample of images, for
@@ -69,6 +70,7 @@ from tf_rcnn.data.tfrecords import load_image
 from tf_rcnn.export.saved_model import (
     PreprocessConfig,
     detection_function,
+    model_info,
     write_label_map,
 )
 from tf_rcnn.models.checkpoint import restore_detector
@@ -353,14 +355,12 @@ def export_tflite(model: Any, output_dir: str, preprocess: PreprocessConfig,
     write_label_map(model, output_dir)
     outputs = [n for n in OUTPUT_NAMES if n in concrete.structured_outputs]
     info = {
-        "format": "tf_rcnn.tflite.v1", "model": type(model).__name__,
-        "num_classes": int(model.num_classes), "input_size": list(size),
-        "quantize": quantize,
+        "format": "tf_rcnn.tflite.v1", **model_info(model, preprocess),
+        "input_size": list(size), "quantize": quantize,
         "inputs": ["images"] + (["proposals"] if model.needs_proposals else []),
         "num_proposals": spec.num_proposals,
         "outputs": outputs,
         "signature_outputs": _signature_outputs(concrete),
-        "preprocess": dataclasses.asdict(preprocess),
     }
     if quantize == "int8":
         info["int8"] = {"int8_op_types": conversion.int8_ops,
@@ -368,8 +368,6 @@ def export_tflite(model: Any, output_dir: str, preprocess: PreprocessConfig,
                         "float_layers": conversion.float_layers,
                         "float": "every other op (input letterbox and normalisation, "
                                  "normalisation layers, decoding, NMS, RoI pooling)"}
-    if getattr(model.roi_heads, "predicts_masks", False):
-        info["mask_paste_rule"] = model.roi_heads.paste_rule
     with tf.io.gfile.GFile(os.path.join(output_dir, TFLITE_INFO_FILE), "w") as f:
         f.write(json.dumps(info, indent=1))
     return path
