@@ -80,6 +80,41 @@ def test_proposal_layer_merges_levels():
     assert np.all(np.diff(scores.numpy(), axis=1) <= 0)
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_proposal_layer_levels_at_once_equal_level_by_level(training):
+    # The layer runs all levels through one decode / clip / size filter / NMS, each level's
+    # top-k padded with -inf rows. Reference: each level alone (_level_proposals), then the
+    # best `post` of their union. Levels of 300, 40, 7 and 1 anchors against pre = 50: the
+    # three small ones are padded; the second image's true shape clips many boxes.
+    rng = np.random.default_rng(3)
+    sizes = [300, 40, 7, 1]
+    n = sum(sizes)
+    yx = rng.uniform(0, 90, (n, 2))
+    anchors = tf.constant(np.concatenate([yx, yx + rng.uniform(2, 40, (n, 2))], 1), tf.float32)
+    logits = tf.constant(rng.normal(size=(2, n)), tf.float32)
+    deltas = tf.constant(rng.normal(scale=0.5, size=(2, n, 4)), tf.float32)
+    image_shape = tf.constant([[100, 100], [60, 45]], tf.int32)
+    layer = ProposalLayer(pre_nms_topk_train=50, post_nms_topk_train=30, pre_nms_topk_test=50,
+                          post_nms_topk_test=30, min_size=2.0)
+    boxes, scores, valid = layer(logits, deltas, anchors, image_shape,
+                                 num_anchors_per_level=sizes, training=training)
+
+    splits = np.cumsum([0] + sizes)
+    per_level = [layer._level_proposals(logits[:, a:b], deltas[:, a:b], anchors[a:b],
+                                        image_shape, 50, 30)
+                 for a, b in zip(splits[:-1], splits[1:], strict=True)]
+    all_logits = tf.concat([p[1] for p in per_level], axis=1)
+    ref_logits, idx = tf.math.top_k(all_logits, k=30)
+    ref_boxes = tf.gather(tf.concat([p[0] for p in per_level], axis=1), idx, batch_dims=1)
+    ref_valid = np.isfinite(ref_logits.numpy())
+    assert ref_valid.sum() > 30  # both images keep proposals; some rows stay empty
+    np.testing.assert_array_equal(valid.numpy(), ref_valid)
+    np.testing.assert_allclose(scores.numpy()[ref_valid],
+                               tf.sigmoid(ref_logits).numpy()[ref_valid], rtol=1e-6)
+    np.testing.assert_allclose(boxes.numpy()[ref_valid], ref_boxes.numpy()[ref_valid],
+                               atol=1e-4)
+
+
 def test_proposal_layer_contract():
     logits, deltas, anchors, image_shape = _proposal_inputs()
     check_layer_contract(ProposalLayer(pre_nms_topk_test=4, post_nms_topk_test=3),

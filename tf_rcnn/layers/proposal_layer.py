@@ -4,6 +4,8 @@ Per level: take the ``pre_nms_topk`` highest-scoring anchors, decode their delta
 clip to the true image shape, drop boxes not larger than ``min_size``, run class-agnostic NMS
 (IoU ``nms_threshold``, 0.7) keeping ``post_nms_topk``. With several levels (FPN) the per-level
 survivors are then merged and the ``post_nms_topk`` best kept. Train and test use separate numbers.
+The levels go through decoding, clipping, the size filter and NMS together, one NMS row per
+(image, level) (``ProposalLayer._multilevel_proposals``); the result is the level-by-level one.
 
 Conventions: boxes ``[y1, x1, y2, x2]`` pixels; anchors ordered ``(level, y, x, a)`` as produced by
 ``AnchorGenerator`` and ``RPNHead``. Shape shorthand: B batch, N anchors (all levels), P proposals.
@@ -86,6 +88,48 @@ class ProposalLayer(keras.layers.Layer):
         logits_out = tf.where(valid, result.scores, float("-inf"))
         return result.boxes, logits_out, valid
 
+    def _multilevel_proposals(self, logits_list, deltas_list, anchors_list, image_shape,
+                              pre_nms_topk, post_nms_topk):
+        """Each level's proposals (:meth:`_level_proposals`), computed for all levels at once,
+        then the ``post_nms_topk`` best of their union per image.
+
+        Each level's top ``pre_nms_topk`` anchors are padded to that many rows (logits
+        ``-inf``, which NMS never keeps), so decoding, clipping, the size filter and NMS run
+        once on ``[B, L * pre]`` boxes, NMS with one row per (image, level): the same
+        proposals as level by level, with a fifth of the graph (FPN's five levels), which is
+        what tracing, graph optimisation and the first call cost."""
+        levels = len(logits_list)
+        top_logits, top_deltas, top_anchors = [], [], []
+        for logits, deltas, anchors in zip(logits_list, deltas_list, anchors_list, strict=True):
+            count = logits.shape[1]  # static when the image size is (exports)
+            k = (min(pre_nms_topk, count) if count is not None
+                 else tf.minimum(pre_nms_topk, tf.shape(logits)[1]))
+            values, index = tf.math.top_k(logits, k=k, sorted=True)
+            pad = pre_nms_topk - k
+            values = tf.pad(values, [[0, 0], [0, pad]], constant_values=float("-inf"))
+            values.set_shape([logits.shape[0], pre_nms_topk])
+            top_logits.append(values)
+            top_deltas.append(tf.pad(tf.gather(deltas, index, batch_dims=1),
+                                     [[0, 0], [0, pad], [0, 0]]))
+            top_anchors.append(tf.pad(tf.gather(anchors, index), [[0, 0], [0, pad], [0, 0]]))
+        logits = tf.concat(top_logits, axis=1)  # [B, L * pre]
+        boxes = box_coder.decode(tf.concat(top_deltas, axis=1), tf.concat(top_anchors, axis=1),
+                                 self.box_weights)
+        boxes = box_ops.clip_boxes(boxes, image_shape)
+        logits = box_ops.remove_small_boxes(boxes, logits, self.min_size)
+        result = nms_ops.batched_nms(  # one row per (image, level), level fastest
+            tf.reshape(boxes, [-1, pre_nms_topk, 4]), tf.reshape(logits, [-1, pre_nms_topk]),
+            max_output_size=post_nms_topk, iou_threshold=self.nms_threshold)
+        per_level = tf.shape(result.boxes)[1]
+        kept = tf.range(per_level)[tf.newaxis, :] < result.num_valid[:, tf.newaxis]
+        kept_logits = tf.where(kept, result.scores, float("-inf"))
+        # [B * L, post] -> [B, L * post] (levels in order), then the best `post` per image.
+        all_logits = tf.reshape(kept_logits, [-1, levels * per_level])
+        all_boxes = tf.reshape(result.boxes, [-1, levels * per_level, 4])
+        logits, idx = tf.math.top_k(all_logits, k=post_nms_topk, sorted=True)
+        boxes = tf.gather(all_boxes, idx, batch_dims=1)
+        return boxes, logits, tf.math.is_finite(logits)
+
     def call(
         self,
         objectness_logits,
@@ -108,22 +152,12 @@ class ProposalLayer(keras.layers.Layer):
             deltas_list = tf.split(pred_deltas, sizes, axis=1)
             anchors_list = tf.split(anchors, sizes, axis=0)
 
-        boxes_l, logits_l, valid_l = [], [], []
-        for logits, deltas, level_anchors in zip(logits_list, deltas_list, anchors_list,
-                                                 strict=True):
-            b, s, v = self._level_proposals(logits, deltas, level_anchors, image_shape, pre, post)
-            boxes_l.append(b)
-            logits_l.append(s)
-            valid_l.append(v)
-        if len(boxes_l) == 1:
-            boxes, logits, valid = boxes_l[0], logits_l[0], valid_l[0]
+        if len(logits_list) == 1:
+            boxes, logits, valid = self._level_proposals(
+                logits_list[0], deltas_list[0], anchors_list[0], image_shape, pre, post)
         else:
-            # Merge the levels: [B, L*post, ...] -> best `post` per image.
-            all_boxes = tf.concat(boxes_l, axis=1)
-            all_logits = tf.concat(logits_l, axis=1)
-            logits, idx = tf.math.top_k(all_logits, k=post, sorted=True)
-            boxes = tf.gather(all_boxes, idx, batch_dims=1)
-            valid = tf.math.is_finite(logits)
+            boxes, logits, valid = self._multilevel_proposals(
+                logits_list, deltas_list, anchors_list, image_shape, pre, post)
         scores = tf.where(valid, tf.sigmoid(logits), 0.0)
         boxes = tf.where(valid[..., tf.newaxis], boxes, 0.0)
         return boxes, scores, valid
