@@ -106,12 +106,13 @@ def main(argv):
 
     if FLAGS.train_step:
         from configs.shapes_faster_rcnn import get_config
-        from tf_rcnn.models.builder import build_model, build_optimizer_from_config
+        from tf_rcnn.models.builder import build_model
+        from tf_rcnn.training.optimizers import optimizer_from_config
 
         config = get_config()
         config.model.num_classes = 3  # the shapes classes (the recipe takes them from the data)
         model = build_model(config)
-        model.compile(optimizer=build_optimizer_from_config(config, 8))
+        model.compile(optimizer=optimizer_from_config(config, 8))
         ds = demo.dataset()
         model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0)  # trace + warm up
         steps = 10

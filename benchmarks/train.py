@@ -132,7 +132,8 @@ def main(argv):
     unknown = [m for m in _MODELS.value if m not in MODELS]
     if unknown:
         raise app.UsageError(f"Unknown models {unknown}; choose from {sorted(MODELS)}.")
-    common = [f"--size={_SIZE.value}", f"--batch={_BATCH.value}", f"--steps={_STEPS.value}"]
+    common = [f"--size={_SIZE.value}", f"--batch={_BATCH.value}", f"--steps={_STEPS.value}",
+              f"--learning_rate={_LR.value}"]
     rows = []
     for name in _MODELS.value:
         rows.append(run_result([sys.executable, os.path.abspath(__file__), f"--worker={name}",

@@ -366,6 +366,15 @@ def test_float_masks_read_like_png_masks(tmp_path):
     label_map = LabelMap([3], ["cat"])
     assert tfr.detect_mask_format([png_file]) == "png"
     assert tfr.detect_mask_format([float_file]) == "float"
+    # One record per shard, masks only in the sixth shard: the start-up peek reads on past the
+    # first four shards (those the stream starts with) until it has seen 20 records.
+    bare = [_write_shard(tmp_path / f"bare{i}.tfrecord", [foreign_example(image, boxes, [3, 3],
+                                                                          str(i + 2))])
+            for i in range(5)]
+    peeked = tfr.peek_records([*bare, png_file])
+    assert [path for path, _ in peeked] == [*bare, png_file]
+    assert tfr.detect_mask_format([*bare, png_file], peeked) == "png"
+    assert tfr.detect_mask_format(bare) is None
     for path in (png_file, float_file):
         (record,), report = tfr.read_tfrecord_records([path], label_map, with_masks=True)
         np.testing.assert_array_equal(record.instance_masks(), masks)

@@ -115,6 +115,33 @@ def test_builder_rejects_bad_values():
         builder.build_model(config)
 
 
+def test_dummy_build_uses_two_proposals_and_a_failed_build_leaves_the_model_unbuilt():
+    model = builder.build_model(tiny_config())
+    layer = model.rpn.proposal_layer
+    topk = layer.post_nms_topk_test
+    seen = []
+    call = layer.call
+
+    def spy(*args, **kwargs):
+        seen.append(layer.post_nms_topk_test)
+        return call(*args, **kwargs)
+
+    layer.call = spy
+    model.build_with_dummy_inputs()
+    assert seen == [2] and layer.post_nms_topk_test == topk and model.built
+    assert model.weights
+
+    broken = builder.build_model(tiny_config())
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("head failed")
+
+    broken.roi_heads.call = fail
+    with pytest.raises(RuntimeError, match="head failed"):
+        broken.build_with_dummy_inputs()
+    assert not broken.built and broken.rpn.proposal_layer.post_nms_topk_test == topk
+
+
 def test_training_checkpoint_restores_into_a_second_build(tmp_path):
     # Regression: Keras 3 keeps list-held sub-layers (FPN laterals, backbone stages) out of
     # TensorFlow's object graph; checkpoints must still hold every weight, by a stable path.

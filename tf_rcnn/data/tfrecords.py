@@ -209,9 +209,18 @@ Peek = list[tuple[str, list[tf.train.Example]]]
 
 def peek_records(files: Sequence[str], peek: int = 20) -> Peek:
     """``[(shard, its first records)]``: the first ``peek`` records of each of the first
-    :data:`CYCLE_LENGTH` shards (those the stream starts with), read once in Python for the
-    start-up checks (:func:`detect_mask_format`, :meth:`ExampleDecoder.check_types`)."""
-    return [(path, _first_records([path], peek)) for path in list(files)[:CYCLE_LENGTH]]
+    :data:`CYCLE_LENGTH` shards (those the stream starts with), and of the shards after them
+    until ``peek`` records in all (small shards), read once in Python for the start-up checks
+    (:func:`detect_mask_format`, :meth:`ExampleDecoder.check_types`)."""
+    peeked: Peek = []
+    total = 0
+    for i, path in enumerate(files):
+        if i >= CYCLE_LENGTH and total >= peek:
+            break
+        examples = _first_records([path], peek)
+        peeked.append((path, examples))
+        total += len(examples)
+    return peeked
 
 
 def detect_mask_format(files: Sequence[str], peeked: Peek | None = None) -> str | None:

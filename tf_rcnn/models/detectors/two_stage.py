@@ -171,6 +171,9 @@ class TwoStageDetector(keras.Model):
             if saved is not None:
                 proposal_layer.post_nms_topk_test = min(saved, 2)
             self(inputs, training=False)
+        except Exception:
+            self.built = False  # build() ran before the call failed; the variables did not
+            raise
         finally:
             if saved is not None:
                 proposal_layer.post_nms_topk_test = saved
