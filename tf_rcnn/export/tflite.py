@@ -255,7 +255,11 @@ def _selective_int8(converter: Any) -> Conversion:
     debugger = debug.QuantizationDebugger(converter=converter)
     ops = _graph_ops(debugger.calibrated_model)
     types = sorted({op_type for op_type, _ in ops})
-    float_nodes = [name for op_type, name in ops if op_type in INT8_OPS and _float_layer(name)]
+    # Per op of an INT8_OPS type: the FLOAT_LAYERS entry it belongs to ("" for none).
+    layers = {i: _float_layer(name) for i, (op_type, name) in enumerate(ops)
+              if op_type in INT8_OPS}
+    float_nodes = [ops[i][1] for i, layer in layers.items() if layer]
+    int8_nodes = {i for i, layer in layers.items() if not layer}
     if not float_nodes:
         raise ValueError(
             "--quantize=int8: none of the prediction layers kept in float32 "
@@ -265,16 +269,12 @@ def _selective_int8(converter: Any) -> Conversion:
     # Denying the other op types alone still leaves quantise / requantise pairs on some float
     # tensors (the RPN deltas' slices, the softmax scores): the quantiser sees the calibration
     # range of every tensor. Keep the ranges of the int8 ops' inputs and outputs only.
-    debugger.calibrated_model = _keep_ranges(
-        debugger.calibrated_model,
-        {i for i, (op_type, name) in enumerate(ops)
-         if op_type in INT8_OPS and not _float_layer(name)})
+    debugger.calibrated_model = _keep_ranges(debugger.calibrated_model, int8_nodes)
     debugger.options = debug.QuantizationDebugOptions(
         denylisted_ops=[t for t in types if t not in INT8_OPS], denylisted_nodes=float_nodes)
     return Conversion(
         debugger.get_nondebug_quantized_model(), [t for t in types if t in INT8_OPS],
-        sorted({_float_layer(name) for name in float_nodes}),
-        sum(1 for op_type, name in ops if op_type in INT8_OPS and not _float_layer(name)))
+        sorted({layer for layer in layers.values() if layer}), len(int8_nodes))
 
 
 def _keep_ranges(flatbuffer: bytes, int8_ops: set[int]) -> bytes:
