@@ -364,8 +364,8 @@ def test_float_masks_read_like_png_masks(tmp_path):
         image, boxes, [3, 3], "1",
         image__object__mask=(masks.astype(np.float32).ravel().tolist(), "float"))])
     label_map = LabelMap([3], ["cat"])
-    assert tfr.detect_mask_format([png_file]) == "png"
-    assert tfr.detect_mask_format([float_file]) == "float"
+    assert tfr.detect_mask_format(tfr.peek_records([png_file])) == "png"
+    assert tfr.detect_mask_format(tfr.peek_records([float_file])) == "float"
     # One record per shard, masks only in the sixth shard: the start-up peek reads on past the
     # first four shards (those the stream starts with) until it has seen 20 records.
     bare = [_write_shard(tmp_path / f"bare{i}.tfrecord", [foreign_example(image, boxes, [3, 3],
@@ -373,8 +373,8 @@ def test_float_masks_read_like_png_masks(tmp_path):
             for i in range(5)]
     peeked = tfr.peek_records([*bare, png_file])
     assert [path for path, _ in peeked] == [*bare, png_file]
-    assert tfr.detect_mask_format([*bare, png_file], peeked) == "png"
-    assert tfr.detect_mask_format(bare) is None
+    assert tfr.detect_mask_format(peeked) == "png"
+    assert tfr.detect_mask_format(tfr.peek_records(bare)) is None
     for path in (png_file, float_file):
         (record,), report = tfr.read_tfrecord_records([path], label_map, with_masks=True)
         np.testing.assert_array_equal(record.instance_masks(), masks)

@@ -223,11 +223,11 @@ def peek_records(files: Sequence[str], peek: int = 20) -> Peek:
     return peeked
 
 
-def detect_mask_format(files: Sequence[str], peeked: Peek | None = None) -> str | None:
+def detect_mask_format(peeked: Peek) -> str | None:
     """``"png"`` or ``"float"``: how the first records holding ``image/object/mask`` store it
     (the feature's type cannot change per record in the graph); None when none of the first
-    records (:func:`peek_records`, or ``peeked`` when given) has masks."""
-    for _, examples in peek_records(files) if peeked is None else peeked:
+    records (``peeked``, from :func:`peek_records`) has masks."""
+    for _, examples in peeked:
         for example in examples:
             feature = example.features.feature.get(MASK)
             if feature is None:
@@ -517,13 +517,13 @@ class ExampleDecoder:
             self.spec[MASK] = tf.io.RaggedFeature(tf.string if mask_format == "png"
                                                   else tf.float32)
 
-    def check_types(self, files: Sequence[str], peeked: Peek | None = None) -> None:
+    def check_types(self, peeked: Peek) -> None:
         """Raises ValueError naming the key and shard when one of the first records of the
-        first shards (:func:`peek_records`, or ``peeked`` when given) stores a key with
-        another type than the format's: the graph parses records in batches, and a batch it
-        cannot parse would be lost as a whole (and logged)."""
+        first shards (``peeked``, from :func:`peek_records`) stores a key with another type
+        than the format's: the graph parses records in batches, and a batch it cannot parse
+        would be lost as a whole (and logged)."""
         kinds = {tf.string: "bytes_list", tf.int64: "int64_list", tf.float32: "float_list"}
-        for path, examples in peek_records(files) if peeked is None else peeked:
+        for path, examples in peeked:
             for example in examples:
                 for key, spec in self.spec.items():
                     feature = example.features.feature.get(key)
@@ -818,7 +818,7 @@ class TFRecordPipeline(InputPipeline):
             raise ValueError("TFRecordPipeline got no files.")
         self.sizes = _shard_sizes(self.files)
         peeked = peek_records(self.files)
-        self.mask_format = detect_mask_format(self.files, peeked) if self.with_masks else None
+        self.mask_format = detect_mask_format(peeked) if self.with_masks else None
         if self.with_masks and self.mask_format is None:
             raise ConfigError(
                 f"This model predicts instance masks, but the records of "
@@ -830,7 +830,7 @@ class TFRecordPipeline(InputPipeline):
             exclude_difficult=self.training and self.exclude_difficult,
             skip_empty=self.skip_empty, max_instances=self.max_instances,
             max_crowd=self.max_crowd)
-        self.decoder.check_types(self.files, peeked)
+        self.decoder.check_types(peeked)
         self.counter = ProblemCounter()
         if self.shuffle_buffer is None:
             self.shuffle_buffer = 1024
@@ -963,12 +963,12 @@ def read_tfrecord_records(
     """
     files = list_shards(files) if isinstance(files, str) else list(files)
     peeked = peek_records(files)
-    mask_format = detect_mask_format(files, peeked) if with_masks else None
+    mask_format = detect_mask_format(peeked) if with_masks else None
     if with_masks and mask_format is None:
         logging.warning("%s: the first records have no %s: reading boxes only.", files[0], MASK)
     decoder = ExampleDecoder(label_map, mask_format)
     report = LoadReport(f"TFRecords {source or ', '.join(files[:2])}")
-    decoder.check_types(files, peeked)
+    decoder.check_types(peeked)
     ds = decoder.stream(read_shards(files, _shard_sizes(files))).map(decoder.finish)
     ds = ds.ignore_errors(log_warning=True)
     records: list[DetectionRecord] = []
@@ -1016,7 +1016,7 @@ def check_first_records(files: Sequence[str], label_map: LabelMap,
     ds = read_shards(files, _shard_sizes(files)).filter(
         lambda shard, index, serialized, is_end, truncated: tf.logical_not(is_end))
     usable = 0
-    decoder.check_types(files)
+    decoder.check_types(peek_records(files))
     for e in decoder.stream(ds.take(count)).map(decoder.finish).ignore_errors():
         _report_problems(report, e["problems"].numpy(),
                          f"{e['shard'].numpy().decode()} record {int(e['index'].numpy())}")
