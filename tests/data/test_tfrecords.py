@@ -386,6 +386,43 @@ def test_float_masks_read_like_png_masks(tmp_path):
     assert not records and report.num_skipped == 1
 
 
+@pytest.mark.parametrize("mask_format", ["png", "float"])
+def test_a_shard_of_images_without_objects_reads_to_empty_targets(tmp_path, mask_format):
+    # 70 negatives in the second shard: more than a block of records without any object (or
+    # mask). Unbatching a component with rows but no elements kills the process in TF 2.21,
+    # so the parse keeps one padded object column; the records read as zero objects.
+    image = _jpeg(6, 8)
+    mask = np.zeros((6, 8), np.uint8)
+    mask[1:4, 2:6] = 1
+    if mask_format == "png":
+        out = io.BytesIO()
+        Image.fromarray(mask * 255).save(out, format="PNG")
+        masked = {"masks": [out.getvalue()]}
+    else:
+        masked = {"image__object__mask": (mask.astype(np.float32).ravel().tolist(), "float")}
+    first = _write_shard(tmp_path / "a.tfrecord",
+                         [foreign_example(image, [[1 / 6, 2 / 8, 4 / 6, 6 / 8]], [3], "1",
+                                          **masked)])
+    negatives = _write_shard(tmp_path / "b.tfrecord",
+                             [foreign_example(image, [], [], str(i)) for i in range(2, 72)])
+    label_map = LabelMap([3], ["cat"])
+    records, report = tfr.read_tfrecord_records([first, negatives], label_map, with_masks=True)
+    assert sorted(r.image_id for r in records) == list(range(1, 72))
+    assert report.num_skipped == 0
+    by_id = {r.image_id: r for r in records}
+    np.testing.assert_array_equal(by_id[1].instance_masks(), mask[None])
+    for image_id in range(2, 72):
+        assert by_id[image_id].num_instances == 0
+        assert by_id[image_id].instance_masks().shape[0] == 0
+    # The evaluation stream (no skip of empty images) feeds them with no box.
+    pipe = tfr.TFRecordPipeline([first, negatives], label_map, training=False, batch_size=1,
+                                backbone="tiny", scales=(16,), max_size=16, with_masks=True,
+                                mask_crop_size=4)
+    counts = {int(t["image_id"][0]): int(tf.reduce_sum(tf.cast(t["classes"][0] > 0, tf.int32)))
+              for _, t in pipe.dataset()}
+    assert counts == {1: 1, **dict.fromkeys(range(2, 72), 0)}
+
+
 def test_crop_masks_matches_the_numpy_crop(rng):
     from tf_rcnn.data import masks as masks_lib
 

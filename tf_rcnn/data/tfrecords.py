@@ -558,7 +558,10 @@ class ExampleDecoder:
         bytes_ok = image_bytes_ok(f[ENCODED]) & ~is_end
         decodable = bytes_ok & lengths_ok
         m = tf.where(lengths_ok, n, 0)
-        shape = tf.stack([tf.size(n, out_type=tf.int64), tf.maximum(tf.reduce_max(m), 0)])
+        # At least one column: tf.data's unbatch crashes the process (TF 2.21) on a component
+        # with rows but no elements, as a batch of records without objects would give.
+        batch = tf.size(n, out_type=tf.int64)
+        shape = tf.stack([batch, tf.maximum(tf.reduce_max(m), 1)])
         valid = tf.range(shape[1])[None, :] < m[:, None]
 
         def padded(key: str, default: Any = None) -> tf.Tensor:
@@ -624,8 +627,11 @@ class ExampleDecoder:
         }
         if self.mask_format is not None:
             # PNG: one string per object (cut at m); float: the record's whole flat list.
-            out["masks"] = (padded(MASK, "") if self.mask_format == "png"
-                            else f[MASK].to_tensor())
+            if self.mask_format == "png":
+                out["masks"] = padded(MASK, "")
+            else:
+                longest = tf.maximum(tf.reduce_max(rows[MASK]), 1)
+                out["masks"] = f[MASK].to_tensor(shape=tf.stack([batch, longest]))
             out["mask_count"] = rows[MASK]
         return out
 
