@@ -4,18 +4,30 @@ Two cases:
     demo   -- the demo recipe: 128x128 shapes PNGs, scales (128,), max_size 128, batch 8,
               training mode (shuffle, flip, repeat).
     coco   -- 640x480 JPEGs resized to 800/1333 (the COCO recipe), batch 2, training mode.
-Optionally (``--train_step``) it times one training step of the demo recipe's model so the
-two can be compared (the acceptance bar is pipeline >= 2x the step's consumption).
 ``--tfrecord`` also writes both cases' images as OD API TFRecords (4 shards, once) and times
 the streaming TFRecordPipeline on them with the same options, beside the file pipeline.
 
+Each timing runs in its own process (a pipeline's background threads would otherwise compete
+with the next one's), the pipelines alternate, ``--repeats`` times, and the table gives every
+run, the median and, with ``--tfrecord``, the median TFRecord / file ratio. Images/s counts
+the batches taken after 5 warm-up batches; CPU us/image is the process's CPU time over them
+(both cores are busy: the rate follows the CPU per image).
+
+Optionally (``--train_step``) it times one training step of the demo recipe's model so the
+two can be compared (the acceptance bar is pipeline >= 2x the step's consumption).
+
 Usage:
-    .venv/bin/python benchmarks/data.py [--batches 60] [--train_step] [--tfrecord]
+    .venv/bin/python benchmarks/data.py [--batches 300] [--repeats 3] [--tfrecord]
+        [--train_step]
 """
 
 from __future__ import annotations
 
+import json
 import os
+import resource
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,32 +45,51 @@ from tf_rcnn.data.shapes import generate_shapes_dataset
 from tf_rcnn.data.tfrecords import TFRecordPipeline, shard_names, write_tfrecords
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("batches", 60, "Batches timed per case (after 5 warm-up batches).")
+flags.DEFINE_integer("batches", 300, "Batches timed per run of the demo case (after 5 warm-up "
+                     "batches); the coco case times half as many.")
+flags.DEFINE_integer("repeats", 3, "Runs per pipeline and case, alternating.")
 flags.DEFINE_string("work_dir", os.path.join(tempfile.gettempdir(), "tf_rcnn_bench_data"),
                     "Where the generated images live.")
 flags.DEFINE_bool("train_step", False, "Also time one training step of the demo model.")
 flags.DEFINE_bool("tfrecord", False, "Also time the TFRecord pipeline on the same images.")
+flags.DEFINE_string("worker", None, "Internal: time one CASE:PIPELINE in this process.")
+
+CASES = {
+    "demo": ("128x128 PNG shapes, batch 8",
+             {"backbone": "tiny", "training": True, "batch_size": 8, "scales": (128,),
+              "max_size": 128, "seed": 0}),
+    "coco": ("640x480 JPEG -> 800/1333, batch 2",
+             {"backbone": "resnet50", "training": True, "batch_size": 2, "scales": (800,),
+              "max_size": 1333, "seed": 0}),
+}
 
 
-def _throughput(pipe: InputPipeline, batches: int) -> float:
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _throughput(pipe: InputPipeline, batches: int) -> tuple[float, float]:
+    """(images/s, CPU us per image) over ``batches`` batches after 5 warm-up ones."""
     it = iter(pipe.dataset())
     for _ in range(5):
         next(it)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     n = 0
     for _ in range(batches):
         images, _ = next(it)
         n += int(images.shape[0])
-    return n / (time.perf_counter() - start)
+    wall, used = time.perf_counter() - start, _cpu_seconds() - cpu
+    return n / wall, 1e6 * used / n
 
 
-def _tfrecord_pipeline(name: str, records, label_map, **options) -> TFRecordPipeline:
+def _tfrecord_files(name: str, records, label_map) -> list[str]:
     """The same images as OD API TFRecords (written once under --work_dir, 4 shards)."""
     prefix = os.path.join(FLAGS.work_dir, f"tfrecord_{name}", "train")
     files = shard_names(prefix, 4)
     if not all(os.path.exists(f) for f in files):
         write_tfrecords(records, label_map, prefix, 4, with_masks=False)
-    return TFRecordPipeline(files, label_map, **options)
+    return files
 
 
 def _jpeg_records(work_dir: str, count: int = 64):
@@ -77,32 +108,68 @@ def _jpeg_records(work_dir: str, count: int = 64):
     return records_from_list(items)
 
 
+def _case_data(case: str):
+    if case == "demo":
+        shapes = generate_shapes_dataset(os.path.join(FLAGS.work_dir, "shapes"), 1000)
+        records, label_map, _ = load_coco(shapes,
+                                          os.path.join(FLAGS.work_dir, "shapes", "images"))
+    else:
+        records, label_map, _ = _jpeg_records(FLAGS.work_dir)
+    return records, label_map
+
+
+def _worker(spec: str) -> None:
+    case, kind = spec.split(":")
+    records, label_map = _case_data(case)
+    options = CASES[case][1]
+    if kind == "file":
+        pipe = InputPipeline(records, label_map, **options)
+    else:
+        pipe = TFRecordPipeline(_tfrecord_files(case, records, label_map), label_map,
+                                **options)
+    batches = FLAGS.batches if case == "demo" else max(FLAGS.batches // 2, 10)
+    rate, cpu = _throughput(pipe, batches)
+    print("RESULT " + json.dumps({"rate": rate, "cpu_us": cpu}), flush=True)
+
+
+def _run_worker(case: str, kind: str) -> dict[str, float]:
+    args = [sys.executable, os.path.abspath(__file__), f"--worker={case}:{kind}",
+            f"--batches={FLAGS.batches}", f"--work_dir={FLAGS.work_dir}"]
+    done = subprocess.run(args, capture_output=True, text=True, check=False)
+    lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"{case}:{kind} failed:\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    shapes = generate_shapes_dataset(os.path.join(FLAGS.work_dir, "shapes"), 1000)
-    records, label_map, _ = load_coco(shapes, os.path.join(FLAGS.work_dir, "shapes", "images"))
-    demo = InputPipeline(records, label_map, backbone="tiny", training=True, batch_size=8,
-                         scales=(128,), max_size=128, seed=0)
-    demo_rate = _throughput(demo, FLAGS.batches)
-    print(f"demo  (128x128 PNG shapes, batch 8):        {demo_rate:8.1f} images/s")
-    if FLAGS.tfrecord:
-        stream = _tfrecord_pipeline("demo", records, label_map, backbone="tiny", training=True,
-                                    batch_size=8, scales=(128,), max_size=128, seed=0)
-        rate = _throughput(stream, FLAGS.batches)
-        print(f"  same images from TFRecords:               {rate:8.1f} images/s")
-
-    jrecords, jlabels, _ = _jpeg_records(FLAGS.work_dir)
-    coco = InputPipeline(jrecords, jlabels, backbone="resnet50", training=True, batch_size=2,
-                         scales=(800,), max_size=1333, seed=0)
-    coco_rate = _throughput(coco, max(FLAGS.batches // 2, 10))
-    print(f"coco  (640x480 JPEG -> 800/1333, batch 2):  {coco_rate:8.1f} images/s")
-    if FLAGS.tfrecord:
-        stream = _tfrecord_pipeline("coco", jrecords, jlabels, backbone="resnet50",
-                                    training=True, batch_size=2, scales=(800,), max_size=1333,
-                                    seed=0)
-        rate = _throughput(stream, max(FLAGS.batches // 2, 10))
-        print(f"  same images from TFRecords:               {rate:8.1f} images/s")
+    if FLAGS.worker:
+        _worker(FLAGS.worker)
+        return
+    kinds = ["file", "tfrecord"] if FLAGS.tfrecord else ["file"]
+    summary = {}
+    for case, (title, _) in CASES.items():
+        records, label_map = _case_data(case)  # generated (and written) once, here
+        if FLAGS.tfrecord:
+            _tfrecord_files(case, records, label_map)
+        runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
+        for _ in range(FLAGS.repeats):
+            for kind in kinds:
+                runs[kind].append(_run_worker(case, kind))
+        print(f"{case}  ({title}):")
+        for kind in kinds:
+            rates = [r["rate"] for r in runs[kind]]
+            cpus = [r["cpu_us"] for r in runs[kind]]
+            print(f"  {kind:9s} images/s {statistics.median(rates):8.1f} (runs "
+                  f"{', '.join(f'{x:.1f}' for x in rates)}); CPU us/image "
+                  f"{statistics.median(cpus):7.0f}")
+            summary[f"{case}_{kind}"] = statistics.median(rates)
+        if FLAGS.tfrecord:
+            ratio = summary[f"{case}_tfrecord"] / summary[f"{case}_file"]
+            print(f"  TFRecord / file (medians): {ratio:.3f}x")
+    demo_rate = summary["demo_file"]
 
     if FLAGS.train_step:
         from configs.shapes_faster_rcnn import get_config
@@ -113,13 +180,14 @@ def main(argv):
         config.model.num_classes = 3  # the shapes classes (the recipe takes them from the data)
         model = build_model(config)
         model.compile(optimizer=optimizer_from_config(config, 8))
-        ds = demo.dataset()
+        records, label_map = _case_data("demo")
+        ds = InputPipeline(records, label_map, **CASES["demo"][1]).dataset()
         model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0)  # trace + warm up
         steps = 10
         start = time.perf_counter()
         model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
         step_rate = steps * 8 / (time.perf_counter() - start)
-        print(f"demo training consumes:                     {step_rate:8.1f} images/s "
+        print(f"demo training consumes: {step_rate:8.1f} images/s "
               f"(pipeline / training = {demo_rate / step_rate:.1f}x)")
 
 

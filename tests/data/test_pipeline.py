@@ -18,6 +18,7 @@ from tf_rcnn.data.pipeline import (
     IMAGENET_STD,
     InputPipeline,
     decode_image,
+    encoded_image_sizes,
     pixel_stats_for_backbone,
     preprocess_image_for_inference,
     resize_geometry,
@@ -201,6 +202,48 @@ def test_decode_grayscale_rgba_and_16bit(tmp_path):
         image = decode_image(tf.io.read_file(path)).numpy()
         assert image.shape == (5, 7, 3), path
         assert abs(int(image[2, 3, 0]) - value) <= 2, (path, image[2, 3])
+
+
+def test_sizes_from_image_headers_are_the_decoded_sizes():
+    # Read without decoding (the TFRecord parse checks records with them): each must be the
+    # size decode_image gives, for JPEG (baseline, progressive, grayscale, a 3 KB EXIF block
+    # and a 70 KB ICC profile split over two APP2 segments before the frame header, fill
+    # bytes before a marker), PNG (RGB, RGBA, gray, 16-bit), GIF and BMP; -1 for bytes that
+    # do not decode (not an image, empty, a JPEG cut before its frame header).
+    import io
+
+    rng = np.random.default_rng(0)
+    blobs = []
+
+    def encode(image, fmt, **options):
+        out = io.BytesIO()
+        image.save(out, format=fmt, **options)
+        blobs.append(out.getvalue())
+
+    for h, w in ((20, 40), (300, 17), (1, 1), (70, 1025)):
+        pixels = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        image = Image.fromarray(pixels)
+        exif = Image.Exif()
+        exif[0x010E] = "x" * 3000
+        encode(image, "JPEG")
+        encode(image, "JPEG", progressive=True)
+        encode(image.convert("L"), "JPEG")
+        encode(image, "JPEG", exif=exif.tobytes(), icc_profile=b"\0" * 70000)
+        encode(image, "PNG")
+        encode(image.convert("RGBA"), "PNG")
+        encode(image.convert("L"), "PNG")
+        encode(Image.fromarray(pixels[..., 0].astype(np.uint16) * 257), "PNG")
+        encode(image, "GIF")
+        encode(image, "BMP")
+    blobs.append(blobs[0][:2] + b"\xff\xff" + blobs[0][2:])  # fill bytes before APP0
+    expected = [decode_image(tf.constant(b)).shape[:2].as_list() for b in blobs]
+    blobs += [b"not an image", b"", blobs[0][:30]]
+    expected += [[-1, -1]] * 3
+    height, width = encoded_image_sizes(tf.constant(blobs))
+    assert np.stack([height, width], 1).tolist() == expected
+    # In a graph too (the parse runs in tf.data), on a batch with no JPEG at all.
+    graph = tf.function(encoded_image_sizes)
+    assert np.stack(graph(tf.constant(blobs[4:6])), 1).tolist() == expected[4:6]
 
 
 def test_preprocess_for_inference_matches_eval_pipeline(tmp_path):

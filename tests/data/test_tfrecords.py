@@ -96,6 +96,9 @@ def test_pipeline_feeds_what_the_file_pipeline_feeds(shapes):
     # two scales (the scale drawn depends on the element's seed, which both derive alike).
     records, label_map, files = shapes
     records = sorted(records, key=lambda r: r.image_id)
+    # The writer put record i into shard i % 2; the stream reads blocks of up to READ_BLOCK
+    # records shard by shard, so the file pipeline gets the records in that order.
+    records = records[0::2] + records[1::2]
     options = {"backbone": "tiny", "batch_size": 2, "max_size": 64, "with_masks": True,
                "mask_crop_size": 12, "max_instances": 5, "seed": 4, "deterministic": True}
     for training in (False, True):
@@ -272,7 +275,7 @@ def test_bad_records_are_counted_named_and_skipped(tmp_path, capfd):
 
 
 def test_records_parsed_in_a_batch_decode_as_when_parsed_alone(tmp_path):
-    # The stream parses PARSE_BATCH records at once, padding their per-object lists to the
+    # The stream parses a block of records at once, padding their per-object lists to the
     # longest one: a record's neighbours (more boxes, bad lengths, NaNs, no boxes, crowd
     # regions) must change nothing in what it decodes to.
     image = _jpeg(20, 40)
@@ -289,9 +292,9 @@ def test_records_parsed_in_a_batch_decode_as_when_parsed_alone(tmp_path):
     ]
     shard = _write_shard(tmp_path / "a.tfrecord", examples)
     decoder = tfr.ExampleDecoder(LabelMap([3, 7], ["cat", "dog"]))
-    ds = tfr.read_shards([shard], [os.path.getsize(shard)])
-    batched = list(decoder.stream(ds).map(decoder.finish))
-    alone = list(ds.map(decoder))
+    sizes = [os.path.getsize(shard)]
+    batched = list(decoder.stream(tfr.read_blocks([shard], sizes)).map(decoder.finish))
+    alone = list(tfr.read_shards([shard], sizes).map(decoder))
     assert len(batched) == len(alone) == len(examples) + 1  # + the end-of-shard element
     for together, single in zip(batched, alone, strict=True):
         assert together.keys() == single.keys()
@@ -384,6 +387,23 @@ def test_float_masks_read_like_png_masks(tmp_path):
         image, boxes, [3, 3], "1", image__object__mask=([1.0] * 10, "float"))])
     records, report = tfr.read_tfrecord_records([short], label_map, with_masks=True)
     assert not records and report.num_skipped == 1
+    # A PNG mask of another size than the image, or bytes that are no PNG: found from the
+    # headers before decoding, the record skipped and counted, in the ground-truth pass and
+    # in the training stream alike; the good record beside them is read.
+    out = io.BytesIO()
+    Image.fromarray(np.ones((5, 8), np.uint8) * 255).save(out, format="PNG")
+    bad = _write_shard(tmp_path / "bad.tfrecord", [
+        foreign_example(image, boxes, [3, 3], "1", masks=[pngs[0], out.getvalue()]),
+        foreign_example(image, boxes, [3, 3], "2", masks=[pngs[0], b"not a png"]),
+        foreign_example(image, boxes, [3, 3], "3", masks=pngs)])
+    reason = "instance masks that are not PNGs or floats of the image size (record skipped)"
+    records, report = tfr.read_tfrecord_records([bad], label_map, with_masks=True)
+    assert [r.image_id for r in records] == [3] and dict(report.skipped) == {reason: 2}
+    pipe = tfr.TFRecordPipeline([bad], label_map, training=True, shuffle=False, repeat=False,
+                                batch_size=1, backbone="tiny", scales=(8,), max_size=8,
+                                with_masks=True, mask_crop_size=4)
+    assert [int(t["image_id"][0]) for _, t in pipe.dataset()] == [3]
+    assert pipe.read_problems() == {reason: 2}
 
 
 @pytest.mark.parametrize("mask_format", ["png", "float"])
@@ -582,7 +602,7 @@ def test_training_filters_per_batch_match_a_per_record_reference(tmp_path):
     label_map = LabelMap(ids, ["cat", "dog"])
     decoder = tfr.ExampleDecoder(label_map, exclude_difficult=True, skip_empty=True,
                                  max_instances=2, max_crowd=2)
-    ds = tfr.read_shards([shard], [os.path.getsize(shard)])
+    ds = tfr.read_blocks([shard], [os.path.getsize(shard)])
     read = {}
     totals = np.zeros(len(tfr.PROBLEMS), np.int64)
     for e in decoder.stream(ds).map(decoder.finish):

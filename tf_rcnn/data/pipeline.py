@@ -372,6 +372,97 @@ def image_bytes_ok(data: tf.Tensor) -> tf.Tensor:
     return tf.reshape(ok, tf.shape(data))
 
 
+# JPEG start-of-frame markers (the frame header holds the size): C0-CF but C4 (Huffman
+# tables), C8 (reserved) and CC (arithmetic coding conditioning).
+_JPEG_SOF = [m for m in range(0xC0, 0xD0) if m not in (0xC4, 0xC8, 0xCC)]
+# Markers without a length field: TEM, RST0-7, SOI (EOI ends the walk).
+_JPEG_STANDALONE = [0x01, *range(0xD0, 0xD9)]
+# Segments walked before giving up on finding a JPEG's frame header (real files have a dozen
+# or so: APPn metadata, tables); each step advances every image of the batch at once.
+_JPEG_MAX_SEGMENTS = 128
+
+
+def encoded_image_sizes(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """``(height [N], width [N])`` int64 of encoded images ``data [N]`` read from their
+    headers, without decoding: the sizes ``decode_image`` gives them. PNG: IHDR; GIF: the
+    logical screen; BMP: the DIB header (a negative height is a top-down image); JPEG: the
+    frame header, found by walking the marker segments by their lengths, as a decoder does.
+    ``-1`` where the header cannot be read (not an image, cut short, no frame header within
+    ``_JPEG_MAX_SEGMENTS`` segments)."""
+    data = tf.reshape(tf.convert_to_tensor(data, tf.string), [-1])
+    length = tf.strings.length(data)
+
+    def read(offset: tf.Tensor | int, size: int) -> tf.Tensor:
+        # [N, size] bytes at each image's offset, zeros past its end.
+        offset = tf.broadcast_to(tf.cast(offset, tf.int32), tf.shape(length))
+        raw = tf.io.decode_raw(tf.strings.substr(data, tf.minimum(offset, length),
+                                                 tf.fill(tf.shape(length), size)),
+                               tf.uint8, fixed_length=size)
+        return tf.cast(tf.reshape(raw, [-1, size]), tf.int64)
+
+    def big(raw: tf.Tensor, i: int, n: int) -> tf.Tensor:
+        value = tf.zeros_like(raw[:, 0])
+        for k in range(n):
+            value = value * 256 + raw[:, i + k]
+        return value
+
+    def little(raw: tf.Tensor, i: int, n: int) -> tf.Tensor:
+        value = tf.zeros_like(raw[:, 0])
+        for k in reversed(range(n)):
+            value = value * 256 + raw[:, i + k]
+        return value
+
+    head = read(0, 26)
+    magic = tf.strings.substr(data, 0, 8)
+    is_png = (magic == b"\x89PNG\r\n\x1a\n") & (length >= 24)
+    is_gif = (tf.strings.substr(magic, 0, 3) == b"GIF") & (length >= 10)
+    is_bmp = (tf.strings.substr(magic, 0, 2) == b"BM") & (length >= 26)
+    is_jpeg = tf.strings.substr(magic, 0, 2) == b"\xff\xd8"
+    dib = little(head, 14, 4)
+    core = dib == 12  # the old BMP core header: 16-bit sizes
+    signed = little(head, 22, 4)
+    bmp_h = tf.where(core, little(head, 20, 2),
+                     tf.abs(tf.where(signed >= 2**31, signed - 2**32, signed)))
+    bmp_w = tf.where(core, little(head, 18, 2), little(head, 18, 4))
+    unknown = tf.fill(tf.shape(length), tf.constant(-1, tf.int64))
+    height = tf.where(is_png, big(head, 20, 4), tf.where(
+        is_gif, little(head, 8, 2), tf.where(is_bmp, bmp_h, unknown)))
+    width = tf.where(is_png, big(head, 16, 4), tf.where(
+        is_gif, little(head, 6, 2), tf.where(is_bmp, bmp_w, unknown)))
+
+    sof = tf.constant(_JPEG_SOF, tf.int64)
+    standalone = tf.constant(_JPEG_STANDALONE, tf.int64)
+    one, two = tf.constant(1, tf.int64), tf.constant(2, tf.int64)
+
+    def more(step, offset, h, w, active):
+        del offset, h, w
+        return (step < _JPEG_MAX_SEGMENTS) & tf.reduce_any(active)
+
+    def walk(step, offset, h, w, active):
+        seg = read(offset, 9)  # FF, marker, length (2), precision, height (2), width (2)
+        marker = seg[:, 1]
+        fill = (seg[:, 0] == 0xFF) & (marker == 0xFF)  # padding before a marker
+        valid = (seg[:, 0] == 0xFF) & (offset + 2 <= tf.cast(length, tf.int64))
+        is_sof = valid & ~fill & tf.reduce_any(marker[:, None] == sof[None], axis=1)
+        lone = valid & ~fill & tf.reduce_any(marker[:, None] == standalone[None], axis=1)
+        found = active & is_sof
+        h = tf.where(found, big(seg, 5, 2), h)
+        w = tf.where(found, big(seg, 7, 2), w)
+        step_size = tf.where(fill, one, tf.where(lone, two, two + big(seg, 2, 2)))
+        # A segment that is no marker, the end of image, or a cut file ends the walk.
+        stop = ~valid | (~fill & (marker == 0xD9)) | (~fill & ~lone & (big(seg, 2, 2) < 2))
+        active = active & ~found & ~stop
+        return step + 1, tf.where(active, offset + step_size, offset), h, w, active
+
+    offset = tf.fill(tf.shape(length), tf.constant(2, tf.int64))
+    _, _, jpeg_h, jpeg_w, _ = tf.while_loop(
+        more, walk, (tf.constant(0), offset, unknown, unknown, is_jpeg & (length >= 4)))
+    height = tf.where(is_jpeg, jpeg_h, height)
+    width = tf.where(is_jpeg, jpeg_w, width)
+    known = (height > 0) & (width > 0)
+    return tf.where(known, height, -1), tf.where(known, width, -1)
+
+
 def check_image_bytes(data: tf.Tensor, path: tf.Tensor) -> tf.Operation:
     """In-graph guard run before decoding: fails with a message NAMING THE FILE when the bytes
     are not a JPEG/PNG/GIF/BMP or a JPEG/PNG lacks its end marker in the last KB (truncated).

@@ -23,14 +23,16 @@ Format (one ``tf.train.Example`` per image; every key but ``image/encoded`` opti
 Class ids: ``label_map.pbtxt`` (``item { id: 3 name: 'cat' }``) names the dataset ids; the
 :class:`~tf_rcnn.label_map.LabelMap` maps them to ``1..K`` (ascending ids) as for every reader.
 
-Reading happens in the tf.data graph (no Python per record): shards are interleaved, records
-parsed in batches (:meth:`ExampleDecoder.parse`: the image-bytes check, the object checks, the
-training filters and the problem vector of each record vectorised over the batch; a batch's
-problems counted at once into a :class:`ProblemCounter`, a variable read at the end of a run),
-then each usable image decoded and checked for what only the pixels show (its size, its
-masks). Problems (see ``PROBLEMS``): a record that cannot be used is skipped, a bad object is
-skipped, a box partly outside ``[0, 1]`` is clipped; the first few of each kind are printed
-with the shard and record number, the run goes on. A truncated shard ends where the damage
+Reading happens in the tf.data graph (no Python per record): shards are interleaved in blocks
+of records, each block parsed at once (:meth:`ExampleDecoder.parse`: the image-bytes check, the
+image size read from the image's own header and checked against the record's, the masks
+checked against it, the object checks, the training filters and the problem vector of each
+record, vectorised over the block; a block's problems counted at once into a
+:class:`ProblemCounter`, a variable read at the end of a run), then each usable image decoded
+(only damage inside the image data is left for decoding to find). Problems (see
+``PROBLEMS``): a record that cannot be used is skipped, a bad object is skipped, a box partly
+outside ``[0, 1]`` is clipped; the first few of each kind are printed with the shard and
+record number, the run goes on. A truncated shard ends where the damage
 starts (the rest of that shard is skipped, with a message naming it; the other shards are
 read): each shard's size is taken once when the pipeline is built and compared with the bytes
 its records used. Evaluation reads the validation records once in Python
@@ -55,7 +57,13 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from tf_rcnn.config import ConfigError
-from tf_rcnn.data.pipeline import AUTOTUNE, InputPipeline, decode_image, image_bytes_ok
+from tf_rcnn.data.pipeline import (
+    AUTOTUNE,
+    InputPipeline,
+    decode_image,
+    encoded_image_sizes,
+    image_bytes_ok,
+)
 from tf_rcnn.data.records import DetectionRecord, LoadReport
 from tf_rcnn.label_map import LabelMap
 
@@ -109,8 +117,11 @@ PRINT_LIMIT = 10
 # Shards read at once (interleave cycle); evaluation and its ground-truth pass use the same
 # value, so both see the records in the same order.
 CYCLE_LENGTH = 4
-# Records read from a shard at a time (read_shards' bookkeeping runs once per block).
-READ_BLOCK = 16
+# Records read from a shard, and parsed, together (read_blocks, ExampleDecoder.stream): the
+# parse's ~300 graph ops cost about as much per block whatever its size, so a larger block
+# costs fewer microseconds per record (measured on 36 KB PNG records: 16 -> ~55, 64 -> ~35 us
+# per record); still a quick first element.
+READ_BLOCK = 64
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _HASHED_IDS = 2**62
 
@@ -326,11 +337,6 @@ class ProblemCounter:
 
         return tf.cond(tf.reduce_any(total != 0), count, tf.no_op)
 
-    def add_unprinted(self, problems: tf.Tensor) -> tf.Operation:
-        """Graph op: add ``problems [len(PROBLEMS)]`` (any sign) without a branch or a message:
-        for a per-record correction that is usually zero and named elsewhere."""
-        return self.variable.assign_add(problems)
-
     def counts(self) -> dict[str, int]:
         """``{"<reason> (<action>)": count}`` of every reason met so far."""
         values = self.variable.numpy()
@@ -340,13 +346,16 @@ class ProblemCounter:
 
 # ------------------------------------------------------------------------ graph reading
 
-def read_shards(files: Sequence[str], sizes: Sequence[int], *, shuffle: bool = False,
+def read_blocks(files: Sequence[str], sizes: Sequence[int], *, shuffle: bool = False,
                 repeat: bool = False, seed: int = 0, deterministic: bool = True
                 ) -> tf.data.Dataset:
-    """``(shard, index, serialized, is_end, truncated)`` for every record of ``files``,
-    interleaved :data:`CYCLE_LENGTH` shards at a time, plus one end element per shard
-    (``is_end``; ``index`` = records read) that says whether the shard ended before its size
-    (``truncated``: the records used fewer than ``sizes`` bytes)."""
+    """Blocks of up to :data:`READ_BLOCK` consecutive records of one shard,
+    ``(shard [n], index [n], serialized [n], is_end [n], truncated [n])``, :data:`CYCLE_LENGTH`
+    shards interleaved block by block, plus one end block of one row per shard (``is_end``;
+    ``index`` = records read) that says whether the shard ended before its size
+    (``truncated``: the records used fewer than ``sizes`` bytes). Blocks, not records, pass
+    the interleave and :meth:`ExampleDecoder.stream`'s parse: each dataset stage costs a few
+    microseconds per element, as much as parsing a record."""
     paths = tf.constant(list(files))
     files_ds = tf.data.Dataset.from_tensor_slices((paths, tf.constant(list(sizes), tf.int64)))
     if shuffle:
@@ -356,9 +365,7 @@ def read_shards(files: Sequence[str], sizes: Sequence[int], *, shuffle: bool = F
 
     def one_shard(path: tf.Tensor, size: tf.Tensor) -> tf.data.Dataset:
         # A damaged record raises DataLossError, after which the shard's reader stops:
-        # ignore_errors ends the shard there and the end element reports it. Records are
-        # read in blocks so the bookkeeping below runs once per block, not per record (a
-        # dataset function call costs tens of microseconds, as much as parsing a record).
+        # ignore_errors ends the shard there and the end block reports it.
         blocks = tf.data.TFRecordDataset(path).ignore_errors().batch(READ_BLOCK)
         end = tf.data.Dataset.from_tensors(tf.zeros([0], tf.string))  # the empty last block
 
@@ -375,10 +382,16 @@ def read_shards(files: Sequence[str], sizes: Sequence[int], *, shuffle: bool = F
                                serialized, tf.fill([rows], is_end), tf.fill([rows], truncated))
 
         zero = tf.constant(0, tf.int64)
-        return blocks.concatenate(end).scan((zero, zero), step).unbatch()
+        return blocks.concatenate(end).scan((zero, zero), step)
 
     return files_ds.interleave(one_shard, cycle_length=max(1, min(len(files), CYCLE_LENGTH)),
                                num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+
+
+def read_shards(files: Sequence[str], sizes: Sequence[int], **options: Any) -> tf.data.Dataset:
+    """:func:`read_blocks` one record at a time: ``(shard, index, serialized, is_end,
+    truncated)``."""
+    return read_blocks(files, sizes, **options).unbatch()
 
 
 def _png_sizes(masks: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -463,11 +476,12 @@ class ExampleDecoder:
     the decoded image, vectorised over the batch: one ``parse_example``, the image-bytes check
     (``pipeline.image_bytes_ok``), the per-object checks, class ids, image ids, the training
     filters when asked for, the kept objects moved to the front of each row in their order, and
-    each record's problem vector as far as it is known without the pixels. :meth:`finish` takes
-    one parsed record, decodes its image and completes the checks that need it (its size, its
-    masks); the rest is slicing. :meth:`stream` chains both over a dataset of
-    :func:`read_shards` elements; calling the decoder on one record does the same for that
-    record alone. The result is the same either way; batching only spends fewer graph ops per
+    each record's problem vector: every check but the image data itself (the image size is read
+    from the image's header, ``pipeline.encoded_image_sizes``, and checked against the record's
+    size and masks). :meth:`finish` takes one parsed record and decodes its image (and masks);
+    the rest is slicing. :meth:`stream` parses each block of :func:`read_blocks`;
+    calling the decoder on one :func:`read_shards` record does the same for that record
+    alone. The result is the same either way; batching only spends fewer graph ops per
     record.
 
     Args:
@@ -480,11 +494,6 @@ class ExampleDecoder:
             / ``max_crowd`` largest objects / crowd regions kept in their order), each counted
             in :data:`PROBLEMS`. Off by default: the ground-truth pass reads everything.
     """
-
-    # Records parsed together by stream(): the batch's ~300 graph ops cost as much per batch
-    # whatever its size, so a larger batch costs fewer microseconds per record (measured on
-    # 36 KB PNG records: 16 -> ~55, 64 -> ~35 us per record); still a quick first element.
-    PARSE_BATCH = 64
 
     def __init__(self, label_map: LabelMap, mask_format: str | None = None, *,
                  exclude_difficult: bool = False, skip_empty: bool = False,
@@ -542,8 +551,9 @@ class ExampleDecoder:
         (normalised, clipped), ``classes``, ``difficult`` and ``kept_index`` (the record's
         object numbers) with each row's ``num_kept`` kept objects first, in their order;
         ``crowd [B, m, 4]`` with ``num_crowd`` kept crowd regions first; ``decodable`` (the
-        bytes look whole and the lists agree); ``usable`` (decodable and not left out by a
-        filter); ``problems [B, len(PROBLEMS)]`` as known before decoding."""
+        bytes look whole, the lists agree, the image header's size is the record's and the
+        masks fit it); ``usable`` (decodable and not left out by a filter); ``problems [B,
+        len(PROBLEMS)]``."""
         f = tf.io.parse_example(serialized, self.spec)
         ragged = [k for k, v in f.items() if isinstance(v, tf.RaggedTensor)]
         splits = tf.stack([tf.cast(f[k].row_splits, tf.int64) for k in ragged])
@@ -556,7 +566,6 @@ class ExampleDecoder:
             optional.append((rows[MASK] == n) | (rows[MASK] == 0))
         lengths_ok = tf.reduce_all(tf.stack(required + optional, 1), axis=1)
         bytes_ok = image_bytes_ok(f[ENCODED]) & ~is_end
-        decodable = bytes_ok & lengths_ok
         m = tf.where(lengths_ok, n, 0)
         # At least one column: tf.data's unbatch crashes the process (TF 2.21) on a component
         # with rows but no elements, as a batch of records without objects would give.
@@ -567,6 +576,31 @@ class ExampleDecoder:
         def padded(key: str, default: Any = None) -> tf.Tensor:
             # [B, max m]: a list cut at m, zeros (``default``) past its end or when absent.
             return f[key].to_tensor(default_value=default, shape=shape)
+
+        # The image size from the image's own header (what decoding will give): the record's
+        # size and masks are checked here, so the per-record decoding has nothing to check.
+        # Where the header cannot be read (-1), decoding fails or gives the size; the boxes
+        # are normalised, so they follow the decoded image either way.
+        height, width = encoded_image_sizes(f[ENCODED])
+        known = bytes_ok & lengths_ok & (height > 0)
+        header = tf.stack([f[HEIGHT], f[WIDTH]], 1)
+        size_differs = known & tf.reduce_any(
+            (header > 0) & (header != tf.stack([height, width], 1)), axis=1)
+        bad_masks = tf.zeros_like(size_differs)
+        masks = None
+        if self.mask_format == "png":
+            masks = padded(MASK, "")
+            is_png, mask_h, mask_w = (tf.reshape(v, tf.shape(masks))
+                                      for v in _png_sizes(tf.reshape(masks, [-1])))
+            fits = is_png & (mask_h == height[:, None]) & (mask_w == width[:, None])
+            bad_masks = tf.reduce_any(valid & ~fits, axis=1)
+        elif self.mask_format == "float":
+            longest = tf.maximum(tf.reduce_max(rows[MASK]), 1)
+            masks = f[MASK].to_tensor(shape=tf.stack([batch, longest]))
+            bad_masks = rows[MASK] != m * height * width
+        if masks is not None:
+            bad_masks = known & ~size_differs & (rows[MASK] > 0) & bad_masks
+        decodable = bytes_ok & lengths_ok & ~size_differs & ~bad_masks
 
         normalised = tf.stack([padded(k) for k in (YMIN, XMIN, YMAX, XMAX)], 2)
         finite = tf.reduce_all(tf.math.is_finite(normalised), axis=2)
@@ -604,8 +638,8 @@ class ExampleDecoder:
             keep_crowd, crowd_beyond = _keep_largest(clipped, keep_crowd, self.max_crowd)
 
         # Record-level problems, then object-level and filter counts of decodable records.
-        none = tf.zeros_like(is_end)
-        record_level = tf.stack([~bytes_ok & ~is_end, ~lengths_ok, none, none, truncated], 1)
+        record_level = tf.stack([~bytes_ok & ~is_end, ~lengths_ok, size_differs,
+                                 bad_masks, truncated], 1)
         objects = self._count(tf.stack(object_problems, 1)) * tf.cast(decodable, tf.int64)[:, None]
         filtered = tf.stack([left_out, tf.cast(empty, tf.int64), beyond, crowd_beyond], 1)
         problems = tf.concat([tf.cast(record_level, tf.int64), objects,
@@ -614,7 +648,7 @@ class ExampleDecoder:
         crowd_order, num_crowd = _kept_first(keep_crowd)
         classes = tf.cast(tf.argmax(tf.cast(match, tf.int32), axis=2), tf.int32) + 1
         out = {
-            "encoded": f[ENCODED], "header_hw": tf.stack([f[HEIGHT], f[WIDTH]], 1),
+            "encoded": f[ENCODED],
             "filename": f[FILENAME], "image_id": _image_ids(f[SOURCE_ID], f[FILENAME], shard,
                                                               index),
             "shard": shard, "index": index,
@@ -625,13 +659,9 @@ class ExampleDecoder:
             "difficult": tf.gather(difficult, order, batch_dims=1),
             "num_crowd": num_crowd, "crowd": tf.gather(clipped, crowd_order, batch_dims=1),
         }
-        if self.mask_format is not None:
+        if masks is not None:
             # PNG: one string per object (cut at m); float: the record's whole flat list.
-            if self.mask_format == "png":
-                out["masks"] = padded(MASK, "")
-            else:
-                longest = tf.maximum(tf.reduce_max(rows[MASK]), 1)
-                out["masks"] = f[MASK].to_tensor(shape=tf.stack([batch, longest]))
+            out["masks"] = masks
             out["mask_count"] = rows[MASK]
         return out
 
@@ -639,16 +669,72 @@ class ExampleDecoder:
     def _count(mask: tf.Tensor) -> tf.Tensor:
         return tf.reduce_sum(tf.cast(mask, tf.int64), axis=-1)
 
-    def finish(self, p: Mapping[str, tf.Tensor],
+    # A parsed record passes tf.data's per-record stages (unbatch, shuffle, the map's
+    # arguments) packed into four tensors (five with masks) instead of one per field: each
+    # stage costs a microsecond or two per tensor per record. The record-level integers in one
+    # int64 row (then the problem vector), the per-object values in one float32 row each
+    # (class ids, flags and object numbers are small integers, exact in float32).
+    _INT_FIELDS = ("image_id", "index", "num_objects", "num_kept", "num_crowd", "mask_count",
+                   "decodable", "usable")
+    _OBJECT_COLUMNS = (("boxes", 4), ("crowd", 4), ("classes", 1), ("difficult", 1),
+                       ("kept_index", 1))
+
+    def pack(self, p: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """:meth:`parse`'s batch -> the same records packed (``encoded [B]``, ``names [B, 2]``
+        filename and shard, ``ints [B, F + len(PROBLEMS)]``, ``objects [B, m, 11]``, and the
+        ``masks`` as parsed); :meth:`unpack` undoes it for one row."""
+        mask_count = p.get("mask_count", tf.zeros_like(p["num_objects"]))
+        scalars = [p["image_id"], p["index"], p["num_objects"], p["num_kept"], p["num_crowd"],
+                   mask_count, p["decodable"], p["usable"]]
+        ints = tf.concat([tf.stack([tf.cast(v, tf.int64) for v in scalars], 1),
+                          p["problems"]], 1)
+        objects = tf.concat([tf.cast(p[k] if width > 1 else p[k][..., None], tf.float32)
+                             for k, width in self._OBJECT_COLUMNS], 2)
+        out = {"encoded": p["encoded"], "names": tf.stack([p["filename"], p["shard"]], 1),
+               "ints": ints, "objects": objects}
+        if self.mask_format is not None:
+            out["masks"] = p["masks"]
+        return out
+
+    def unpack(self, row: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """One row of :meth:`pack` -> the fields of a :meth:`parse` row."""
+        n = len(self._INT_FIELDS)
+        scalars = dict(zip(self._INT_FIELDS, tf.unstack(row["ints"][:n]), strict=True))
+        widths = [width for _, width in self._OBJECT_COLUMNS]
+        columns = dict(zip([k for k, _ in self._OBJECT_COLUMNS],
+                           tf.split(row["objects"], widths, axis=1), strict=True))
+        names = tf.unstack(row["names"])
+        p = {
+            "encoded": row["encoded"], "filename": names[0], "shard": names[1],
+            "image_id": scalars["image_id"], "index": scalars["index"],
+            "num_objects": scalars["num_objects"],
+            "num_kept": tf.cast(scalars["num_kept"], tf.int32),
+            "num_crowd": tf.cast(scalars["num_crowd"], tf.int32),
+            "decodable": tf.cast(scalars["decodable"], tf.bool),
+            "usable": tf.cast(scalars["usable"], tf.bool),
+            "problems": row["ints"][n:],
+            "boxes": columns["boxes"], "crowd": columns["crowd"],
+            "classes": tf.cast(columns["classes"][:, 0], tf.int32),
+            "difficult": columns["difficult"][:, 0] > 0,
+            "kept_index": tf.cast(columns["kept_index"][:, 0], tf.int32),
+        }
+        if self.mask_format is not None:
+            p["masks"] = row["masks"]
+            p["mask_count"] = scalars["mask_count"]
+        return p
+
+    def finish(self, row: Mapping[str, tf.Tensor],
                decodable_only: bool = False) -> dict[str, tf.Tensor]:
-        """One parsed record (a row of :meth:`parse`) -> ``image [H, W, 3]`` uint8,
+        """One parsed record (a row of :meth:`stream`, packed) -> ``image [H, W, 3]`` uint8,
         ``image_id`` int64, ``hw [2]`` int32, ``boxes [M, 4]`` float32 pixels (checked,
         clipped), ``classes [M]`` int32 (1..K), ``difficult [M]`` bool, ``crowd [Mc, 4]``,
         ``masks [M, H, W]`` uint8 (with a mask format), ``filename``, ``shard``, ``index``,
-        ``problems [len(PROBLEMS)]`` int64 and ``ok`` (the record can be used).
-        ``decodable_only``: the caller passes only ``decodable`` rows (:meth:`stream` with a
-        counter), so the image is decoded without a branch (a branch is a function call per
+        ``problems [len(PROBLEMS)]`` int64 and ``ok`` (the record can be used): :meth:`parse`'s,
+        which checked everything but the pixels, so that decoding an image is the only work
+        here. ``decodable_only``: the caller passes only ``decodable`` rows (:meth:`stream` with
+        a counter), so the image is decoded without a branch (a branch is a function call per
         record)."""
+        p = self.unpack(row)
         decodable = p["decodable"]
         if decodable_only:
             image = decode_image(p["encoded"])
@@ -657,24 +743,15 @@ class ExampleDecoder:
                             lambda: tf.zeros([1, 1, 3], tf.uint8))
         shape = tf.shape(image)
         h, w = shape[0], shape[1]
-        header = p["header_hw"]
-        size_ok = tf.reduce_all((header <= 0) | (header == tf.cast(shape[:2], tf.int64)))
         scale = tf.cast(tf.stack([h, w, h, w]), tf.float32)
         kept = p["num_kept"]
         boxes = p["boxes"][:kept] * scale
 
-        masks_ok = tf.constant(True)
         out: dict[str, tf.Tensor] = {}
         if self.mask_format is not None:
             values = p["masks"][:p["mask_count"]]
-            out["masks"], masks_ok = self._masks(values, p["num_objects"], p["kept_index"][:kept],
-                                                 h, w, boxes, decodable & size_ok)
-
-        # What only the image shows: a record that failed here counts that alone (its objects
-        # and filters are not counted, as for any unusable record).
-        failed = decodable & ~(size_ok & masks_ok)
-        late = tf.one_hot(tf.where(size_ok, BAD_MASKS, SIZE_DIFFERS), len(PROBLEMS),
-                          dtype=tf.int64)
+            out["masks"] = self._masks(values, p["num_objects"], p["kept_index"][:kept], h, w,
+                                       boxes, decodable)
         out.update({
             "image": image,
             "image_id": p["image_id"],
@@ -686,69 +763,59 @@ class ExampleDecoder:
             "filename": p["filename"],
             "shard": p["shard"],
             "index": p["index"],
-            "problems": tf.where(failed, late, p["problems"]),
-            "ok": p["usable"] & ~failed,
+            "problems": p["problems"],
+            "ok": p["usable"],
         })
         return out
 
     def stream(self, ds: tf.data.Dataset, deterministic: bool = True,
                counter: ProblemCounter | None = None) -> tf.data.Dataset:
-        """:func:`read_shards` elements -> parsed records (rows of :meth:`parse`), in order;
-        :meth:`finish` each of them. With a ``counter``, each batch's problems are counted
-        into it there and only the ``usable`` rows go on (the rest need no decoding); what
-        :meth:`finish` finds is then the caller's to count (its ``problems`` minus the row's).
+        """:func:`read_blocks` blocks -> parsed records (rows of :meth:`parse`, packed), in
+        order; :meth:`finish` each of them. With a ``counter``, each block's problems are
+        counted into it there and only the ``usable`` rows go on (the rest need no decoding).
         """
 
         def parse(*batch: tf.Tensor) -> dict[str, tf.Tensor]:
             p = self.parse(*batch)
+            packed = self.pack(p)
             if counter is None:
-                return p
+                return packed
             with tf.control_dependencies([counter.add(p["problems"], p["shard"], p["index"])]):
                 all_usable = tf.reduce_all(p["usable"])
 
             def usable_rows() -> dict[str, tf.Tensor]:
                 rows = tf.where(p["usable"])[:, 0]
-                return {k: tf.gather(v, rows) for k, v in p.items()}
+                return {k: tf.gather(v, rows) for k, v in packed.items()}
 
             # Most batches are all usable: then nothing is copied (gather copies strings).
-            return tf.cond(all_usable, lambda: dict(p), usable_rows)
+            return tf.cond(all_usable, lambda: dict(packed), usable_rows)
 
-        return ds.batch(self.PARSE_BATCH).map(
-            parse, num_parallel_calls=AUTOTUNE, deterministic=deterministic).unbatch()
+        return ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=deterministic).unbatch()
 
     def __call__(self, shard: tf.Tensor, index: tf.Tensor, serialized: tf.Tensor,
                  is_end: tf.Tensor, truncated: tf.Tensor) -> dict[str, tf.Tensor]:
         """One record: :meth:`finish` of :meth:`parse` of a batch of one."""
-        batch = self.parse(*(tf.expand_dims(x, 0) for x in (shard, index, serialized, is_end,
-                                                            truncated)))
+        batch = self.pack(self.parse(*(tf.expand_dims(x, 0) for x in (
+            shard, index, serialized, is_end, truncated))))
         return self.finish({k: v[0] for k, v in batch.items()})
 
     def _masks(self, values: tf.Tensor, m: tf.Tensor, kept: tf.Tensor, h: tf.Tensor,
-               w: tf.Tensor, boxes: tf.Tensor, usable: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """``(masks [M, H, W] uint8, ok)``: the decoded masks of the ``kept [M]`` objects (of
-        the record's ``m``; the kept ``boxes`` filled when the record has none) and whether all
-        of its masks fit the image."""
-        missing = tf.size(values) == 0
+               w: tf.Tensor, boxes: tf.Tensor, decodable: tf.Tensor) -> tf.Tensor:
+        """``masks [M, H, W]`` uint8: the decoded masks of the ``kept [M]`` objects (of the
+        record's ``m``; the kept ``boxes`` filled when the record has none). :meth:`parse`
+        checked that the masks of a ``decodable`` record fit its image."""
         if self.mask_format == "png":
-            is_png, mh, mw = _png_sizes(values)
-            fits = tf.reduce_all(is_png & (mh == tf.cast(h, tf.int64))
-                                 & (mw == tf.cast(w, tf.int64)))
-
             def decode() -> tf.Tensor:
                 return tf.map_fn(lambda s: tf.io.decode_png(s, channels=1)[:, :, 0],
                                  tf.gather(values, kept),
                                  fn_output_signature=tf.TensorSpec([None, None], tf.uint8))
         else:
-            fits = tf.size(values) == tf.cast(m, tf.int32) * h * w
-
             def decode() -> tf.Tensor:
-                return tf.gather(tf.reshape(values, [m, h, w]), kept)
-        ok = missing | fits
-        masks = tf.cond(
-            usable & ~missing & fits,
-            lambda: tf.cast(decode() > 0, tf.uint8),
-            lambda: filled_box_masks(boxes, h, w))
-        return masks, ok
+                return tf.gather(tf.reshape(values, tf.stack([tf.cast(m, tf.int32), h, w])),
+                                 kept)
+        return tf.cond(decodable & (tf.size(values) > 0),
+                       lambda: tf.cast(decode() > 0, tf.uint8),
+                       lambda: filled_box_masks(boxes, h, w))
 
 
 def _image_ids(source_id: tf.Tensor, filename: tf.Tensor, shard: tf.Tensor,
@@ -785,13 +852,13 @@ class TFRecordPipeline(InputPipeline):
     Everything after reading is the file pipeline's graph (``_augment`` and ``_batch``): the
     same scale choice, flip, resize, padding and aspect grouping. Reading: the shards (each
     input pipeline takes every n-th shard: file-level sharding per worker), shuffled in
-    training and interleaved, a ``shuffle_buffer`` of serialized records, parsed
-    :attr:`ExampleDecoder.PARSE_BATCH` at a time with the training filters (difficult boxes,
-    images without boxes, ``max_instances``/``max_crowd`` keeping the largest) and their
-    problems counted in :attr:`counter` per batch (:meth:`ExampleDecoder.stream`; unusable
-    records stop there, undecoded), then one parallel map: each record decoded and checked by
-    :meth:`ExampleDecoder.finish`, masks cropped to their boxes and ``_augment``. A record that
-    only its decoded image shows unusable fails its element, which ``ignore_errors`` skips.
+    training and interleaved in blocks of :data:`READ_BLOCK` records, each block parsed at
+    once with the training filters (difficult boxes, images without boxes,
+    ``max_instances``/``max_crowd`` keeping the largest) and its problems counted in
+    :attr:`counter` (:meth:`ExampleDecoder.stream`; unusable records stop there, undecoded),
+    a ``shuffle_buffer`` of parsed (still encoded) records, then one parallel map: each record
+    decoded by :meth:`ExampleDecoder.finish`, masks cropped to their boxes and ``_augment``. A
+    record whose image data is damaged fails decoding, which ``ignore_errors`` skips.
 
     Args:
         files: shards (a list, or comma-separated globs).
@@ -885,46 +952,33 @@ class TFRecordPipeline(InputPipeline):
         # Evaluation takes the first N usable records, which must be those the ground-truth
         # pass read: the reading order is then fixed.
         ordered = self.deterministic or not self.training
-        ds = read_shards(files, sizes, shuffle=self.shuffle, repeat=self.repeat,
+        ds = read_blocks(files, sizes, shuffle=self.shuffle, repeat=self.repeat,
                          seed=self.seed + pipeline_id, deterministic=ordered)
-        if self.shuffle:
-            # The buffer holds serialized records (encoded images), not decoded ones.
-            ds = ds.shuffle(self.shuffle_buffer, seed=self.seed + pipeline_id,
-                            reshuffle_each_iteration=True)
-        # Each batch's problems are counted as it is parsed; records that cannot be used
+        # Each block's problems are counted as it is parsed; records that cannot be used
         # (bad bytes or lists, training filters) stop there, before decoding.
         ds = self.decoder.stream(ds, deterministic=ordered, counter=self.counter)
+        if self.shuffle:
+            # The buffer holds parsed records with their images still encoded.
+            ds = ds.shuffle(self.shuffle_buffer, seed=self.seed + pipeline_id,
+                            reshuffle_each_iteration=True)
         ds = ds.enumerate().map(lambda c, parsed: self._to_input(c, parsed, pipeline_id),
                                 num_parallel_calls=self.num_parallel, deterministic=ordered)
-        # Skips, with TensorFlow's warning, what only decoding finds: damage inside image
-        # bytes, and the records _to_input refuses (counted and named there).
-        ds = ds.ignore_errors(log_warning=True)
+        # What only decoding finds (damage inside image bytes) fails the element: _batch skips
+        # it, with TensorFlow's warning (here already when the first N usable ones are taken).
         if self._num_images is not None:
-            ds = ds.take(self._num_images)
+            ds = ds.ignore_errors(log_warning=True).take(self._num_images)
         return self._batch(ds, batch)
 
     def _to_input(self, counter: tf.Tensor, parsed: Mapping[str, tf.Tensor],
                   pipeline_id: int) -> tuple[Any, Any]:
-        """One usable parsed record -> ``(image, targets)``: decoded and checked
+        """One usable parsed record -> ``(image, targets)``: decoded
         (:meth:`ExampleDecoder.finish`), masks cropped to their boxes, then the file pipeline's
-        ``_augment``. A record that the decoded image shows unusable (its size, its masks) has
-        its problems counted (in place of those its parse batch counted) and fails the element,
-        which ``ignore_errors`` skips and logs with the reason: no per-record filter after the
-        map."""
+        ``_augment``. The parse checked and counted everything but damage inside the image
+        data, which fails decoding: ``ignore_errors`` skips such a record and logs the reason.
+        Nothing here counts or asserts: a per-record map with a variable in it costs tens of
+        microseconds per record more (measured)."""
         e = self.decoder.finish(parsed, decodable_only=True)
-        # No branch per record: the correction is added as it is, zero for a record that
-        # finish finds usable. (Each op here runs for every record: measured, a branch or a
-        # formatted message costs tens of microseconds.)
-        counted = self.counter.add_unprinted(e["problems"] - parsed["problems"])
-        with tf.control_dependencies([counted]):
-            # String and int32 data only: the assertion is then one op, not a cond.
-            # ignore_errors logs its message for every such record.
-            check = tf.debugging.Assert(e["ok"], [
-                "TFRecord problem:", e["shard"], "record", tf.cast(e["index"], tf.int32),
-                f": {PROBLEMS[SIZE_DIFFERS][0]}, or {PROBLEMS[BAD_MASKS][0]} (record "
-                "skipped; counted by reason)"])
-        with tf.control_dependencies([check]):
-            image = tf.identity(e["image"])
+        image = e["image"]
         fields = {"boxes": e["boxes"], "classes": e["classes"], "crowd": e["crowd"],
                   "image_id": e["image_id"]}
         if self.with_masks:
@@ -975,7 +1029,7 @@ def read_tfrecord_records(
     decoder = ExampleDecoder(label_map, mask_format)
     report = LoadReport(f"TFRecords {source or ', '.join(files[:2])}")
     decoder.check_types(peeked)
-    ds = decoder.stream(read_shards(files, _shard_sizes(files))).map(decoder.finish)
+    ds = decoder.stream(read_blocks(files, _shard_sizes(files))).map(decoder.finish)
     ds = ds.ignore_errors(log_warning=True)
     records: list[DetectionRecord] = []
     seen: dict[int, str] = {}
@@ -1023,7 +1077,8 @@ def check_first_records(files: Sequence[str], label_map: LabelMap,
         lambda shard, index, serialized, is_end, truncated: tf.logical_not(is_end))
     usable = 0
     decoder.check_types(peek_records(files))
-    for e in decoder.stream(ds.take(count)).map(decoder.finish).ignore_errors():
+    for e in decoder.stream(ds.take(count).batch(READ_BLOCK)).map(
+            decoder.finish).ignore_errors():
         _report_problems(report, e["problems"].numpy(),
                          f"{e['shard'].numpy().decode()} record {int(e['index'].numpy())}")
         usable += int(bool(e["ok"].numpy()) and e["classes"].shape[0] > 0)
