@@ -203,6 +203,11 @@ def default_config() -> ml_collections.ConfigDict:
         pixel_mean=placeholder(tuple),
         pixel_std=placeholder(tuple),
         size_divisor=32,
+        # (H, W): pad every batch to this static canvas (multiples of size_divisor, each at
+        # least max_size rounded up to one, so any resized image fits), for TPUs and any
+        # accelerator that compiles per shape. None: the largest image of each batch (landscape
+        # and portrait images batched apart), static only when every record has one size.
+        fixed_image_size=placeholder(tuple),
         max_instances=100,
         train_batch_size=16,  # global batch (Detectron: 2 images x 8 GPUs)
         eval_batch_size=8,

@@ -118,3 +118,28 @@ def test_deterministic_without_a_seed_names_both_flags(tmp_path):
     records, label_map, _ = load_split(config, "train")
     with pytest.raises(ConfigError, match="--config.data.deterministic=True.*--config.data.seed"):
         build_input_pipeline(config, records, label_map, training=True)
+
+
+def test_a_fixed_image_size_pads_every_batch_to_it_and_a_too_small_one_names_the_flag(tmp_path):
+    # The shapes recipe resizes to 128 (max_size 128, size_divisor 32): any canvas of at least
+    # 128 x 128 in multiples of 32 holds every resized image; batches are then static.
+    csv = write_csv_dataset(tmp_path / "mine", num_images=3, seed=0)
+    config = custom_config(csv)
+    assert (config.data.max_size, config.data.size_divisor) == (128, 32)
+    records, label_map, _ = load_split(config, "train")
+    for bad in ((96, 128), (128, 150), (128,), (128, 128, 3)):
+        config.data.fixed_image_size = bad
+        with pytest.raises(ConfigError) as error:
+            build_input_pipeline(config, records, label_map, training=True, batch_size=2)
+        message = str(error.value)
+        assert f"--config.data.fixed_image_size={bad!r}" in message, message
+        assert "--config.data.fixed_image_size='(128, 128)'" in message
+    config.data.fixed_image_size = (160, 128)
+    for training in (True, False):
+        pipe = build_input_pipeline(config, records, label_map, training=training,
+                                    batch_size=2)
+        images, _ = pipe.dataset().element_spec
+        assert images.shape.as_list()[1:] == [160, 128, 3]
+        batch, targets = next(iter(pipe.dataset()))
+        assert batch.shape[1:] == (160, 128, 3)
+        assert (targets["image_shape"].numpy() <= [160, 128]).all()

@@ -314,6 +314,7 @@ def build_input_pipeline(
             "with python -m tf_rcnn.tools.dump_proposals (or by hand, format in "
             f"tf_rcnn/data/proposals.py) and pass --config.{key}=FILE."
         )
+    fixed_image_size = _fixed_image_size(d)
     split = "train" if training else "val"
     if d.dataset == "tfrecord":
         return _tfrecord_pipeline(config, records, label_map, training, batch_size, with_masks,
@@ -344,6 +345,7 @@ def build_input_pipeline(
         scale_jitter=d.scale_jitter if training else None,
         random_flip=bool(d.random_flip) and training,
         size_divisor=d.size_divisor,
+        fixed_image_size=fixed_image_size,
         max_instances=d.max_instances,
         pixel_mean=mean,
         pixel_std=std,
@@ -354,6 +356,27 @@ def build_input_pipeline(
         seed=d.seed,
         deterministic=d.deterministic,
     )
+
+
+def _fixed_image_size(d: ml_collections.ConfigDict) -> tuple[int, int] | None:
+    """``data.fixed_image_size`` checked: two multiples of ``size_divisor``, each at least
+    ``max_size`` rounded up to one (the largest canvas the resize can give), else None."""
+    size = d.get("fixed_image_size")
+    if size is None:
+        return None
+    divisor = int(d.size_divisor)
+    need = -(-int(d.max_size) // divisor) * divisor
+    try:
+        h, w = (int(v) for v in size)
+    except (TypeError, ValueError):
+        h = w = -1
+    if h < need or w < need or h % divisor or w % divisor:
+        raise ConfigError(
+            f"--config.data.fixed_image_size={size!r} must be two sizes (H, W), each a "
+            f"multiple of data.size_divisor={divisor} and at least data.max_size={d.max_size} "
+            f"rounded up to one ({need}), so that every resized image fits: e.g. "
+            f"--config.data.fixed_image_size='({need}, {need})'.")
+    return h, w
 
 
 def _tfrecord_pipeline(config: ml_collections.ConfigDict,
@@ -379,7 +402,8 @@ def _tfrecord_pipeline(config: ml_collections.ConfigDict,
             max_size=d.max_size, resize_rule=d.resize_rule,
             scale_jitter=d.scale_jitter if training else None,
             random_flip=bool(d.random_flip) and training, size_divisor=d.size_divisor,
-            max_instances=d.max_instances, pixel_mean=mean, pixel_std=std,
+            fixed_image_size=_fixed_image_size(d), max_instances=d.max_instances,
+            pixel_mean=mean, pixel_std=std,
             with_masks=with_masks, mask_crop_size=d.mask_crop_size, seed=d.seed,
             deterministic=d.deterministic, shuffle_buffer=d.shuffle_buffer)
     except ValueError as error:
