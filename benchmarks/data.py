@@ -1,16 +1,22 @@
 """Input-pipeline throughput (images/s) on this machine.
 
-Two cases:
-    demo   -- the demo recipe: 128x128 shapes PNGs, scales (128,), max_size 128, batch 8,
-              training mode (shuffle, flip, repeat).
-    coco   -- 640x480 JPEGs resized to 800/1333 (the COCO recipe), batch 2, training mode.
-``--tfrecord`` also writes both cases' images as OD API TFRecords (4 shards, once) and times
-the streaming TFRecordPipeline on them with the same options, beside the file pipeline.
+Three cases, all in training mode (shuffle, flip, repeat):
+    demo   -- the demo recipe: 128x128 shapes PNGs, scales (128,), max_size 128, batch 8.
+    coco   -- 640x480 JPEGs resized to 800/1333 (the COCO recipe), batch 2.
+    mixed  -- JPEGs of VOC's sizes, landscape and portrait (500x375, 375x500, 500x333,
+              333x500), resized to 600/1000 (the VOC recipe), batch 2.
+``--tfrecord`` also writes each case's images as OD API TFRecords (4 shards, once) and times
+the streaming TFRecordPipeline on them with the same options, beside the file pipeline. When
+every image of a case has one size (demo, coco), the file pipeline sees it in its records and
+batches at that static size; a stream cannot know it ahead and groups landscape and portrait
+images at run time, unless given the size: the ``tfrecord_fixed`` row passes the file
+pipeline's size as ``fixed_image_size`` (``--config.data.fixed_image_size``).
 
 Each timing runs in its own process (a pipeline's background threads would otherwise compete
 with the next one's), the pipelines alternate, ``--repeats`` times, and the table gives every
 run, the median and, with ``--tfrecord``, the median TFRecord / file ratio. Images/s counts
-the batches taken after 5 warm-up batches; CPU us/image is the process's CPU time over them
+the batches taken after ``--warmup`` batches (the pipeline fills its buffers and the tf.data
+autotuner settles first); CPU us/image is the process's CPU time over them
 (both cores are busy: the rate follows the CPU per image).
 
 Optionally (``--train_step``) it times one training step of the demo recipe's model so the
@@ -45,8 +51,9 @@ from tf_rcnn.data.shapes import generate_shapes_dataset
 from tf_rcnn.data.tfrecords import TFRecordPipeline, shard_names, write_tfrecords
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("batches", 300, "Batches timed per run of the demo case (after 5 warm-up "
-                     "batches); the coco case times half as many.")
+flags.DEFINE_integer("batches", 300, "Batches timed per run of the demo case; the other "
+                     "cases time half as many.")
+flags.DEFINE_integer("warmup", 20, "Batches taken before the timing starts.")
 flags.DEFINE_integer("repeats", 3, "Runs per pipeline and case, alternating.")
 flags.DEFINE_string("work_dir", os.path.join(tempfile.gettempdir(), "tf_rcnn_bench_data"),
                     "Where the generated images live.")
@@ -61,7 +68,11 @@ CASES = {
     "coco": ("640x480 JPEG -> 800/1333, batch 2",
              {"backbone": "resnet50", "training": True, "batch_size": 2, "scales": (800,),
               "max_size": 1333, "seed": 0}),
+    "mixed": ("VOC-size JPEGs, both orientations -> 600/1000, batch 2",
+              {"backbone": "resnet50", "training": True, "batch_size": 2, "scales": (600,),
+               "max_size": 1000, "seed": 0}),
 }
+_MIXED_SIZES = ((375, 500), (500, 375), (333, 500), (500, 333))
 
 
 def _cpu_seconds() -> float:
@@ -70,9 +81,9 @@ def _cpu_seconds() -> float:
 
 
 def _throughput(pipe: InputPipeline, batches: int) -> tuple[float, float]:
-    """(images/s, CPU us per image) over ``batches`` batches after 5 warm-up ones."""
+    """(images/s, CPU us per image) over ``batches`` batches after ``--warmup`` ones."""
     it = iter(pipe.dataset())
-    for _ in range(5):
+    for _ in range(FLAGS.warmup):
         next(it)
     start, cpu = time.perf_counter(), _cpu_seconds()
     n = 0
@@ -92,18 +103,19 @@ def _tfrecord_files(name: str, records, label_map) -> list[str]:
     return files
 
 
-def _jpeg_records(work_dir: str, count: int = 64):
-    folder = os.path.join(work_dir, "jpeg640")
+def _jpeg_records(work_dir: str, count: int = 64, mixed: bool = False):
+    folder = os.path.join(work_dir, "jpeg_mixed" if mixed else "jpeg640")
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(0)
     items = []
     for i in range(count):
         path = os.path.join(folder, f"{i:04d}.jpg")
+        h, w = _MIXED_SIZES[i % len(_MIXED_SIZES)] if mixed else (480, 640)
+        # Smooth noise compresses like a photo better than white noise.
+        small = rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)
         if not os.path.exists(path):
-            # Smooth noise compresses like a photo better than white noise.
-            small = rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)
-            Image.fromarray(small).resize((640, 480), Image.BILINEAR).save(path, quality=90)
-        items.append({"image": path, "boxes": [[50, 60, 300, 400], [10, 10, 100, 90]],
+            Image.fromarray(small).resize((w, h), Image.BILINEAR).save(path, quality=90)
+        items.append({"image": path, "boxes": [[50, 60, 300, 320], [10, 10, 100, 90]],
                       "classes": ["a", "b"]})
     return records_from_list(items)
 
@@ -114,7 +126,7 @@ def _case_data(case: str):
         records, label_map, _ = load_coco(shapes,
                                           os.path.join(FLAGS.work_dir, "shapes", "images"))
     else:
-        records, label_map, _ = _jpeg_records(FLAGS.work_dir)
+        records, label_map, _ = _jpeg_records(FLAGS.work_dir, mixed=case == "mixed")
     return records, label_map
 
 
@@ -125,6 +137,10 @@ def _worker(spec: str) -> None:
     if kind == "file":
         pipe = InputPipeline(records, label_map, **options)
     else:
+        if kind == "tfrecord_fixed":
+            # The static size the file pipeline finds in its records (None: sizes differ).
+            size = InputPipeline(records, label_map, **options)._static_image_size()
+            options = {**options, "fixed_image_size": size}
         pipe = TFRecordPipeline(_tfrecord_files(case, records, label_map), label_map,
                                 **options)
     batches = FLAGS.batches if case == "demo" else max(FLAGS.batches // 2, 10)
@@ -134,7 +150,8 @@ def _worker(spec: str) -> None:
 
 def _run_worker(case: str, kind: str) -> dict[str, float]:
     args = [sys.executable, os.path.abspath(__file__), f"--worker={case}:{kind}",
-            f"--batches={FLAGS.batches}", f"--work_dir={FLAGS.work_dir}"]
+            f"--batches={FLAGS.batches}", f"--warmup={FLAGS.warmup}",
+            f"--work_dir={FLAGS.work_dir}"]
     done = subprocess.run(args, capture_output=True, text=True, check=False)
     lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
@@ -148,12 +165,15 @@ def main(argv):
     if FLAGS.worker:
         _worker(FLAGS.worker)
         return
-    kinds = ["file", "tfrecord"] if FLAGS.tfrecord else ["file"]
     summary = {}
-    for case, (title, _) in CASES.items():
+    for case, (title, options) in CASES.items():
         records, label_map = _case_data(case)  # generated (and written) once, here
+        kinds = ["file"]
         if FLAGS.tfrecord:
             _tfrecord_files(case, records, label_map)
+            kinds.append("tfrecord")
+            if InputPipeline(records, label_map, **options)._static_image_size() is not None:
+                kinds.append("tfrecord_fixed")
         runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
         for _ in range(FLAGS.repeats):
             for kind in kinds:
@@ -162,13 +182,13 @@ def main(argv):
         for kind in kinds:
             rates = [r["rate"] for r in runs[kind]]
             cpus = [r["cpu_us"] for r in runs[kind]]
-            print(f"  {kind:9s} images/s {statistics.median(rates):8.1f} (runs "
+            print(f"  {kind:14s} images/s {statistics.median(rates):8.1f} (runs "
                   f"{', '.join(f'{x:.1f}' for x in rates)}); CPU us/image "
                   f"{statistics.median(cpus):7.0f}")
             summary[f"{case}_{kind}"] = statistics.median(rates)
-        if FLAGS.tfrecord:
-            ratio = summary[f"{case}_tfrecord"] / summary[f"{case}_file"]
-            print(f"  TFRecord / file (medians): {ratio:.3f}x")
+        for kind in kinds[1:]:
+            ratio = summary[f"{case}_{kind}"] / summary[f"{case}_file"]
+            print(f"  {kind} / file (medians): {ratio:.3f}x")
     demo_rate = summary["demo_file"]
 
     if FLAGS.train_step:

@@ -30,6 +30,7 @@ from tf_rcnn.data.tfrecords import (
     TFRecordPipeline,
     check_first_records,
     list_shards,
+    peek_records,
     read_tfrecord_records,
     resolve_label_map,
 )
@@ -202,7 +203,8 @@ def _tfrecord_split(config: ml_collections.ConfigDict, split: str, label_map: La
         except ValueError as error:
             raise ConfigError(str(error)) from error
     if split == "train":
-        usable, report = check_first_records(files, label_map)
+        peeked = peek_records(files)  # read once: here and by the pipeline
+        usable, report = check_first_records(files, label_map, peeked)
         if not usable:
             problems = "; ".join(f"{n} {reason}" for reason, n in sorted(
                 {**report.skipped, **report.repaired}.items())) or "no objects"
@@ -212,7 +214,7 @@ def _tfrecord_split(config: ml_collections.ConfigDict, split: str, label_map: La
                 f"{example}). Check the records' class ids against the label map "
                 f"(--config.data.label_map={d.label_map}) and their format (docs/data.md, "
                 "TFRecords).")
-        return TFRecordFiles(files, flag), label_map, None
+        return TFRecordFiles(files, flag, peeked), label_map, None
     try:
         records, report = read_tfrecord_records(files, label_map, with_masks=with_masks,
                                                 source=flag)
@@ -397,6 +399,7 @@ def _tfrecord_pipeline(config: ml_collections.ConfigDict,
     try:  # a mask model on records without masks: TFRecordPipeline's error names the flag
         return TFRecordPipeline(
             files, label_map, source_flag=flag,
+            peeked=records.peeked if isinstance(records, TFRecordFiles) else None,
             num_images=None if isinstance(records, TFRecordFiles) else len(records),
             training=training, batch_size=batch_size, scales=tuple(d.scales),
             max_size=d.max_size, resize_rule=d.resize_rule,

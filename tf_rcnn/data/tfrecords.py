@@ -836,10 +836,12 @@ def _image_ids(source_id: tf.Tensor, filename: tf.Tensor, shard: tf.Tensor,
 @dataclasses.dataclass
 class TFRecordFiles:
     """A TFRecord split for training: its shards, not read in Python (the pipeline streams
-    them). ``flag`` is the setting that named them, for messages."""
+    them). ``flag`` is the setting that named them, for messages; ``peeked`` the first records
+    :func:`peek_records` read at start-up, for the pipeline's own checks (read once)."""
 
     files: list[str]
     flag: str = ""
+    peeked: Peek | None = None
 
 
 def _shard_sizes(files: Sequence[str]) -> list[int]:
@@ -866,15 +868,17 @@ class TFRecordPipeline(InputPipeline):
         num_images: only the first N usable records (evaluation of ``records[:N]`` of
             :func:`read_tfrecord_records`); None: all.
         source_flag: the setting that names the files, for messages.
+        peeked: :func:`peek_records` of ``files`` when the caller has read them already.
         **options: :class:`InputPipeline` options; ``shuffle_buffer`` defaults to 1024 here
             and ``proposals`` are not supported.
     """
 
     def __init__(self, files: str | Sequence[str], label_map: LabelMap, *,
                  num_images: int | None = None, source_flag: str = "",
-                 **options: Any) -> None:
+                 peeked: Peek | None = None, **options: Any) -> None:
         self._files_arg = files
         self._num_images = num_images
+        self._peeked = peeked
         self.source_flag = source_flag
         super().__init__([], label_map, **options)
 
@@ -890,7 +894,7 @@ class TFRecordPipeline(InputPipeline):
         if not self.files:
             raise ValueError("TFRecordPipeline got no files.")
         self.sizes = _shard_sizes(self.files)
-        peeked = peek_records(self.files)
+        peeked = self._peeked if self._peeked is not None else peek_records(self.files)
         self.mask_format = detect_mask_format(peeked) if self.with_masks else None
         if self.with_masks and self.mask_format is None:
             raise ConfigError(
@@ -1066,19 +1070,26 @@ def read_tfrecord_records(
 
 
 def check_first_records(files: Sequence[str], label_map: LabelMap,
-                        count: int = 32) -> tuple[int, LoadReport]:
-    """Decodes the first ``count`` records (as the stream starts: :data:`CYCLE_LENGTH` shards
-    interleaved) and returns how many have a box to train on, with the report of their
-    problems: a cheap start-up check that the records, label map and format fit, since a
-    training stream with no usable record would otherwise read forever."""
+                        peeked: Peek | None = None) -> tuple[int, LoadReport]:
+    """Decodes the records :func:`peek_records` read (``peeked``, else read here: the first
+    records of the first shards) and returns how many have a box to train on, with the report
+    of their problems: a cheap start-up check that the records, label map and format fit,
+    since a training stream with no usable record would otherwise read forever. Raises
+    ValueError for a key of the wrong type (:meth:`ExampleDecoder.check_types`)."""
+    peeked = peek_records(files) if peeked is None else peeked
     decoder = ExampleDecoder(label_map)
-    report = LoadReport(f"the first {count} records of {files[0]}")
-    ds = read_shards(files, _shard_sizes(files)).filter(
-        lambda shard, index, serialized, is_end, truncated: tf.logical_not(is_end))
+    decoder.check_types(peeked)
+    report = LoadReport(f"the first records of {files[0]}")
+    rows = [(path, i, example.SerializeToString())
+            for path, examples in peeked for i, example in enumerate(examples)]
+    if not rows:
+        return 0, report
+    shards, indices, serialized = (list(column) for column in zip(*rows, strict=True))
+    none = [False] * len(rows)
+    blocks = tf.data.Dataset.from_tensor_slices(
+        (shards, tf.constant(indices, tf.int64), serialized, none, none)).batch(READ_BLOCK)
     usable = 0
-    decoder.check_types(peek_records(files))
-    for e in decoder.stream(ds.take(count).batch(READ_BLOCK)).map(
-            decoder.finish).ignore_errors():
+    for e in decoder.stream(blocks).map(decoder.finish).ignore_errors():
         _report_problems(report, e["problems"].numpy(),
                          f"{e['shard'].numpy().decode()} record {int(e['index'].numpy())}")
         usable += int(bool(e["ok"].numpy()) and e["classes"].shape[0] > 0)
