@@ -320,7 +320,7 @@ def build_input_pipeline(
     split = "train" if training else "val"
     if d.dataset == "tfrecord":
         return _tfrecord_pipeline(config, records, label_map, training, batch_size, with_masks,
-                                  needs_proposals, mean, std)
+                                  needs_proposals, mean, std, fixed_image_size)
     if training and not any(r.num_usable for r in records):
         # The pipeline leaves images without (non-difficult) boxes out of training.
         raise ConfigError(
@@ -384,7 +384,8 @@ def _fixed_image_size(d: ml_collections.ConfigDict) -> tuple[int, int] | None:
 def _tfrecord_pipeline(config: ml_collections.ConfigDict,
                        records: list[DetectionRecord] | TFRecordFiles, label_map: LabelMap,
                        training: bool, batch_size: int, with_masks: bool, needs_proposals: bool,
-                       mean: tuple, std: tuple) -> TFRecordPipeline:
+                       mean: tuple, std: tuple, fixed_image_size: tuple[int, int] | None
+                       ) -> TFRecordPipeline:
     """The streaming pipeline over a split's shards. Evaluation reads the first
     ``len(records)`` usable records, which are ``records`` when they are (a prefix of) what
     :func:`load_split` returned for the split."""
@@ -405,7 +406,7 @@ def _tfrecord_pipeline(config: ml_collections.ConfigDict,
             max_size=d.max_size, resize_rule=d.resize_rule,
             scale_jitter=d.scale_jitter if training else None,
             random_flip=bool(d.random_flip) and training, size_divisor=d.size_divisor,
-            fixed_image_size=_fixed_image_size(d), max_instances=d.max_instances,
+            fixed_image_size=fixed_image_size, max_instances=d.max_instances,
             pixel_mean=mean, pixel_std=std,
             with_masks=with_masks, mask_crop_size=d.mask_crop_size, seed=d.seed,
             deterministic=d.deterministic, shuffle_buffer=d.shuffle_buffer)
