@@ -5,7 +5,7 @@ clip to the true image shape, drop boxes not larger than ``min_size``, run class
 (IoU ``nms_threshold``, 0.7) keeping ``post_nms_topk``. With several levels (FPN) the per-level
 survivors are then merged and the ``post_nms_topk`` best kept. Train and test use separate numbers.
 The levels go through decoding, clipping, the size filter and NMS together, one NMS row per
-(image, level) (``ProposalLayer._multilevel_proposals``); the result is the level-by-level one.
+(image, level) (``ProposalLayer._proposals``); the result is the level-by-level one.
 
 Conventions: boxes ``[y1, x1, y2, x2]`` pixels; anchors ordered ``(level, y, x, a)`` as produced by
 ``AnchorGenerator`` and ``RPNHead``. Shape shorthand: B batch, N anchors (all levels), P proposals.
@@ -71,33 +71,17 @@ class ProposalLayer(keras.layers.Layer):
         self.min_size = float(min_size)
         self.box_weights = tuple(float(w) for w in box_weights)
 
-    def _level_proposals(self, logits, deltas, anchors, image_shape, pre_nms_topk, post_nms_topk):
-        # Top-k first so that only pre_nms_topk anchors per image are decoded.
-        k = tf.minimum(pre_nms_topk, tf.shape(logits)[1])
-        top_logits, top_idx = tf.math.top_k(logits, k=k, sorted=True)
-        top_deltas = tf.gather(deltas, top_idx, batch_dims=1)  # [B, k, 4]
-        top_anchors = tf.gather(anchors, top_idx)  # [N, 4] gathered by [B, k] -> [B, k, 4]
-        boxes = box_coder.decode(top_deltas, top_anchors, self.box_weights)
-        boxes = box_ops.clip_boxes(boxes, image_shape)
-        top_logits = box_ops.remove_small_boxes(boxes, top_logits, self.min_size)
-        result = nms_ops.batched_nms(
-            boxes, top_logits, max_output_size=post_nms_topk, iou_threshold=self.nms_threshold
-        )
-        k_out = tf.shape(result.boxes)[1]
-        valid = tf.range(k_out)[tf.newaxis, :] < result.num_valid[:, tf.newaxis]
-        logits_out = tf.where(valid, result.scores, float("-inf"))
-        return result.boxes, logits_out, valid
+    def _proposals(self, logits_list, deltas_list, anchors_list, image_shape, pre_nms_topk,
+                   post_nms_topk):
+        """Each level's proposals (the module docstring), computed for all levels at once,
+        then the ``post_nms_topk`` best of their union per image (one level: its own).
 
-    def _multilevel_proposals(self, logits_list, deltas_list, anchors_list, image_shape,
-                              pre_nms_topk, post_nms_topk):
-        """Each level's proposals (:meth:`_level_proposals`), computed for all levels at once,
-        then the ``post_nms_topk`` best of their union per image.
-
-        Each level's top ``pre_nms_topk`` anchors are padded to that many rows (logits
-        ``-inf``, which NMS never keeps), so decoding, clipping, the size filter and NMS run
-        once on ``[B, L * pre]`` boxes, NMS with one row per (image, level): the same
-        proposals as level by level, with a fifth of the graph (FPN's five levels), which is
-        what tracing, graph optimisation and the first call cost."""
+        Each level's top ``pre_nms_topk`` anchors (top-k first, so that only those are
+        decoded) are padded to that many rows (logits ``-inf``, which NMS never keeps), so
+        decoding, clipping, the size filter and NMS run once on ``[B, L * pre]`` boxes, NMS
+        with one row per (image, level): the same proposals as level by level, with a fifth of
+        the graph (FPN's five levels), which is what tracing, graph optimisation and the first
+        call cost."""
         levels = len(logits_list)
         top_logits, top_deltas, top_anchors = [], [], []
         for logits, deltas, anchors in zip(logits_list, deltas_list, anchors_list, strict=True):
@@ -152,12 +136,8 @@ class ProposalLayer(keras.layers.Layer):
             deltas_list = tf.split(pred_deltas, sizes, axis=1)
             anchors_list = tf.split(anchors, sizes, axis=0)
 
-        if len(logits_list) == 1:
-            boxes, logits, valid = self._level_proposals(
-                logits_list[0], deltas_list[0], anchors_list[0], image_shape, pre, post)
-        else:
-            boxes, logits, valid = self._multilevel_proposals(
-                logits_list, deltas_list, anchors_list, image_shape, pre, post)
+        boxes, logits, valid = self._proposals(logits_list, deltas_list, anchors_list,
+                                               image_shape, pre, post)
         scores = tf.where(valid, tf.sigmoid(logits), 0.0)
         boxes = tf.where(valid[..., tf.newaxis], boxes, 0.0)
         return boxes, scores, valid
