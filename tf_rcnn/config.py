@@ -197,7 +197,8 @@ def default_config() -> ml_collections.ConfigDict:
         # tf_rcnn: content scaled by exactly the factor, canvas rounded up; torchvision: its
         # detection transform (float64 factor, canvas floor(h * s), content stretched onto it).
         resize_rule="tf_rcnn",
-        scale_jitter=placeholder(float),
+        # (lo, hi): training scales times a factor drawn from [lo, hi] per image.
+        scale_jitter=placeholder(tuple),
         random_flip=True,
         # None: the backbone family's statistics (tf_rcnn.data.pipeline.PIXEL_STATS).
         pixel_mean=placeholder(tuple),

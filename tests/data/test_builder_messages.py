@@ -134,6 +134,16 @@ def test_a_fixed_image_size_pads_every_batch_to_it_and_a_too_small_one_names_the
         message = str(error.value)
         assert f"--config.data.fixed_image_size={bad!r}" in message, message
         assert "--config.data.fixed_image_size='(128, 128)'" in message
+    for bad in ((1.2, 0.8), (0.0, 1.0), (1.1,)):
+        config.data.scale_jitter = bad
+        with pytest.raises(ConfigError, match=r"--config.data.scale_jitter=.*0 < lo <= hi"):
+            build_input_pipeline(config, records, label_map, training=True, batch_size=2)
+    # Scale jitter up to 1.2 can give 154 px: 160 is needed.
+    config.data.scale_jitter = (0.8, 1.2)
+    config.data.fixed_image_size = (128, 128)
+    with pytest.raises(ConfigError, match=r"times the scale jitter 1.2 rounded up to one \(160\)"):
+        build_input_pipeline(config, records, label_map, training=True, batch_size=2)
+    config.data.scale_jitter = None
     config.data.fixed_image_size = (160, 128)
     for training in (True, False):
         pipe = build_input_pipeline(config, records, label_map, training=training,

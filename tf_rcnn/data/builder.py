@@ -11,6 +11,7 @@ image, no box to train on) is a :class:`~tf_rcnn.config.ConfigError` naming the 
 
 from __future__ import annotations
 
+import math
 import os
 
 import ml_collections
@@ -316,6 +317,7 @@ def build_input_pipeline(
             "with python -m tf_rcnn.tools.dump_proposals (or by hand, format in "
             f"tf_rcnn/data/proposals.py) and pass --config.{key}=FILE."
         )
+    scale_jitter = _scale_jitter(d)
     fixed_image_size = _fixed_image_size(d)
     split = "train" if training else "val"
     if d.dataset == "tfrecord":
@@ -344,7 +346,7 @@ def build_input_pipeline(
         scales=tuple(d.scales),
         max_size=d.max_size,
         resize_rule=d.resize_rule,
-        scale_jitter=d.scale_jitter if training else None,
+        scale_jitter=scale_jitter if training else None,
         random_flip=bool(d.random_flip) and training,
         size_divisor=d.size_divisor,
         fixed_image_size=fixed_image_size,
@@ -360,14 +362,35 @@ def build_input_pipeline(
     )
 
 
+def _scale_jitter(d: ml_collections.ConfigDict) -> tuple[float, float] | None:
+    """``data.scale_jitter`` checked: ``(lo, hi)`` with ``0 < lo <= hi``, else None."""
+    value = d.get("scale_jitter")
+    if value is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        lo = hi = -1.0
+    if not 0 < lo <= hi:
+        raise ConfigError(
+            f"--config.data.scale_jitter={value!r} must be two factors (lo, hi) with "
+            "0 < lo <= hi, each image's scale multiplied by one drawn from [lo, hi]: e.g. "
+            "--config.data.scale_jitter='(0.8, 1.2)'.")
+    return lo, hi
+
+
 def _fixed_image_size(d: ml_collections.ConfigDict) -> tuple[int, int] | None:
     """``data.fixed_image_size`` checked: two multiples of ``size_divisor``, each at least
-    ``max_size`` rounded up to one (the largest canvas the resize can give), else None."""
+    ``max_size`` (times the largest ``scale_jitter`` factor above 1) rounded up to one (the
+    largest canvas the resize can give), else None."""
     size = d.get("fixed_image_size")
     if size is None:
         return None
     divisor = int(d.size_divisor)
-    need = -(-int(d.max_size) // divisor) * divisor
+    scale_jitter = _scale_jitter(d)
+    jitter = max(1.0, scale_jitter[1]) if scale_jitter else 1.0
+    longest = math.ceil(float(d.max_size) * jitter - 1e-6)
+    need = -(-longest // divisor) * divisor
     try:
         h, w = (int(v) for v in size)
     except (TypeError, ValueError):
@@ -376,7 +399,8 @@ def _fixed_image_size(d: ml_collections.ConfigDict) -> tuple[int, int] | None:
         raise ConfigError(
             f"--config.data.fixed_image_size={size!r} must be two sizes (H, W), each a "
             f"multiple of data.size_divisor={divisor} and at least data.max_size={d.max_size} "
-            f"rounded up to one ({need}), so that every resized image fits: e.g. "
+            f"{f'times the scale jitter {jitter:g} ' if jitter > 1 else ''}rounded up to one "
+            f"({need}), so that every resized image fits: e.g. "
             f"--config.data.fixed_image_size='({need}, {need})'.")
     return h, w
 
@@ -404,7 +428,7 @@ def _tfrecord_pipeline(config: ml_collections.ConfigDict,
             num_images=None if isinstance(records, TFRecordFiles) else len(records),
             training=training, batch_size=batch_size, scales=tuple(d.scales),
             max_size=d.max_size, resize_rule=d.resize_rule,
-            scale_jitter=d.scale_jitter if training else None,
+            scale_jitter=_scale_jitter(d) if training else None,
             random_flip=bool(d.random_flip) and training, size_divisor=d.size_divisor,
             fixed_image_size=fixed_image_size, max_instances=d.max_instances,
             pixel_mean=mean, pixel_std=std,
