@@ -332,16 +332,35 @@ def test_torchvision_resize_rule_geometry_and_samples(rng):
         resize_geometry(7, 9, 10.0, 100.0, "bicubic")
 
 
-def test_run_time_guard_names_truncated_files(tmp_path):
-    from tf_rcnn.data.pipeline import check_image_bytes
-
-    jpeg = Path(write_image(str(tmp_path / "t.jpg"), 16, 16, fmt="JPEG")).read_bytes()
-    png = Path(write_image(str(tmp_path / "t.png"), 16, 16)).read_bytes()
-    check_image_bytes(tf.constant(jpeg), tf.constant("good.jpg"))
-    check_image_bytes(tf.constant(png), tf.constant("good.png"))
-    for data in (jpeg[: len(jpeg) // 2], png[: len(png) // 2], b"", b"not an image"):
-        with pytest.raises(tf.errors.InvalidArgumentError, match="broken_file.xyz"):
-            check_image_bytes(tf.constant(data), tf.constant("broken_file.xyz"))
+def test_files_damaged_after_loading_are_named_and_only_they_are_skipped(tmp_path, capfd):
+    # Files checked at load time, then truncated (JPEG, PNG), replaced by garbage or by an
+    # image of another size before the run: evaluation keeps every good image and names each
+    # bad file; training skips the batches that hold one (its batch size is static) and goes
+    # on.
+    records = [_record(tmp_path, f"im{i}", 20, 24, [[2, 2, 10, 10]], image_id=i + 1)
+               for i in range(8)]
+    jpeg = Path(write_image(str(tmp_path / "t.jpg"), 20, 24, fmt="JPEG")).read_bytes()
+    records[1] = DetectionRecord(str(tmp_path / "t.jpg"), 2, 20, 24,
+                                 np.asarray([[2, 2, 10, 10]], np.float32), [1])
+    damaged = {2: jpeg[: len(jpeg) // 2], 4: b"not an image at all"}
+    for image_id, data in damaged.items():
+        Path(records[image_id - 1].image_path).write_bytes(data)
+    png = Path(records[5].image_path).read_bytes()
+    Path(records[5].image_path).write_bytes(png[: len(png) // 2])  # image 6, truncated PNG
+    write_image(records[6].image_path, 30, 24)  # image 7, another size now
+    bad = {2, 4, 6, 7}
+    options = {"backbone": "tiny", "batch_size": 3, "scales": (20,), "max_size": 24}
+    pipe = InputPipeline(records, LABELS, training=False, **options)
+    ids = sorted(int(i) for _, t in _batches(pipe) for i in t["image_id"])
+    assert ids == [1, 3, 5, 8]
+    err = capfd.readouterr().err
+    for image_id in bad:
+        assert os.path.basename(records[image_id - 1].image_path) in err, image_id
+    pipe = InputPipeline(records, LABELS, training=True, shuffle=True, seed=0,
+                         group_by_aspect_ratio=False, **options)
+    batches = _batches(pipe, 4)
+    assert len(batches) == 4
+    assert not bad & {int(i) for _, t in batches for i in t["image_id"]}
 
 
 def test_pixel_statistics_come_from_the_backbone_or_are_given(tmp_path):

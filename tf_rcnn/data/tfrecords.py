@@ -653,6 +653,7 @@ class ExampleDecoder:
                                                               index),
             "shard": shard, "index": index,
             "decodable": decodable, "usable": decodable & ~empty, "problems": problems,
+            "height": height, "width": width,
             "num_objects": m, "num_kept": num_kept, "kept_index": order,
             "boxes": tf.gather(clipped, order, batch_dims=1),
             "classes": tf.gather(classes, order, batch_dims=1),
@@ -675,7 +676,7 @@ class ExampleDecoder:
     # int64 row (then the problem vector), the per-object values in one float32 row each
     # (class ids, flags and object numbers are small integers, exact in float32).
     _INT_FIELDS = ("image_id", "index", "num_objects", "num_kept", "num_crowd", "mask_count",
-                   "decodable", "usable")
+                   "decodable", "usable", "height", "width")
     _OBJECT_COLUMNS = (("boxes", 4), ("crowd", 4), ("classes", 1), ("difficult", 1),
                        ("kept_index", 1))
 
@@ -685,7 +686,7 @@ class ExampleDecoder:
         ``masks`` as parsed); :meth:`unpack` undoes it for one row."""
         mask_count = p.get("mask_count", tf.zeros_like(p["num_objects"]))
         scalars = [p["image_id"], p["index"], p["num_objects"], p["num_kept"], p["num_crowd"],
-                   mask_count, p["decodable"], p["usable"]]
+                   mask_count, p["decodable"], p["usable"], p["height"], p["width"]]
         ints = tf.concat([tf.stack([tf.cast(v, tf.int64) for v in scalars], 1),
                           p["problems"]], 1)
         objects = tf.concat([tf.cast(p[k] if width > 1 else p[k][..., None], tf.float32)
@@ -965,29 +966,35 @@ class TFRecordPipeline(InputPipeline):
             # The buffer holds parsed records with their images still encoded.
             ds = ds.shuffle(self.shuffle_buffer, seed=self.seed + pipeline_id,
                             reshuffle_each_iteration=True)
-        ds = ds.enumerate().map(lambda c, parsed: self._to_input(c, parsed, pipeline_id),
-                                num_parallel_calls=self.num_parallel, deterministic=ordered)
-        # What only decoding finds (damage inside image bytes) fails the element: _batch skips
-        # it, with TensorFlow's warning (here already when the first N usable ones are taken).
         if self._num_images is not None:
-            ds = ds.ignore_errors(log_warning=True).take(self._num_images)
-        return self._batch(ds, batch)
+            ds = ds.take(self._num_images)
+        # Grouped into batches before decoding; damage inside image data, which only
+        # decoding finds, fails its batch: skipped and logged by ignore_errors.
+        return self._batches(ds, batch, pipeline_id)
 
-    def _to_input(self, counter: tf.Tensor, parsed: Mapping[str, tf.Tensor],
-                  pipeline_id: int) -> tuple[Any, Any]:
-        """One usable parsed record -> ``(image, targets)``: decoded
-        (:meth:`ExampleDecoder.finish`), masks cropped to their boxes, then the file pipeline's
-        ``_augment``. The parse checked and counted everything but damage inside the image
-        data, which fails decoding: ``ignore_errors`` skips such a record and logs the reason.
-        Nothing here counts or asserts: a per-record map with a variable in it costs tens of
-        microseconds per record more (measured)."""
-        e = self.decoder.finish(parsed, decodable_only=True)
-        image = e["image"]
-        fields = {"boxes": e["boxes"], "classes": e["classes"], "crowd": e["crowd"],
-                  "image_id": e["image_id"]}
-        if self.with_masks:
-            fields["masks"] = crop_masks_to_boxes(e["masks"], e["boxes"], self.mask_crop_size)
-        return self._augment(image, fields, self._element_seed(counter, pipeline_id))
+    def _landscape(self, items: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        """``[n]`` packed rows -> ``[n]`` bool, the image is landscape (w >= h) by its header
+        (landscape where the header could not be read)."""
+        at = ExampleDecoder._INT_FIELDS.index("height")
+        return items["ints"][:, at + 1] >= items["ints"][:, at]
+
+    def _read_run(self, run: Mapping[str, tf.Tensor], batch: int) -> tuple[
+            list[tuple[tf.Tensor, dict[str, tf.Tensor]]], None, None]:
+        """``batch`` usable parsed rows -> each decoded (:meth:`ExampleDecoder.finish`), with
+        its masks cropped to their boxes. The parse checked and counted everything but damage
+        inside the image data, so nothing is checked here. Nothing here counts or asserts
+        either: a map with a variable in it costs tens of microseconds per call more
+        (measured)."""
+        read = []
+        for i in range(batch):
+            e = self.decoder.finish({k: v[i] for k, v in run.items()}, decodable_only=True)
+            fields = {"boxes": e["boxes"], "classes": e["classes"], "crowd": e["crowd"],
+                      "image_id": e["image_id"]}
+            if self.with_masks:
+                fields["masks"] = crop_masks_to_boxes(e["masks"], e["boxes"],
+                                                      self.mask_crop_size)
+            read.append((e["image"], fields))
+        return read, None, None
 
     def read_problems(self) -> dict[str, int]:
         """Problems counted so far, by reason (each read of a record counts)."""
