@@ -852,16 +852,19 @@ def _shard_sizes(files: Sequence[str]) -> list[int]:
 class TFRecordPipeline(InputPipeline):
     """:class:`~tf_rcnn.data.pipeline.InputPipeline` reading OD API TFRecords as a stream.
 
-    Everything after reading is the file pipeline's graph (``_augment`` and ``_batch``): the
-    same scale choice, flip, resize, padding and aspect grouping. Reading: the shards (each
+    Everything after reading is the file pipeline's graph (``group_runs``, ``_load_batch``
+    and ``_augment``): the same aspect grouping, scale choice, flip, resize and padding.
+    Reading: the shards (each
     input pipeline takes every n-th shard: file-level sharding per worker), shuffled in
     training and interleaved in blocks of :data:`READ_BLOCK` records, each block parsed at
     once with the training filters (difficult boxes, images without boxes,
     ``max_instances``/``max_crowd`` keeping the largest) and its problems counted in
     :attr:`counter` (:meth:`ExampleDecoder.stream`; unusable records stop there, undecoded),
-    a ``shuffle_buffer`` of parsed (still encoded) records, then one parallel map: each record
-    decoded by :meth:`ExampleDecoder.finish`, masks cropped to their boxes and ``_augment``. A
-    record whose image data is damaged fails decoding, which ``ignore_errors`` skips.
+    a ``shuffle_buffer`` of parsed (still encoded) records, batches formed from them by the
+    image headers' sizes, then one parallel map call per batch: each record decoded by
+    :meth:`ExampleDecoder.finish`, masks cropped to their boxes, ``_augment``, stacked. A
+    record whose image data is damaged fails decoding and its batch, which ``ignore_errors``
+    skips.
 
     Args:
         files: shards (a list, or comma-separated globs).
