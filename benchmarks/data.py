@@ -14,7 +14,13 @@ pipeline's size as ``fixed_image_size`` (``--config.data.fixed_image_size``).
 
 Each timing runs in its own process (a pipeline's background threads would otherwise compete
 with the next one's), the pipelines alternate, ``--repeats`` times, and the table gives every
-run, the median and, with ``--tfrecord``, the median TFRecord / file ratio. Images/s counts
+run, the median and, with ``--tfrecord``, the median TFRecord / file ratio.
+
+With ``--tfrecord``, an ``epoch`` line per pipeline also times one epoch (every image of the
+case once, in batches) from the start: the file pipeline reading its annotations and checking
+every image file (what a command does before training), the stream reading its label map,
+listing its shards and peeking at their first records. The steady-state rate leaves that
+start-up out. Images/s counts
 the batches taken after ``--warmup`` batches (the pipeline fills its buffers and the tf.data
 autotuner settles first); CPU us/image is the process's CPU time over them
 (both cores are busy: the rate follows the CPU per image).
@@ -48,7 +54,13 @@ from tf_rcnn.data.coco import load_coco
 from tf_rcnn.data.custom import records_from_list
 from tf_rcnn.data.pipeline import InputPipeline
 from tf_rcnn.data.shapes import generate_shapes_dataset
-from tf_rcnn.data.tfrecords import TFRecordPipeline, shard_names, write_tfrecords
+from tf_rcnn.data.tfrecords import (
+    LABEL_MAP_PBTXT,
+    TFRecordPipeline,
+    read_label_map_pbtxt,
+    shard_names,
+    write_tfrecords,
+)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batches", 300, "Batches timed per run of the demo case; the other "
@@ -73,6 +85,7 @@ CASES = {
                "max_size": 1000, "seed": 0}),
 }
 _MIXED_SIZES = ((375, 500), (500, 375), (333, 500), (500, 333))
+_CASE_IMAGES = {"demo": 1000, "coco": 64, "mixed": 64}  # images per case (one epoch)
 
 
 def _cpu_seconds() -> float:
@@ -122,16 +135,43 @@ def _jpeg_records(work_dir: str, count: int = 64, mixed: bool = False):
 
 def _case_data(case: str):
     if case == "demo":
-        shapes = generate_shapes_dataset(os.path.join(FLAGS.work_dir, "shapes"), 1000)
+        shapes = generate_shapes_dataset(os.path.join(FLAGS.work_dir, "shapes"),
+                                         _CASE_IMAGES["demo"])
         records, label_map, _ = load_coco(shapes,
                                           os.path.join(FLAGS.work_dir, "shapes", "images"))
     else:
-        records, label_map, _ = _jpeg_records(FLAGS.work_dir, mixed=case == "mixed")
+        records, label_map, _ = _jpeg_records(FLAGS.work_dir, count=_CASE_IMAGES[case],
+                                              mixed=case == "mixed")
     return records, label_map
+
+
+def _epoch_rate(case: str, kind: str) -> float:
+    """Images/s over one epoch, timed from loading the dataset (see the module docstring)."""
+    options = CASES[case][1]
+    size = _CASE_IMAGES[case]
+    start = time.perf_counter()
+    if kind == "file":
+        records, label_map = _case_data(case)
+        pipe: InputPipeline = InputPipeline(records, label_map, **options)
+    else:
+        folder = os.path.join(FLAGS.work_dir, f"tfrecord_{case}")
+        label_map = read_label_map_pbtxt(os.path.join(folder, LABEL_MAP_PBTXT))
+        pipe = TFRecordPipeline(shard_names(os.path.join(folder, "train"), 4), label_map,
+                                **options)
+    taken = 0
+    for images, _ in pipe.dataset():
+        taken += int(images.shape[0])
+        if taken >= size:
+            break
+    return taken / (time.perf_counter() - start)
 
 
 def _worker(spec: str) -> None:
     case, kind = spec.split(":")
+    if kind.endswith("_epoch"):
+        rate = _epoch_rate(case, kind[:-len("_epoch")])
+        print("RESULT " + json.dumps({"rate": rate, "cpu_us": float("nan")}), flush=True)
+        return
     records, label_map = _case_data(case)
     options = CASES[case][1]
     if kind == "file":
@@ -174,6 +214,7 @@ def main(argv):
             kinds.append("tfrecord")
             if InputPipeline(records, label_map, **options)._static_image_size() is not None:
                 kinds.append("tfrecord_fixed")
+            kinds += ["file_epoch", "tfrecord_epoch"]
         runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
         for _ in range(FLAGS.repeats):
             for kind in kinds:
@@ -182,13 +223,17 @@ def main(argv):
         for kind in kinds:
             rates = [r["rate"] for r in runs[kind]]
             cpus = [r["cpu_us"] for r in runs[kind]]
+            cpu = "" if kind.endswith("_epoch") else (
+                f"; CPU us/image {statistics.median(cpus):7.0f}")
             print(f"  {kind:14s} images/s {statistics.median(rates):8.1f} (runs "
-                  f"{', '.join(f'{x:.1f}' for x in rates)}); CPU us/image "
-                  f"{statistics.median(cpus):7.0f}")
+                  f"{', '.join(f'{x:.1f}' for x in rates)}){cpu}")
             summary[f"{case}_{kind}"] = statistics.median(rates)
         for kind in kinds[1:]:
-            ratio = summary[f"{case}_{kind}"] / summary[f"{case}_file"]
-            print(f"  {kind} / file (medians): {ratio:.3f}x")
+            base = "file_epoch" if kind.endswith("_epoch") else "file"
+            if kind == base:
+                continue
+            ratio = summary[f"{case}_{kind}"] / summary[f"{case}_{base}"]
+            print(f"  {kind} / {base} (medians): {ratio:.3f}x")
     demo_rate = summary["demo_file"]
 
     if FLAGS.train_step:

@@ -62,6 +62,7 @@ from tf_rcnn.data.pipeline import (
     InputPipeline,
     decode_image,
     encoded_image_sizes,
+    graph_fn,
     image_bytes_ok,
 )
 from tf_rcnn.data.records import DetectionRecord, LoadReport
@@ -257,7 +258,7 @@ def scan_label_map(files: Sequence[str]) -> LabelMap:
             IS_CROWD: tf.io.VarLenFeature(tf.int64)}
     names: dict[int, str] = {}
     ds = tf.data.TFRecordDataset(list(files)).ignore_errors().batch(256)
-    for batch in ds.map(lambda s: tf.io.parse_example(s, spec)):
+    for batch in ds.map(graph_fn(lambda s: tf.io.parse_example(s, spec))):
         rows = zip(*(tf.RaggedTensor.from_sparse(batch[k]).to_list()
                      for k in (LABEL, TEXT, IS_CROWD)), strict=True)
         for labels, texts, crowd in rows:
@@ -382,9 +383,10 @@ def read_blocks(files: Sequence[str], sizes: Sequence[int], *, shuffle: bool = F
                                serialized, tf.fill([rows], is_end), tf.fill([rows], truncated))
 
         zero = tf.constant(0, tf.int64)
-        return blocks.concatenate(end).scan((zero, zero), step)
+        return blocks.concatenate(end).scan((zero, zero), graph_fn(step))
 
-    return files_ds.interleave(one_shard, cycle_length=max(1, min(len(files), CYCLE_LENGTH)),
+    return files_ds.interleave(graph_fn(one_shard),
+                               cycle_length=max(1, min(len(files), CYCLE_LENGTH)),
                                num_parallel_calls=AUTOTUNE, deterministic=deterministic)
 
 
@@ -791,7 +793,8 @@ class ExampleDecoder:
             # Most batches are all usable: then nothing is copied (gather copies strings).
             return tf.cond(all_usable, lambda: dict(packed), usable_rows)
 
-        return ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=deterministic).unbatch()
+        return ds.map(graph_fn(parse), num_parallel_calls=AUTOTUNE,
+                      deterministic=deterministic).unbatch()
 
     def __call__(self, shard: tf.Tensor, index: tf.Tensor, serialized: tf.Tensor,
                  is_end: tf.Tensor, truncated: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -1043,7 +1046,7 @@ def read_tfrecord_records(
     decoder = ExampleDecoder(label_map, mask_format)
     report = LoadReport(f"TFRecords {source or ', '.join(files[:2])}")
     decoder.check_types(peeked)
-    ds = decoder.stream(read_blocks(files, _shard_sizes(files))).map(decoder.finish)
+    ds = decoder.stream(read_blocks(files, _shard_sizes(files))).map(graph_fn(decoder.finish))
     ds = ds.ignore_errors(log_warning=True)
     records: list[DetectionRecord] = []
     seen: dict[int, str] = {}
@@ -1099,7 +1102,7 @@ def check_first_records(files: Sequence[str], label_map: LabelMap,
     blocks = tf.data.Dataset.from_tensor_slices(
         (shards, tf.constant(indices, tf.int64), serialized, none, none)).batch(READ_BLOCK)
     usable = 0
-    for e in decoder.stream(blocks).map(decoder.finish).ignore_errors():
+    for e in decoder.stream(blocks).map(graph_fn(decoder.finish)).ignore_errors():
         _report_problems(report, e["problems"].numpy(),
                          f"{e['shard'].numpy().decode()} record {int(e['index'].numpy())}")
         usable += int(bool(e["ok"].numpy()) and e["classes"].shape[0] > 0)
