@@ -1148,9 +1148,11 @@ class InputPipeline:
         grouped = self.group_by_aspect_ratio and self._static_image_size() is None
         runs = group_runs(items, batch, self._landscape if grouped else None,
                           drop_remainder=self.training)
+        # Evaluation keeps its order (its short batch last); training only with deterministic.
+        ordered = self.deterministic or not self.training
         ds = runs.enumerate().map(
             graph_fn(lambda c, run: self._load_batch(c, run[0], run[1], batch, pipeline_id)),
-            num_parallel_calls=self.num_parallel, deterministic=self.deterministic)
+            num_parallel_calls=self.num_parallel, deterministic=ordered)
         ds = ds.ignore_errors(log_warning=True)
         options = tf.data.Options()
         options.deterministic = self.deterministic
