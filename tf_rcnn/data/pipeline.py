@@ -1083,19 +1083,22 @@ class InputPipeline:
         # when they hide TensorFlow's log lines), then left out of the batch in evaluation.
         # A training batch keeps its static size: the whole batch fails, and ignore_errors
         # skips it.
+        real = tf.range(batch) < count  # not the copies that fill a short last run
+
         def drop_bad() -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
             message = tf.print(
                 "WARNING: image file(s) unreadable, truncated or not of their recorded size "
                 "since the dataset was loaded, skipped" + (" with their batch" if self.training
                                                            else "")
-                + " (fix or remove them and reload the dataset):", tf.boolean_mask(names, ~ok),
+                + " (fix or remove them and reload the dataset):",
+                tf.boolean_mask(names, ~ok & real),
                 output_stream=sys.stderr)
             with tf.control_dependencies([message]):
                 if self.training:
                     fail = tf.debugging.Assert(False, ["damaged image file in the batch"])
                     with tf.control_dependencies([fail]):
                         return tf.identity(images), targets
-                keep = ok & (tf.range(batch) < count)
+                keep = ok & real
                 return (tf.boolean_mask(images, keep),
                         {k: tf.boolean_mask(v, keep) for k, v in targets.items()})
 
