@@ -318,11 +318,11 @@ def build_input_pipeline(
             f"tf_rcnn/data/proposals.py) and pass --config.{key}=FILE."
         )
     scale_jitter = _scale_jitter(d)
-    fixed_image_size = _fixed_image_size(d)
+    fixed_image_size = _fixed_image_size(d, scale_jitter)
     split = "train" if training else "val"
     if d.dataset == "tfrecord":
         return _tfrecord_pipeline(config, records, label_map, training, batch_size, with_masks,
-                                  needs_proposals, mean, std, fixed_image_size)
+                                  needs_proposals, mean, std, fixed_image_size, scale_jitter)
     if training and not any(r.num_usable for r in records):
         # The pipeline leaves images without (non-difficult) boxes out of training.
         raise ConfigError(
@@ -379,15 +379,15 @@ def _scale_jitter(d: ml_collections.ConfigDict) -> tuple[float, float] | None:
     return lo, hi
 
 
-def _fixed_image_size(d: ml_collections.ConfigDict) -> tuple[int, int] | None:
+def _fixed_image_size(d: ml_collections.ConfigDict,
+                      scale_jitter: tuple[float, float] | None) -> tuple[int, int] | None:
     """``data.fixed_image_size`` checked: two multiples of ``size_divisor``, each at least
-    ``max_size`` (times the largest ``scale_jitter`` factor above 1) rounded up to one (the
-    largest canvas the resize can give), else None."""
+    ``max_size`` (times the largest ``scale_jitter`` factor above 1, as :func:`_scale_jitter`
+    returned it) rounded up to one (the largest canvas the resize can give), else None."""
     size = d.get("fixed_image_size")
     if size is None:
         return None
     divisor = int(d.size_divisor)
-    scale_jitter = _scale_jitter(d)
     jitter = max(1.0, scale_jitter[1]) if scale_jitter else 1.0
     longest = math.ceil(float(d.max_size) * jitter - 1e-6)
     need = -(-longest // divisor) * divisor
@@ -408,8 +408,8 @@ def _fixed_image_size(d: ml_collections.ConfigDict) -> tuple[int, int] | None:
 def _tfrecord_pipeline(config: ml_collections.ConfigDict,
                        records: list[DetectionRecord] | TFRecordFiles, label_map: LabelMap,
                        training: bool, batch_size: int, with_masks: bool, needs_proposals: bool,
-                       mean: tuple, std: tuple, fixed_image_size: tuple[int, int] | None
-                       ) -> TFRecordPipeline:
+                       mean: tuple, std: tuple, fixed_image_size: tuple[int, int] | None,
+                       scale_jitter: tuple[float, float] | None) -> TFRecordPipeline:
     """The streaming pipeline over a split's shards. Evaluation reads the first
     ``len(records)`` usable records, which are ``records`` when they are (a prefix of) what
     :func:`load_split` returned for the split."""
@@ -428,7 +428,7 @@ def _tfrecord_pipeline(config: ml_collections.ConfigDict,
             num_images=None if isinstance(records, TFRecordFiles) else len(records),
             training=training, batch_size=batch_size, scales=tuple(d.scales),
             max_size=d.max_size, resize_rule=d.resize_rule,
-            scale_jitter=_scale_jitter(d) if training else None,
+            scale_jitter=scale_jitter if training else None,
             random_flip=bool(d.random_flip) and training, size_divisor=d.size_divisor,
             fixed_image_size=fixed_image_size, max_instances=d.max_instances,
             pixel_mean=mean, pixel_std=std,

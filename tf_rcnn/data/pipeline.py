@@ -1076,10 +1076,14 @@ class InputPipeline:
                                    constant_values=tf.constant(values[key], value.dtype))
                 rows.append(tf.ensure_shape(value, shape))
             targets[key] = tf.stack(rows)
-        if ok is None and self.training:
-            return images, targets
-        if ok is None:  # an evaluation's last run may be short
+        def all_good() -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+            if self.training:
+                return images, targets
+            # An evaluation's last run may be short.
             return images[:count], {k: v[:count] for k, v in targets.items()}
+
+        if ok is None:
+            return all_good()
         # A file damaged or replaced since loading: printed (to stderr, which the commands keep
         # when they hide TensorFlow's log lines), then left out of the batch in evaluation.
         # A training batch keeps its static size: the whole batch fails, and ignore_errors
@@ -1102,11 +1106,6 @@ class InputPipeline:
                 keep = ok & real
                 return (tf.boolean_mask(images, keep),
                         {k: tf.boolean_mask(v, keep) for k, v in targets.items()})
-
-        def all_good() -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
-            if self.training:
-                return images, targets
-            return images[:count], {k: v[:count] for k, v in targets.items()}
 
         return tf.cond(tf.reduce_all(ok), all_good, drop_bad)
 
