@@ -19,6 +19,7 @@ from tf_rcnn.data.pipeline import (
     InputPipeline,
     decode_image,
     encoded_image_sizes,
+    normalize_pixels,
     pixel_stats_for_backbone,
     preprocess_image_for_inference,
     resize_geometry,
@@ -267,6 +268,32 @@ def test_pixel_stats_table():
     assert pixel_stats_for_backbone("vgg16")[1] == (1.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="backbone"):
         pixel_stats_for_backbone("mystery")
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 3), (2, 4, 6, 3), (1, 1, 3)])
+@pytest.mark.parametrize("stats", [
+    (IMAGENET_MEAN, IMAGENET_STD),         # both steps
+    (CAFFE_MEAN, (1.0, 1.0, 1.0)),         # mean only: no division
+    ((0.0, 0.0, 0.0), (2.0, 3.0, 4.0)),    # std only
+    ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),    # identity: the image unchanged
+])
+def test_normalize_pixels_is_the_per_channel_broadcast_bit_for_bit(rng, shape, stats):
+    # The row-wise computation must give exactly NumPy's per-channel broadcast: the same two
+    # IEEE operations per value, only laid out differently.
+    mean, std = stats
+    image = rng.uniform(0, 255, shape).astype(np.float32)
+    expected = (image - np.float32(mean)) / np.float32(std)
+    out = normalize_pixels(tf.constant(image), mean, std).numpy()
+    assert out.shape == shape
+    np.testing.assert_array_equal(out, expected)
+    # Each channel moved by its own statistics (a mix-up of the tiling would show here).
+    if stats == (IMAGENET_MEAN, IMAGENET_STD):
+        value = np.full(shape, 100.0, np.float32)
+        out = normalize_pixels(tf.constant(value), mean, std).numpy()
+        for c in range(3):
+            np.testing.assert_allclose(out[..., c], (100.0 - mean[c]) / std[c], rtol=1e-6)
+    with pytest.raises(ValueError, match="differ in length"):
+        normalize_pixels(tf.constant(image), mean, std[:2])
 
 
 def test_corrupt_file_at_run_time_is_skipped_not_fatal(tmp_path):

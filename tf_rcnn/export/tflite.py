@@ -65,7 +65,7 @@ from tensorflow.python.framework.convert_to_constants import (
 
 from tf_rcnn.backend import builtin_ops_only
 from tf_rcnn.data.builder import load_split
-from tf_rcnn.data.pipeline import resize_image, resized_shape
+from tf_rcnn.data.pipeline import normalize_pixels, resize_image, resized_shape
 from tf_rcnn.data.tfrecords import load_image
 from tf_rcnn.export.saved_model import (
     PreprocessConfig,
@@ -135,9 +135,8 @@ def letterbox(image: tf.Tensor, input_size: tuple[int, int], preprocess: Preproc
     w = tf.cast(original[1], tf.float32)
     s = tf.minimum(float(height) / h, float(width) / w)
     content = tf.minimum(resized_shape(original[0], original[1], s), [height, width])
-    pixels = tf.cast(image, tf.float32)
-    pixels = (pixels - tf.constant(preprocess.pixel_mean, tf.float32)) / tf.constant(
-        preprocess.pixel_std, tf.float32)
+    pixels = normalize_pixels(tf.cast(image, tf.float32), preprocess.pixel_mean,
+                              preprocess.pixel_std)
     canvas = resize_image(pixels, tf.stack([s, s]), tf.constant([height, width]))
     canvas = tf.reshape(canvas, [height, width, 3])
     inside = tf.logical_and(tf.range(height)[:, None] < content[0],
