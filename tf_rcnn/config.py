@@ -181,7 +181,7 @@ def default_config() -> ml_collections.ConfigDict:
         train_files="",
         val_files="",
         label_map="",
-        shuffle_buffer=1024,  # dataset=tfrecord: records in the shuffle buffer
+        shuffle_buffer=1024,  # dataset=tfrecord: records in the shuffle buffer (at most all)
         shapes_dir="data_cache/shapes",
         shapes_train_images=1000,
         shapes_val_images=200,

@@ -274,6 +274,28 @@ def test_bad_records_are_counted_named_and_skipped(tmp_path, capfd):
     assert f"{truncated} record 2: 1 truncated shard" in err
 
 
+def test_a_small_set_is_read_about_once_before_the_first_training_batch(tmp_path):
+    # The stream repeats before it shuffles: a 1024-record buffer over 8 records would hold
+    # 128 copies of each and read the set 128 times before the first batch. The buffer is
+    # capped at the records the shards hold (estimated from the records read at start-up);
+    # the one record with an unknown label counts how often the set was read.
+    image = _jpeg(20, 40)
+    examples = [foreign_example(image, [[0.1, 0.1, 0.5, 0.5]], [3], str(i)) for i in range(7)]
+    examples.append(foreign_example(image, [[0.1, 0.1, 0.5, 0.5], [0.2, 0.2, 0.6, 0.6]],
+                                    [3, 9], "7"))
+    files = [_write_shard(tmp_path / "a.tfrecord", examples[:4]),
+             _write_shard(tmp_path / "b.tfrecord", examples[4:])]
+    pipe = tfr.TFRecordPipeline(files, LabelMap([3], ["cat"]), training=True, batch_size=2,
+                                scales=(32,), max_size=64, backbone="tiny", seed=0,
+                                shuffle_buffer=1024)
+    assert pipe.shuffle_records(pipe.sizes) == 8
+    next(iter(pipe.dataset()))
+    reads = pipe.read_problems()["class label not in the label map (object skipped)"]
+    assert 1 <= reads <= 16  # read-ahead may parse a few more blocks; uncapped: >= 128
+    # A set larger than the buffer keeps it.
+    assert pipe.shuffle_records([s * 1000 for s in pipe.sizes]) == 1024
+
+
 def test_records_parsed_in_a_batch_decode_as_when_parsed_alone(tmp_path):
     # The stream parses a block of records at once, padding their per-object lists to the
     # longest one: a record's neighbours (more boxes, bad lengths, NaNs, no boxes, crowd

@@ -902,6 +902,7 @@ class TFRecordPipeline(InputPipeline):
             raise ValueError("TFRecordPipeline got no files.")
         self.sizes = _shard_sizes(self.files)
         peeked = self._peeked if self._peeked is not None else peek_records(self.files)
+        self._peeked = peeked
         self.mask_format = detect_mask_format(peeked) if self.with_masks else None
         if self.with_masks and self.mask_format is None:
             raise ConfigError(
@@ -970,13 +971,30 @@ class TFRecordPipeline(InputPipeline):
         ds = self.decoder.stream(ds, deterministic=ordered, counter=self.counter)
         if self.shuffle:
             # The buffer holds parsed records with their images still encoded.
-            ds = ds.shuffle(self.shuffle_buffer, seed=self.seed + pipeline_id,
+            ds = ds.shuffle(self.shuffle_records(sizes), seed=self.seed + pipeline_id,
                             reshuffle_each_iteration=True)
         if self._num_images is not None:
             ds = ds.take(self._num_images)
         # Grouped into batches before decoding; damage inside image data, which only
         # decoding finds, fails its batch: skipped and logged by ignore_errors.
         return self._batches(ds, batch, pipeline_id)
+
+    def shuffle_records(self, sizes: Sequence[int]) -> int:
+        """The shuffle buffer for shards of ``sizes`` bytes: ``shuffle_buffer``, or fewer when
+        the shards hold fewer records, estimated from the mean size of the records read at
+        start-up. The stream repeats before it shuffles, so a larger buffer would hold
+        several copies of each record (the same image twice in a batch) and read the data
+        that many times before the first batch."""
+        lengths = [example.ByteSize() + 16 for _, examples in self._peeked or []
+                   for example in examples]  # + 16: the TFRecord framing of each record
+        if not lengths:
+            return self.shuffle_buffer
+        records = max(1, round(sum(sizes) * len(lengths) / sum(lengths)))
+        if records >= self.shuffle_buffer:
+            return self.shuffle_buffer
+        logging.info("The shards hold about %d records: the shuffle buffer holds that many, "
+                     "not data.shuffle_buffer=%d.", records, self.shuffle_buffer)
+        return records
 
     def _landscape(self, items: Mapping[str, tf.Tensor]) -> tf.Tensor:
         """``[n]`` packed rows -> ``[n]`` bool, the image is landscape (w >= h) by its header
