@@ -25,6 +25,7 @@ from tf_rcnn.data.pipeline import (
     preprocess_image_for_inference,
     resize_geometry,
     resize_image,
+    resize_normalize_pad,
     resized_shape,
 )
 from tf_rcnn.data.records import DetectionRecord
@@ -353,6 +354,28 @@ def test_resize_image_matches_reference(rng, scale):
     # e.g. scale 1.7: ceil(7 * 1.7) = ceil(11.9) = 12, ceil(9 * 1.7) = ceil(15.3) = 16.
     out = resize_image(tf.constant(image), [scale, scale], shape).numpy()
     np.testing.assert_allclose(out, _reference_resize(image, scale, *shape), atol=1e-2)
+
+
+@pytest.mark.parametrize("rule", ["tf_rcnn", "torchvision"])
+def test_an_image_that_keeps_its_size_is_not_resampled(rng, rule):
+    # Scale 1 onto its own size: every output pixel is the input pixel (normalised), exactly;
+    # resampling would give the same up to float rounding of the sample positions.
+    image = rng.integers(0, 256, (6, 9, 3)).astype(np.uint8)
+    expected = (image.astype(np.float32) - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
+    out = resize_normalize_pad(tf.constant(image), tf.constant([1.0, 1.0]), tf.constant([6, 9]),
+                               IMAGENET_MEAN, IMAGENET_STD, 1, rule)
+    np.testing.assert_array_equal(out.numpy(), expected)
+    # Padded to the stride after it, as when resampled.
+    out = resize_normalize_pad(tf.constant(image), tf.constant([1.0, 1.0]), tf.constant([6, 9]),
+                               IMAGENET_MEAN, IMAGENET_STD, 4, rule).numpy()
+    assert out.shape == (8, 12, 3) and not out[6:].any() and not out[:, 9:].any()
+    # Any other scale is resampled, as resize_image does it.
+    out = resize_normalize_pad(tf.constant(image), tf.constant([2.0, 2.0]), tf.constant([12, 18]),
+                               IMAGENET_MEAN, IMAGENET_STD, 1, rule).numpy()
+    assert out.shape == (12, 18, 3)
+    reference = resize_image(tf.constant(expected), tf.constant([2.0, 2.0]),
+                             tf.constant([12, 18]), rule).numpy()
+    np.testing.assert_allclose(out, reference, atol=1e-5)
 
 
 def test_torchvision_resize_rule_geometry_and_samples(rng):

@@ -316,10 +316,17 @@ def resize_normalize_pad(
     Normalising is affine and bilinear weights sum to 1, so normalising before resizing gives
     the same numbers as after it; it is done on the (usually smaller) input, which measured
     1.4x faster for 640x480 -> 800x1067 here.
+
+    An image that keeps its size (``scale`` 1 and ``out_shape`` its own, as data resized
+    beforehand to the training scale gets) is not resampled: both rules would sample each
+    pixel at its centre, and resampling is most of the per-image work.
     """
     image = normalize_pixels(tf.cast(image, tf.float32), pixel_mean, pixel_std)
-    return normalize_and_pad(resize_image(image, scale, out_shape, rule), (0.0, 0.0, 0.0),
-                             (1.0, 1.0, 1.0), size_divisor, canvas)
+    shape = tf.shape(image)
+    same = tf.reduce_all(tf.equal(tf.cast(scale, tf.float32), 1.0)) & tf.reduce_all(
+        tf.equal(tf.cast(out_shape, tf.int32), shape[:2]))
+    resized = tf.cond(same, lambda: image, lambda: resize_image(image, scale, out_shape, rule))
+    return normalize_and_pad(resized, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), size_divisor, canvas)
 
 
 def preprocess_image_for_inference(
