@@ -311,6 +311,14 @@ def test_normalize_pixels_is_the_per_channel_broadcast_bit_for_bit(rng, shape, s
             np.testing.assert_allclose(out[..., c], (100.0 - mean[c]) / std[c], rtol=1e-6)
     with pytest.raises(ValueError, match="differ in length"):
         normalize_pixels(tf.constant(image), mean, std[:2])
+    if stats != ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)):
+        # One channel is not three: an error, not a silent re-tiling of the rows.
+        with pytest.raises((ValueError, tf.errors.InvalidArgumentError)):
+            normalize_pixels(tf.constant(image[..., :1]), mean, std)
+        gray = tf.function(lambda x: normalize_pixels(x, mean, std),
+                           input_signature=[tf.TensorSpec([None, None, None])])
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            gray(tf.zeros([6, 2, 1]))  # 12 values: rows of 2 * 3 would fit
 
 
 def test_corrupt_file_at_run_time_is_skipped_not_fatal(tmp_path):

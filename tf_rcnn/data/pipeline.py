@@ -269,6 +269,8 @@ def normalize_pixels(image: tf.Tensor, pixel_mean: Sequence[float],
         raise ValueError(f"pixel_mean and pixel_std differ in length: {mean} and {std}.")
     if all(v == 0.0 for v in mean) and all(v == 1.0 for v in std):
         return image
+    if image.shape.rank is not None:  # a view by rows needs C channels (checked)
+        image = tf.ensure_shape(image, image.shape[:-1].concatenate([len(mean)]))
     shape = tf.shape(image)
     width = shape[-2]
     rows = tf.reshape(image, [-1, width * len(mean)])
