@@ -281,16 +281,10 @@ def normalize_pixels(image: tf.Tensor, pixel_mean: Sequence[float],
     return tf.reshape(rows, shape)
 
 
-def normalize_and_pad(
-    image: tf.Tensor,
-    pixel_mean: Sequence[float],
-    pixel_std: Sequence[float],
-    size_divisor: int,
-    canvas: tf.Tensor | None = None,
-) -> tf.Tensor:
-    """``(image - mean) / std`` then zero-pad bottom/right to multiples of ``size_divisor``,
-    or to ``canvas [2]`` (H, W) when given (a batch's common size)."""
-    image = normalize_pixels(image, pixel_mean, pixel_std)
+def pad_image(image: tf.Tensor, size_divisor: int, canvas: tf.Tensor | None = None
+              ) -> tf.Tensor:
+    """Zero-pad ``image [H, W, C]`` bottom/right to multiples of ``size_divisor``, or to
+    ``canvas [2]`` (H, W) when given (a batch's common size)."""
     shape = tf.shape(image)
     if canvas is not None:
         image = tf.pad(image, [[0, canvas[0] - shape[0]], [0, canvas[1] - shape[1]], [0, 0]])
@@ -312,8 +306,7 @@ def resize_normalize_pad(
     canvas: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """Normalise, resize by ``scale [2]`` onto ``out_shape`` (:func:`resize_image` with
-    ``rule``) and zero-pad to ``size_divisor`` (or to ``canvas``, see
-    :func:`normalize_and_pad`).
+    ``rule``) and zero-pad to ``size_divisor`` (or to ``canvas``, see :func:`pad_image`).
 
     Normalising is affine and bilinear weights sum to 1, so normalising before resizing gives
     the same numbers as after it; it is done on the (usually smaller) input, which measured
@@ -328,7 +321,7 @@ def resize_normalize_pad(
     same = tf.reduce_all(tf.equal(tf.cast(scale, tf.float32), 1.0)) & tf.reduce_all(
         tf.equal(tf.cast(out_shape, tf.int32), shape[:2]))
     resized = tf.cond(same, lambda: image, lambda: resize_image(image, scale, out_shape, rule))
-    return normalize_and_pad(resized, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), size_divisor, canvas)
+    return pad_image(resized, size_divisor, canvas)
 
 
 def preprocess_image_for_inference(
@@ -1082,10 +1075,12 @@ class InputPipeline:
         return shapes, values
 
     def _load_batch(self, counter: tf.Tensor, run: Any, count: tf.Tensor, batch: int,
-                    pipeline_id: int) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+                    pipeline_id: int, static: tuple[int, int] | None
+                    ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         """One run of :func:`group_runs` (``batch`` items, the first ``count`` real) -> the
-        batch: every image read and augmented, padded to one canvas (the static size, or the
-        largest of the run rounded up to ``size_divisor``) and stacked; the targets padded to
+        batch: every image read and augmented, padded to one canvas (the ``static`` size,
+        :meth:`_static_image_size`, or the largest of the run rounded up to ``size_divisor``)
+        and stacked; the targets padded to
         their fixed row counts. Element ``i`` of run ``counter`` draws its scale and flip from
         seed ``counter * batch + i``."""
         read, ok, names = self._read_run(run, batch)
@@ -1094,7 +1089,6 @@ class InputPipeline:
             shape = tf.shape(image)
             seed = self._element_seed(tf.cast(counter, tf.int64) * batch + i, pipeline_id)
             geometry.append(self._geometry(shape[0], shape[1], seed))
-        static = self._static_image_size()
         if static is not None:
             canvas = tf.constant(static, tf.int32)
         else:
@@ -1118,6 +1112,7 @@ class InputPipeline:
                                    constant_values=tf.constant(values[key], value.dtype))
                 rows.append(tf.ensure_shape(value, shape))
             targets[key] = tf.stack(rows)
+
         def all_good() -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
             if self.training:
                 return images, targets
@@ -1184,19 +1179,22 @@ class InputPipeline:
 
     def _batches(self, items: tf.data.Dataset, batch: int,
                  pipeline_id: int) -> tf.data.Dataset:
-        """Items (what :meth:`_read` takes, not yet decoded) -> batches, prefetched; shared
+        """Items (what :meth:`_read_run` takes, not yet decoded) -> batches, prefetched; shared
         by both pipelines. Items are grouped into runs of ``batch`` (landscape and portrait
         apart, :func:`group_runs`) before anything is decoded, and each run is read,
         augmented and stacked by one map call. A run whose graph failed (an image corrupt
         inside its data, found only by decoding) is skipped and logged by ``ignore_errors``
         with the reason."""
-        grouped = self.group_by_aspect_ratio and self._static_image_size() is None
+        # Computed once here (for records in memory it goes over every record's size).
+        static = self._static_image_size()
+        grouped = self.group_by_aspect_ratio and static is None
         runs = group_runs(items, batch, self._landscape if grouped else None,
                           drop_remainder=self.training)
         # Evaluation keeps its order (its short batch last); training only with deterministic.
         ordered = self.deterministic or not self.training
         ds = runs.enumerate().map(
-            graph_fn(lambda c, run: self._load_batch(c, run[0], run[1], batch, pipeline_id)),
+            graph_fn(lambda c, run: self._load_batch(c, run[0], run[1], batch, pipeline_id,
+                                                     static)),
             num_parallel_calls=self.num_parallel, deterministic=ordered)
         ds = ds.ignore_errors(log_warning=True)
         options = tf.data.Options()

@@ -857,11 +857,10 @@ class TFRecordPipeline(InputPipeline):
 
     Everything after reading is the file pipeline's graph (``group_runs``, ``_load_batch``
     and ``_augment``): the same aspect grouping, scale choice, flip, resize and padding.
-    Reading: the shards (each
-    input pipeline takes every n-th shard: file-level sharding per worker), shuffled in
-    training and interleaved in blocks of :data:`READ_BLOCK` records, each block parsed at
-    once with the training filters (difficult boxes, images without boxes,
-    ``max_instances``/``max_crowd`` keeping the largest) and its problems counted in
+    Reading: the shards (each input pipeline takes every n-th shard: file-level sharding per
+    worker), shuffled in training and interleaved in blocks of :data:`READ_BLOCK` records,
+    each block parsed at once with the training filters (difficult boxes, images without
+    boxes, ``max_instances``/``max_crowd`` keeping the largest) and its problems counted in
     :attr:`counter` (:meth:`ExampleDecoder.stream`; unusable records stop there, undecoded),
     a ``shuffle_buffer`` of parsed (still encoded) records, batches formed from them by the
     image headers' sizes, then one parallel map call per batch: each record decoded by
